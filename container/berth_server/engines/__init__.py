@@ -1,0 +1,1 @@
+"""Engines: token-level generators behind one interface; adapters are imported lazily."""

@@ -1,0 +1,86 @@
+"""The engine interface: token ids in, a stream of token steps out, with batching across requests.
+
+Engines work on token ids only. Chat templates, tokenization, detokenization, stop strings and
+reasoning splitting live once, in the model process's text pipeline, so every engine behaves
+the same. An engine handles EOS, stop_token_ids, max_new_tokens and sampling itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from berth_server.canonical import SamplingParams
+
+EngineFinish = Literal["length", "eos", "abort"]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What an engine needs to generate: the prompt's ids and the sampling knobs."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    # EOS ids of the model (generation_config + tokenizer) plus the request's and spec's stop ids.
+    stop_token_ids: frozenset[int] = frozenset()
+    max_new_tokens: int = 16  # already resolved against the context length
+
+
+@dataclass
+class EngineStep:
+    """New tokens for one request since its last step. The last step has finish set.
+
+    logprobs/top_logprobs are parallel to token_ids and present only when sampling.logprobs is set.
+    prompt_logprobs arrives on the first step only, when sampling.prompt_logprobs is set:
+    one entry per prompt token, None for the first.
+    """
+
+    token_ids: list[int]
+    finish: EngineFinish | None = None
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    prompt_logprobs: list[float | None] | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoadInfo:
+    """What the engine reports once loaded (for /info and logs)."""
+
+    engine: str
+    device: str
+    dtype: str
+    max_model_len: int
+    max_batch_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A loaded model that generates for many requests at once."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    async def start(self) -> EngineLoadInfo:
+        """Load weights and start batching; return what was loaded."""
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """Queue a request and yield its steps as the batch produces them.
+
+        Closing the iterator early (aclose) must abort the request and free its slot.
+        """
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request now; its iterator ends with finish='abort'."""
+
+    @abc.abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting): the current batch size and the queue depth."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Stop the batching loop and release the device."""

@@ -1,0 +1,139 @@
+"""Typed errors. Each carries its HTTP status and type strings; frontend/errors.py maps them to bodies.
+
+Validation errors are 400 on OpenAI routes and 422 on TGI routes (each protocol's convention),
+so an error holds both statuses and the handler picks by route family. Anything that is not a
+BerthError is a 500, never a 4xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class BerthError(Exception):
+    """Base: message, OpenAI status/type, TGI status/error_type, optional param and headers."""
+
+    status: int = 500
+    tgi_status: int | None = None  # None: same as status
+    error_type: str = "generation"  # TGI's error_type
+    openai_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def status_for(self, family: str) -> int:
+        """HTTP status on a route family: 'openai', 'tgi' or 'xinference'."""
+        if family == "tgi" and self.tgi_status is not None:
+            return self.tgi_status
+        return self.status
+
+
+class InvalidRequest(BerthError):
+    """A field is missing, malformed or out of range."""
+
+    status = 400
+    tgi_status = 422
+    error_type = "validation"
+    openai_type = "invalid_request_error"
+
+
+class InputTooLong(InvalidRequest):
+    """The prompt, or prompt + max new tokens, exceeds a configured limit."""
+
+    code = "context_length_exceeded"
+
+
+class Unauthorized(BerthError):
+    """Missing or wrong API key."""
+
+    status = 401
+    error_type = "authentication"
+    openai_type = "authentication_error"
+
+
+class NotFound(BerthError):
+    """An unknown model, uid, registration or route."""
+
+    status = 404
+    error_type = "not_found"
+    openai_type = "not_found_error"
+    code = "model_not_found"
+
+
+class Conflict(BerthError):
+    """A duplicate uid or registration name."""
+
+    status = 409
+    error_type = "validation"
+    openai_type = "invalid_request_error"
+
+
+class PayloadTooLarge(BerthError):
+    """The request body is over the 6 MiB SageMaker limit."""
+
+    status = 413
+    error_type = "validation"
+    openai_type = "invalid_request_error"
+
+
+class Overloaded(BerthError):
+    """Too many concurrent requests; the client should retry later."""
+
+    status = 429
+    error_type = "overloaded"
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, param: str | None = None):
+        super().__init__(message, param=param, headers={"Retry-After": str(retry_after_s)})
+
+
+class NotReady(BerthError):
+    """The model is still loading, or is unhealthy."""
+
+    status = 503
+    error_type = "overloaded"
+    openai_type = "service_unavailable"
+
+
+class WeightsNotFound(BerthError):
+    """A model source that does not exist or cannot be read; the message names the URI."""
+
+    status = 400
+    tgi_status = 422
+    error_type = "validation"
+    openai_type = "invalid_request_error"
+
+
+class GenerationFailed(BerthError):
+    """The engine failed while generating."""
+
+    status = 500
+    error_type = "generation"
+    openai_type = "server_error"
+
+
+class IncompleteGeneration(BerthError):
+    """The model process went away mid-request."""
+
+    status = 500
+    error_type = "incomplete_generation"
+    openai_type = "server_error"
+
+
+# How a model-process Failure.error_type becomes an exception on the frontend.
+FAILURE_TYPES: dict[str, type[BerthError]] = {
+    "validation": InvalidRequest,
+    "overloaded": Overloaded,
+    "generation": GenerationFailed,
+    "not_found": NotFound,
+    "incomplete_generation": IncompleteGeneration,
+}
+
+
+def from_failure(error_type: str, message: str, param: str | None = None) -> BerthError:
+    """Rebuild the typed error a model process or the launcher reported."""
+    return FAILURE_TYPES.get(error_type, GenerationFailed)(message, param=param)

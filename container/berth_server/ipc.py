@@ -1,0 +1,144 @@
+"""Messages between the frontend and a model process, and their msgpack codec.
+
+Transport is pyzmq: each gunicorn worker owns one DEALER (zmq.green) per model process; the model
+process owns a ROUTER (ROUTER_MANDATORY, non-blocking sends). A frame is one encoded message; the
+model process batches every pending event for one worker into a single EventBatch frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import msgspec
+
+from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+
+
+class Generate(msgspec.Struct, tag="generate"):
+    """Start a generation."""
+
+    request: GenerateRequest
+
+
+class Abort(msgspec.Struct, tag="abort"):
+    """The client went away or the frontend gave up: stop and free the batch slot."""
+
+    request_id: str
+
+
+class Tokenize(msgspec.Struct, tag="tokenize", kw_only=True):
+    """Tokenize text (TGI /tokenize) or render+tokenize messages (chat)."""
+
+    request_id: str
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+
+
+class TokenSpan(msgspec.Struct, array_like=True):
+    """TGI's /tokenize entry: id, text, and character offsets into the input."""
+
+    id: int
+    text: str
+    start: int
+    stop: int
+
+
+class Tokenized(msgspec.Struct, tag="tokenized"):
+    """Reply to Tokenize."""
+
+    request_id: str
+    tokens: list[TokenSpan]
+
+
+class StatsQuery(msgspec.Struct, tag="stats"):
+    """Ask a model process for its counters (for /metrics and tests)."""
+
+    request_id: str
+
+
+class ModelStats(msgspec.Struct, tag="model_stats", kw_only=True):
+    """Counters a model process keeps; cumulative unless named otherwise."""
+
+    request_id: str
+    running: int = 0  # current batch size
+    waiting: int = 0  # queue depth
+    requests_total: int = 0
+    generated_tokens_total: int = 0
+    prompt_tokens_total: int = 0
+    aborted_total: int = 0
+    finished_total: int = 0
+
+
+class Embed(msgspec.Struct, tag="embed", kw_only=True):
+    """Embed texts (embedding model processes)."""
+
+    request_id: str
+    texts: list[str]
+    normalize: bool = True
+
+
+class Embedded(msgspec.Struct, tag="embedded"):
+    """Reply to Embed: one vector per text, and the tokens counted."""
+
+    request_id: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Rerank(msgspec.Struct, tag="rerank", kw_only=True):
+    """Score documents against a query (rerank model processes)."""
+
+    request_id: str
+    query: str
+    documents: list[str]
+
+
+class Reranked(msgspec.Struct, tag="reranked"):
+    """Reply to Rerank: one relevance score per document, in input order."""
+
+    request_id: str
+    scores: list[float]
+    prompt_tokens: int
+
+
+FrontendMessage = Union[Generate, Abort, Tokenize, StatsQuery, Embed, Rerank]
+ModelMessage = Union[Accepted, Delta, Failure, Tokenized, ModelStats, Embedded, Reranked]
+
+
+class EventBatch(msgspec.Struct, tag="batch"):
+    """Everything pending for one frontend worker, sent as one frame."""
+
+    events: list[ModelMessage]
+
+
+_frontend_encoder = msgspec.msgpack.Encoder()
+_frontend_decoder = msgspec.msgpack.Decoder(FrontendMessage)
+_model_decoder = msgspec.msgpack.Decoder(EventBatch)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Serialize any IPC struct to msgpack."""
+    return _frontend_encoder.encode(message)
+
+
+def decode_frontend_message(frame: bytes) -> FrontendMessage:
+    """Model side: parse what a frontend sent."""
+    return _frontend_decoder.decode(frame)
+
+
+def decode_event_batch(frame: bytes) -> EventBatch:
+    """Frontend side: parse a batch of model events."""
+    return _model_decoder.decode(frame)
+
+
+def model_socket_address(runtime_dir: Path, uid: str) -> str:
+    """The ROUTER address of the model process serving `uid` (deterministic, so no lookup is needed)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)
+    return f"ipc://{runtime_dir}/model-{safe}.sock"
+
+
+def control_socket_address(runtime_dir: Path) -> str:
+    """The launcher's control ROUTER (list, launch, terminate, registrations, status)."""
+    return f"ipc://{runtime_dir}/control.sock"

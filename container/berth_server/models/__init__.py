@@ -1,0 +1,1 @@
+"""Models: launch configs, the built-in catalog, custom registrations and weight sources."""

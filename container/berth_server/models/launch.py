@@ -1,0 +1,70 @@
+"""The launch config handed from the launcher to a model process, and the status it reports back."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+ModelType = Literal["LLM", "embedding", "rerank"]
+ModelState = Literal["starting", "downloading", "loading", "ready", "failed", "stopping", "stopped"]
+
+
+class ModelLaunchConfig(msgspec.Struct, kw_only=True):
+    """Everything a model process needs to load and serve one model. JSON-serializable."""
+
+    uid: str
+    source: str  # local dir, file://, s3://, hub id, or a model.tar.gz
+    model_name: str  # family/registration name, or the source for ad-hoc models
+    model_type: ModelType = "LLM"
+    revision: str | None = None
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    engine_args: dict[str, Any] = {}
+    abilities: list[str] = ["chat", "generate"]
+    chat_template: str | None = None  # overrides the tokenizer's
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
+    reasoning_start_tag: str | None = None
+    reasoning_end_tag: str | None = None
+    # The chat-template variable that switches thinking (Qwen: enable_thinking, DeepSeek: thinking).
+    thinking_variable: str | None = None
+    default_enable_thinking: bool | None = None
+    context_length: int | None = None
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
+    is_default: bool = False
+    dimensions: int | None = None  # embedding models
+
+
+class ModelDescription(msgspec.Struct, kw_only=True):
+    """What a ready model reports: the facts /info, /v1/models and Xinference's describe need."""
+
+    uid: str
+    model_name: str
+    model_type: ModelType
+    source: str
+    engine: str
+    device: str
+    dtype: str
+    abilities: list[str]
+    max_input_tokens: int
+    max_total_tokens: int
+    context_length: int
+    max_batch_size: int
+    pid: int
+    reasoning: bool = False
+    dimensions: int | None = None
+
+
+class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):
+    """Pushed by a model process to the launcher as it moves through its states."""
+
+    uid: str
+    state: ModelState
+    reason: str | None = None
+    progress: float = 0.0  # 0..1 while downloading/loading
+    description: ModelDescription | None = None

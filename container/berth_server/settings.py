@@ -1,0 +1,212 @@
+"""The one place that reads the environment: a frozen snapshot of every setting Berth honours."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+EngineChoice = Literal["auto", "vllm", "transformers"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+# Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
+VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
+
+
+class SettingsError(ValueError):
+    """A setting has a value Berth cannot use; the message names the variable."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
+    """Collect BERTH_VLLM_<ARG>/SM_VLLM_<ARG> into {"arg": "value"}; the vLLM engine validates names."""
+    args: dict[str, str] = {}
+    for key, value in env.items():
+        for prefix in VLLM_ARG_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                args[key[len(prefix):].lower()] = value
+    return args
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, read once. Tests construct it directly."""
+
+    # The default model (TGI / SageMaker names).
+    hf_model_id: str | None = None
+    hf_model_revision: str | None = None
+    model_uid: str | None = None  # BERTH_MODEL_UID; else HF_MODEL_ID; else "default"
+    trust_remote_code: bool = False
+    quantize: str | None = None
+    dtype: str | None = None
+    sm_num_gpus: int = 1
+    # Limits (TGI names).
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_batch_prefill_tokens: int | None = None
+    max_concurrent_requests: int = 128
+    max_body_bytes: int = 6 * 1024 * 1024
+    messages_api_enabled: bool = False
+    # Network.
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Berth's own.
+    engine: EngineChoice = "auto"
+    home: Path = field(default_factory=lambda: Path.home() / ".berth")
+    api_key: str | None = None
+    workers: int = 1
+    graceful_timeout_s: float = 25.0
+    model_load_timeout_s: float = 3600.0
+    max_model_restarts: int = 3
+    sagemaker_model_dir: Path = Path("/opt/ml/model")
+    runtime_dir: Path | None = None
+    log_level: str = "INFO"
+    device: str = "auto"
+    max_batch_size: int = 32
+    gpu_memory_utilization: float | None = None
+    kv_cache_gb: float | None = None
+    vllm_args: Mapping[str, str] = field(default_factory=dict)
+    s3_endpoint_url: str | None = None
+    download_workers: int = 8
+
+    @property
+    def default_model_uid(self) -> str:
+        """The id that /v1/models shows for the default model."""
+        return self.model_uid or self.hf_model_id or "default"
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with some fields changed (tests and the launcher use it)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """Environment that makes from_env() rebuild these settings in a child process."""
+        env = {
+            "BERTH_ENGINE": self.engine,
+            "BERTH_HOME": str(self.home),
+            "BERTH_WORKERS": str(self.workers),
+            "BERTH_GRACEFUL_TIMEOUT": str(self.graceful_timeout_s),
+            "BERTH_MODEL_LOAD_TIMEOUT": str(self.model_load_timeout_s),
+            "BERTH_MAX_MODEL_RESTARTS": str(self.max_model_restarts),
+            "BERTH_SAGEMAKER_MODEL_DIR": str(self.sagemaker_model_dir),
+            "BERTH_LOG_LEVEL": self.log_level,
+            "BERTH_DEVICE": self.device,
+            "BERTH_MAX_BATCH_SIZE": str(self.max_batch_size),
+            "BERTH_HOST": self.host,
+            "PORT": str(self.port),
+            "MAX_CONCURRENT_REQUESTS": str(self.max_concurrent_requests),
+            "BERTH_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "MESSAGES_API_ENABLED": "true" if self.messages_api_enabled else "false",
+            "HF_MODEL_TRUST_REMOTE_CODE": "true" if self.trust_remote_code else "false",
+            "SM_NUM_GPUS": str(self.sm_num_gpus),
+            "BERTH_DOWNLOAD_WORKERS": str(self.download_workers),
+        }
+        optional = {
+            "HF_MODEL_ID": self.hf_model_id,
+            "HF_MODEL_REVISION": self.hf_model_revision,
+            "BERTH_MODEL_UID": self.model_uid,
+            "HF_MODEL_QUANTIZE": self.quantize,
+            "DTYPE": self.dtype,
+            "MAX_INPUT_TOKENS": self.max_input_tokens,
+            "MAX_TOTAL_TOKENS": self.max_total_tokens,
+            "MAX_BATCH_PREFILL_TOKENS": self.max_batch_prefill_tokens,
+            "BERTH_API_KEY": self.api_key,
+            "BERTH_RUNTIME_DIR": self.runtime_dir,
+            "BERTH_GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
+            "BERTH_KV_CACHE_GB": self.kv_cache_gb,
+            "BERTH_S3_ENDPOINT_URL": self.s3_endpoint_url,
+        }
+        env.update({k: str(v) for k, v in optional.items() if v is not None})
+        env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment once (os.environ unless given) into a Settings."""
+        env = os.environ if env is None else env
+        engine = env.get("BERTH_ENGINE", "auto").strip().lower() or "auto"
+        if engine not in ("auto", "vllm", "transformers"):
+            raise SettingsError(f"BERTH_ENGINE={engine!r}: use auto, vllm or transformers")
+        # SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
+        port = _int(env, "SAGEMAKER_BIND_TO_PORT", None, 1) or _int(env, "PORT", 8080, 1)
+        home = env.get("BERTH_HOME") or str(Path.home() / ".berth")
+        runtime_dir = env.get("BERTH_RUNTIME_DIR")
+        quantize = env.get("HF_MODEL_QUANTIZE") or env.get("QUANTIZE") or None
+        return cls(
+            hf_model_id=env.get("HF_MODEL_ID") or env.get("MODEL_ID") or None,
+            hf_model_revision=env.get("HF_MODEL_REVISION") or env.get("REVISION") or None,
+            model_uid=env.get("BERTH_MODEL_UID") or None,
+            trust_remote_code=_bool(env, "HF_MODEL_TRUST_REMOTE_CODE", _bool(env, "TRUST_REMOTE_CODE", False)),
+            quantize=quantize,
+            dtype=env.get("DTYPE") or env.get("BERTH_DTYPE") or None,
+            sm_num_gpus=_int(env, "SM_NUM_GPUS", None, 1) or _int(env, "NUM_SHARD", 1, 1) or 1,
+            max_input_tokens=_int(env, "MAX_INPUT_TOKENS", _int(env, "MAX_INPUT_LENGTH", None, 1), 1),
+            max_total_tokens=_int(env, "MAX_TOTAL_TOKENS", None, 1),
+            max_batch_prefill_tokens=_int(env, "MAX_BATCH_PREFILL_TOKENS", None, 1),
+            max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", 128, 1) or 128,
+            max_body_bytes=_int(env, "BERTH_MAX_BODY_BYTES", 6 * 1024 * 1024, 1) or 6 * 1024 * 1024,
+            messages_api_enabled=_bool(env, "MESSAGES_API_ENABLED", False),
+            host=env.get("BERTH_HOST", "0.0.0.0"),
+            port=port or 8080,
+            engine=engine,  # type: ignore[arg-type]
+            home=Path(home).expanduser(),
+            api_key=env.get("BERTH_API_KEY") or None,
+            workers=_int(env, "BERTH_WORKERS", 1, 1) or 1,
+            graceful_timeout_s=_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
+            model_load_timeout_s=_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,
+            max_model_restarts=_int(env, "BERTH_MAX_MODEL_RESTARTS", 3) or 0,
+            sagemaker_model_dir=Path(env.get("BERTH_SAGEMAKER_MODEL_DIR", "/opt/ml/model")),
+            runtime_dir=Path(runtime_dir) if runtime_dir else None,
+            log_level=env.get("BERTH_LOG_LEVEL", "INFO").upper(),
+            device=env.get("BERTH_DEVICE", "auto"),
+            max_batch_size=_int(env, "BERTH_MAX_BATCH_SIZE", 32, 1) or 32,
+            gpu_memory_utilization=_float(env, "BERTH_GPU_MEMORY_UTILIZATION", None),
+            kv_cache_gb=_float(env, "BERTH_KV_CACHE_GB", None),
+            vllm_args=_vllm_args(env),
+            s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
+            download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
+        )
+
+    def resolved_runtime_dir(self) -> Path:
+        """Where IPC sockets live; a fresh temp dir unless BERTH_RUNTIME_DIR is set."""
+        if self.runtime_dir is not None:
+            return self.runtime_dir
+        return Path(tempfile.mkdtemp(prefix="berth-"))
