@@ -205,6 +205,13 @@ class Settings:
             download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
         )
 
+    def child_environment(self, **extra: str) -> dict[str, str]:
+        """The environment for a child process: ours, these settings, and `extra` on top."""
+        env = dict(os.environ)
+        env.update(self.to_env())
+        env.update(extra)
+        return env
+
     def resolved_runtime_dir(self) -> Path:
         """Where IPC sockets live; a fresh temp dir unless BERTH_RUNTIME_DIR is set."""
         if self.runtime_dir is not None:

@@ -66,5 +66,7 @@ class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):
     uid: str
     state: ModelState
     reason: str | None = None
+    # TGI-style type of a failure ("validation" for bad weights/specs), so a launch maps to the right 4xx.
+    error_type: str | None = None
     progress: float = 0.0  # 0..1 while downloading/loading
     description: ModelDescription | None = None
