@@ -20,7 +20,7 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     revision: str | None = None
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     engine_args: dict[str, Any] = {}
-    abilities: list[str] = ["chat", "generate"]
+    abilities: list[str] = msgspec.field(default_factory=lambda: ["chat", "generate"])
     chat_template: str | None = None  # overrides the tokenizer's
     stop: list[str] = []
     stop_token_ids: list[int] = []

@@ -1,0 +1,217 @@
+"""Model-process supervision: spawn one process per uid, track its status, restart it a bounded number of times.
+
+A model process reports its progress over a PUSH socket (ModelStatus messages); the supervisor
+keeps the latest status per uid, wakes anyone waiting for readiness, and notices exits. A process
+that dies after it was ready is restarted up to settings.max_model_restarts times; one that fails
+while loading is not (the same weights would fail again) and stays `failed` with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from berth_server.errors import BerthError, Conflict, NotFound, from_failure
+from berth_server.models.launch import ModelLaunchConfig, ModelStatus
+from berth_server.settings import Settings
+
+log = logging.getLogger("berth.supervisor")
+
+_status_decoder = msgspec.msgpack.Decoder(ModelStatus)
+# How long a model process gets to exit after SIGTERM before it is killed.
+_STOP_GRACE_S = 10.0
+_RESTART_BACKOFF_S = (1.0, 3.0, 10.0)
+
+
+def status_socket_address(settings: Settings) -> str:
+    """Where model processes PUSH their ModelStatus messages."""
+    return f"ipc://{settings.runtime_dir}/status.sock"
+
+
+@dataclass
+class ModelHandle:
+    """One launched model: its config, its current process and what it last reported."""
+
+    config: ModelLaunchConfig
+    process: asyncio.subprocess.Process | None = None
+    status: ModelStatus | None = None
+    restarts: int = 0
+    stopping: bool = False
+    launched_at: float = field(default_factory=time.time)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> str:
+        return self.status.state if self.status else "starting"
+
+    def set_status(self, status: ModelStatus) -> None:
+        """Record a status and wake waiters (they re-check the state)."""
+        self.status = status
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class Supervisor:
+    """Owns every model process; the launcher's control handlers call into it."""
+
+    def __init__(self, settings: Settings, context: zmq.asyncio.Context):
+        self.settings = settings
+        self._context = context
+        self._models: dict[str, ModelHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._status_socket: zmq.asyncio.Socket | None = None
+
+    async def start(self) -> None:
+        """Bind the status socket and start reading it."""
+        self._status_socket = self._context.socket(zmq.PULL)
+        self._status_socket.bind(status_socket_address(self.settings))
+        self._spawn_task(self._read_statuses())
+
+    def statuses(self) -> dict[str, ModelStatus]:
+        """The latest status of every launched model, by uid."""
+        return {uid: handle.status or ModelStatus(uid=uid, state="starting") for uid, handle in self._models.items()}
+
+    def configs(self) -> dict[str, ModelLaunchConfig]:
+        """The launch config of every launched model, by uid."""
+        return {uid: handle.config for uid, handle in self._models.items()}
+
+    async def launch(self, config: ModelLaunchConfig, wait_ready: bool) -> None:
+        """Start a model process for `config`; with wait_ready, return once it serves (or raise why not)."""
+        existing = self._models.get(config.uid)
+        if existing is not None and existing.state not in ("failed", "stopped"):
+            raise Conflict(f"model uid {config.uid!r} is already running; terminate it or choose another uid")
+        handle = ModelHandle(config=config)
+        self._models[config.uid] = handle
+        await self._spawn_process(handle)
+        if wait_ready:
+            await self.wait_ready(config.uid, self.settings.model_load_timeout_s)
+
+    async def wait_ready(self, uid: str, timeout_s: float) -> ModelStatus:
+        """Wait until `uid` is ready; raise the typed failure it reported, or a timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            handle = self._models.get(uid)
+            if handle is None:
+                raise NotFound(f"model uid {uid!r} not found")
+            if handle.state == "ready" and handle.status is not None:
+                return handle.status
+            if handle.state in ("failed", "stopped"):
+                status = handle.status
+                reason = status.reason if status and status.reason else "model process exited"
+                error_type = status.error_type if status and status.error_type else "generation"
+                raise from_failure(error_type, f"model {uid!r} failed to load: {reason}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BerthError(f"model {uid!r} did not become ready within {timeout_s:.0f} s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.changed.wait(), timeout=min(remaining, 1.0))
+
+    async def terminate(self, uid: str) -> None:
+        """Stop the model process for `uid` (SIGTERM, then SIGKILL) and forget it; its memory is freed."""
+        handle = self._models.get(uid)
+        if handle is None:
+            raise NotFound(f"model uid {uid!r} not found")
+        handle.stopping = True
+        handle.set_status(ModelStatus(uid=uid, state="stopping"))
+        await self._stop_process(handle)
+        self._models.pop(uid, None)
+
+    async def shutdown(self) -> None:
+        """Stop every model process, then the background tasks."""
+        for handle in self._models.values():
+            handle.stopping = True
+        await asyncio.gather(*(self._stop_process(h) for h in self._models.values()), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._status_socket is not None:
+            self._status_socket.close(linger=0)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _spawn_task(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn_process(self, handle: ModelHandle) -> None:
+        config_json = msgspec.json.encode(handle.config).decode()
+        handle.set_status(ModelStatus(uid=handle.config.uid, state="starting"))
+        # A new session so a Ctrl-C in the terminal reaches the launcher only; it stops children in order.
+        handle.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "berth_server.model_process", "--config-json", config_json,
+            env=self.settings.child_environment(), start_new_session=True,
+        )
+        log.info("model %s: process %d started (source %s)", handle.config.uid, handle.process.pid,
+                 handle.config.source)
+        self._spawn_task(self._watch(handle, handle.process))
+
+    async def _watch(self, handle: ModelHandle, process: asyncio.subprocess.Process) -> None:
+        """Notice when a model process exits and decide: done, failed, or restart."""
+        code = await process.wait()
+        if handle.process is not process:
+            return  # an older incarnation
+        uid = handle.config.uid
+        if handle.stopping:
+            handle.set_status(ModelStatus(uid=uid, state="stopped"))
+            return
+        was_ready = handle.state == "ready"
+        if not was_ready:
+            reason = handle.status.reason if handle.status and handle.status.reason else f"exit code {code}"
+            error_type = handle.status.error_type if handle.status else None
+            log.error("model %s failed to load: %s", uid, reason)
+            handle.set_status(ModelStatus(uid=uid, state="failed", reason=reason, error_type=error_type))
+            return
+        if handle.restarts >= self.settings.max_model_restarts:
+            log.error("model %s crashed (exit code %s); restart limit %d reached", uid, code,
+                      self.settings.max_model_restarts)
+            handle.set_status(ModelStatus(uid=uid, state="failed", reason=f"crashed with exit code {code}; "
+                                          f"restarted {handle.restarts} times"))
+            return
+        delay = _RESTART_BACKOFF_S[min(handle.restarts, len(_RESTART_BACKOFF_S) - 1)]
+        handle.restarts += 1
+        log.warning("model %s crashed (exit code %s); restart %d/%d in %.0f s", uid, code, handle.restarts,
+                    self.settings.max_model_restarts, delay)
+        handle.set_status(ModelStatus(uid=uid, state="starting", reason=f"restarting after exit code {code}"))
+        await asyncio.sleep(delay)
+        if not handle.stopping:
+            await self._spawn_process(handle)
+
+    async def _stop_process(self, handle: ModelHandle) -> None:
+        process = handle.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=_STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("model %s did not stop within %.0f s; killing it", handle.config.uid, _STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    async def _read_statuses(self) -> None:
+        assert self._status_socket is not None
+        while True:
+            frame = await self._status_socket.recv()
+            try:
+                status = _status_decoder.decode(frame)
+            except msgspec.DecodeError:
+                log.warning("ignoring a malformed status message")
+                continue
+            handle = self._models.get(status.uid)
+            if handle is None or handle.stopping:
+                continue
+            if status.state != handle.state:
+                log.info("model %s: %s%s", status.uid, status.state, f" ({status.reason})" if status.reason else "")
+            handle.set_status(status)
