@@ -1,0 +1,185 @@
+"""Integration fixtures: tiny models built locally, and the real `serve` process on 127.0.0.1.
+
+`berth_server` is one server per engine for the whole session (engines from BERTH_TEST_ENGINES,
+default: transformers, plus vllm when vllm is importable). `start_server` starts more, with any
+env, for tests that need their own (limits, restarts, failures); they are stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE = REPO / "serve"
+# Generated models are cached here between runs (gitignored); a recipe change rebuilds them.
+MODEL_CACHE = REPO / ".berth-home" / "test-models"
+STARTUP_TIMEOUT_S = 180.0
+
+# vLLM on this CPU (FINDINGS.md): 1 GiB KV cache, both cores, eager mode is Berth's CPU default.
+VLLM_CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+
+
+def available_engines() -> list[str]:
+    """Engines the shared server fixture runs on."""
+    configured = os.environ.get("BERTH_TEST_ENGINES")
+    if configured:
+        return [e.strip() for e in configured.split(",") if e.strip()]
+    engines = ["transformers"]
+    if importlib.util.find_spec("vllm") is not None:
+        engines.append("vllm")
+    return engines
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A `serve` process we started; base_url is http://127.0.0.1:PORT."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    home: Path
+    log_path: Path
+    engine: str
+    model_uid: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM, as SageMaker does; return the exit code (kill after timeout_s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Poll /ping until 200; fail with the server's log if it exits or times out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.logs()[-6000:]}")
+            try:
+                if httpx.get(self.url("/ping"), timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"serve did not become ready in {timeout_s:.0f} s:\n{self.logs()[-6000:]}")
+
+
+def launch_serve(model: str | Path | None, home: Path, *, engine: str = "transformers",
+                 env: dict[str, str] | None = None, wait: bool = True) -> RunningServer:
+    """Start `serve` on a free port with HF_MODEL_ID=model (None: leave it unset)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "HF_MODEL", "SM_VLLM_"))}
+    child_env.update({
+        "PORT": str(port), "BERTH_HOST": "127.0.0.1", "BERTH_HOME": str(home), "BERTH_ENGINE": engine,
+        "BERTH_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+    })
+    if engine == "vllm":
+        child_env.update(VLLM_CPU_ENV)
+    if model is not None:
+        child_env["HF_MODEL_ID"] = str(model)
+    child_env.update(env or {})
+    log_path = home / f"serve-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([sys.executable, str(SERVE)], stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=child_env, cwd=str(home), start_new_session=True)
+    server = RunningServer(process=process, port=port, home=home, log_path=log_path, engine=engine,
+                           model_uid=child_env.get("BERTH_MODEL_UID") or str(model or "default"), env=child_env)
+    if wait:
+        server.wait_ready()
+    return server
+
+
+def _build(name: str) -> Path:
+    from berth_server.demo_model import RECIPES, build
+
+    return build(RECIPES[name], MODEL_CACHE / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """A 344k-parameter random Llama with a trained BPE tokenizer and a ChatML template."""
+    return _build("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoning_model() -> Path:
+    """Like tiny_model, with a template that opens <think> unless enable_thinking is false."""
+    return _build("tiny-reasoning")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_model() -> Path:
+    """A tiny BERT encoder for /v1/embeddings."""
+    return _build("tiny-embedding")
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_model() -> Path:
+    """A tiny BERT cross-encoder for /v1/rerank."""
+    return _build("tiny-rerank")
+
+
+@pytest.fixture(scope="session", params=available_engines())
+def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The shared server on the tiny model, once per engine."""
+    engine = request.param
+    server = launch_serve(tiny_model, tmp_path_factory.mktemp(f"berth-{engine}"), engine=engine,
+                          env={"BERTH_MODEL_UID": "tiny"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory for servers with their own env; every one is stopped after the test."""
+    started: list[RunningServer] = []
+
+    def start(model: str | Path | None, *, engine: str = "transformers", env: dict[str, str] | None = None,
+              wait: bool = True, home: Path | None = None) -> RunningServer:
+        server = launch_serve(model, home or tmp_path / f"home-{len(started)}", engine=engine, env=env, wait=wait)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
