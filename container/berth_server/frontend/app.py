@@ -1,0 +1,71 @@
+"""The Flask app factory: builds settings-bound collaborators and registers every protocol's blueprint."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from flask import Flask, request
+
+from berth_server.errors import PayloadTooLarge
+from berth_server.frontend.auth import install_auth
+from berth_server.frontend.errors import register_error_handlers
+from berth_server.frontend.metrics import FrontendMetrics, install_metrics
+from berth_server.frontend.state import FrontendState
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# (module, blueprint attribute) of every protocol; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
+PROTOCOL_BLUEPRINTS = (
+    ("berth_server.protocols.sagemaker.blueprint", "sagemaker_bp"),
+    ("berth_server.protocols.tgi.blueprint", "tgi_bp"),
+    ("berth_server.protocols.xinference.blueprint", "xinference_bp"),
+    ("berth_server.protocols.openai.blueprint", "openai_bp"),
+)
+
+
+def _register_protocols(app: Flask) -> None:
+    """Register each protocol blueprint; a protocol package that is not there yet is logged, not fatal."""
+    for module_name, attribute in PROTOCOL_BLUEPRINTS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                log.warning("protocol %s is not available: %s", module_name, exc)
+                continue
+            raise
+        app.register_blueprint(getattr(module, attribute))
+
+
+def _check_content_length(limit: int) -> None:
+    """Refuse an oversized body from its Content-Length before reading it."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
+
+
+def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> Flask:
+    """Build the frontend for these settings; tests pass fake gateway/control objects."""
+    app = Flask("berth_server.frontend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    runtime_dir = settings.resolved_runtime_dir()
+    if control is None:
+        from berth_server.frontend.control_client import ControlClient
+
+        control = ControlClient(runtime_dir)
+    if gateway is None:
+        from berth_server.frontend.gateway import Gateway
+
+        gateway = Gateway(settings, control, runtime_dir)
+    app.extensions["berth"] = FrontendState(settings=settings, gateway=gateway, control=control,
+                                            metrics=FrontendMetrics(gateway))
+    register_error_handlers(app)
+    install_auth(app, settings.api_key)
+    app.before_request(lambda: _check_content_length(settings.max_body_bytes))
+    install_metrics(app)
+    _register_protocols(app)
+    return app

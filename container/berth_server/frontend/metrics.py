@@ -1,0 +1,125 @@
+"""Prometheus metrics: HTTP requests, latency and tokens per worker, model-process gauges at scrape time.
+
+gunicorn runs several workers, so when PROMETHEUS_MULTIPROC_DIR is set (the launcher sets it)
+counters go to prometheus_client's shared files and a scrape aggregates every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+def _multiprocess_dir() -> str | None:
+    """prometheus_client itself reads this variable at import; we follow the same switch."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ModelProcessCollector(Collector):
+    """Asks every ready model process for its counters when /metrics is scraped."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield queue depth, running batch size and aborted totals per model uid."""
+        running = GaugeMetricFamily("berth_model_running_requests", "Requests in the running batch", labels=["model"])
+        waiting = GaugeMetricFamily("berth_model_queue_depth", "Requests waiting for a batch slot", labels=["model"])
+        aborted = GaugeMetricFamily("berth_model_aborted_requests", "Requests aborted (cumulative)", labels=["model"])
+        try:
+            statuses = self.gateway.statuses()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the launcher is busy
+            statuses = {}
+        for uid, status in statuses.items():
+            if status.get("state") != "ready":
+                continue
+            try:
+                stats = self.gateway.stats(uid)
+            except Exception:  # noqa: BLE001
+                continue
+            running.add_metric([uid], stats.running)
+            waiting.add_metric([uid], stats.waiting)
+            aborted.add_metric([uid], stats.aborted_total)
+        yield running
+        yield waiting
+        yield aborted
+
+
+class FrontendMetrics:
+    """This app's metric objects (one registry per app, so tests can build many apps)."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.gateway = gateway
+        self.requests = Counter("berth_http_requests", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("berth_http_request_duration_seconds", "Time to the response headers",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.generated_tokens = Counter("berth_generated_tokens", "Tokens generated", ["model"],
+                                        registry=self.registry)
+        self.prompt_tokens = Counter("berth_prompt_tokens", "Prompt tokens processed", ["model"],
+                                     registry=self.registry)
+
+    def count_tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Record the tokens of one finished generation."""
+        self.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.generated_tokens.labels(model).inc(completion_tokens)
+
+    def exposition(self) -> bytes:
+        """The text a scrape returns: all workers' counters (multiprocess) plus model gauges."""
+        if _multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        text = generate_latest(registry)
+        gauges = CollectorRegistry()
+        gauges.register(ModelProcessCollector(self.gateway))
+        return text + generate_latest(gauges)
+
+
+def _before() -> None:
+    g.berth_started = time.monotonic()
+
+
+def _after(response: Response) -> Response:
+    metrics: FrontendMetrics = current_app.extensions["berth"].metrics
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+    started = g.get("berth_started")
+    if started is not None:
+        metrics.latency.labels(route).observe(time.monotonic() - started)
+    return response
+
+
+def metrics_blueprint() -> Blueprint:
+    """The core blueprint: GET /metrics."""
+    bp = Blueprint("berth_core", __name__)
+    bp.berth_family = "tgi"  # type: ignore[attr-defined]
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        body = current_app.extensions["berth"].metrics.exposition()
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+    return bp
+
+
+def install_metrics(app: Flask) -> None:
+    """Count every request and register /metrics."""
+    app.before_request(_before)
+    app.after_request(_after)
+    app.register_blueprint(metrics_blueprint())

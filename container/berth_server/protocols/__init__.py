@@ -1,0 +1,1 @@
+"""Wire protocols (OpenAI, TGI, SageMaker, Xinference): each a schemas + service + blueprint package."""
