@@ -1,0 +1,1 @@
+"""SageMaker hosting contract: /ping and shape-dispatched /invocations."""

@@ -1,0 +1,1 @@
+"""Hugging Face text-generation-inference (TGI) API: schemas, service and routes."""
