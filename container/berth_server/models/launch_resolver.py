@@ -1,0 +1,198 @@
+"""Turn an Xinference launch body plus a registration into a ModelLaunchConfig (no I/O beyond stat calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.registration import LLMRegistration, Registration, size_key
+from berth_server.errors import InvalidRequest, WeightsNotFound
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.models.registry import check_chat_template, local_dir
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ENGINES = {"vllm": "vllm", "transformers": "transformers", "auto": "auto"}
+# Xinference launch keys Berth reads or deliberately ignores; any other key becomes an engine argument.
+_IGNORED_KEYS = (
+    "worker_ip", "gpu_idx", "replica_config", "enable_virtual_env", "virtual_env_packages",
+    "virtual_env_find_links", "envs", "request_limits", "n_worker",
+)
+# Quantized weight formats the engines load natively (Xinference's model_format -> engine quantization).
+_FORMAT_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bnb": "bitsandbytes"}
+_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class LaunchRequest:
+    """The parsed launch body."""
+
+    model_name: str
+    model_type: str = "LLM"
+    model_uid: str | None = None
+    engine: str = "auto"
+    model_format: str | None = None
+    size: str | None = None
+    quantization: str | None = None
+    model_path: str | None = None
+    enable_thinking: bool | None = None
+    n_gpu: int | None = None
+    wait_ready: bool = True
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A JSON/query boolean ("false" counts as False)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise InvalidRequest(f"{name} must be true or false, not {value!r}", param=name)
+
+
+def parse_launch(params: dict[str, Any]) -> LaunchRequest:
+    """Validate Xinference's launch keys; unknown non-null keys become engine arguments."""
+    body = dict(params)
+    name = body.pop("model_name", None)
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("model_name is required", param="model_name")
+    engine_name = body.pop("model_engine", None)
+    engine = _ENGINES.get(str(engine_name).lower()) if engine_name else "auto"
+    if engine is None:
+        raise InvalidRequest(f"model_engine {engine_name!r} is not available; use vLLM or Transformers",
+                             param="model_engine")
+    uid = body.pop("model_uid", None)
+    if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):
+        raise InvalidRequest(f"model_uid {uid!r} is invalid: start with a letter or digit; use letters, digits, "
+                             "'.', '_' and '-' (100 characters at most)", param="model_uid")
+    request = LaunchRequest(
+        model_name=name, model_type=body.pop("model_type", None) or "LLM", model_uid=uid, engine=engine,
+        model_format=body.pop("model_format", None), quantization=body.pop("quantization", None),
+        model_path=body.pop("model_path", None),
+    )
+    size = body.pop("model_size_in_billions", None)
+    request.size = size_key(size) if size is not None else None
+    thinking = body.pop("enable_thinking", None)
+    request.enable_thinking = None if thinking is None else as_bool(thinking, "enable_thinking")
+    request.wait_ready = as_bool(body.pop("wait_ready", True), "wait_ready")
+    n_gpu = body.pop("n_gpu", "auto")
+    if n_gpu not in (None, "auto"):
+        if not isinstance(n_gpu, int) or n_gpu < 1:
+            raise InvalidRequest(f"n_gpu must be 'auto' or a positive integer, not {n_gpu!r}", param="n_gpu")
+        request.n_gpu = n_gpu
+    replica = body.pop("replica", 1)
+    if replica not in (None, 1):
+        raise InvalidRequest("replica must be 1: Berth runs one replica per container; scale with more "
+                             "instances behind the endpoint", param="replica")
+    if body.pop("peft_model_config", None):
+        raise InvalidRequest("peft_model_config (LoRA adapters) is not supported", param="peft_model_config")
+    for key in _IGNORED_KEYS:
+        if body.pop(key, None) not in (None, 1, [], {}):
+            request.ignored.append(key)
+    request.engine_args = {k: v for k, v in body.items() if v is not None}
+    return request
+
+
+def choose_spec(registration: Registration, request: LaunchRequest) -> Any:
+    """The first spec matching the requested format/size/quantization; InvalidRequest lists what exists."""
+    for spec in registration.model_specs:
+        if request.model_format and spec.model_format != request.model_format:
+            continue
+        if request.size and size_key(getattr(spec, "model_size_in_billions", None)) != request.size:
+            continue
+        if request.quantization and spec.quantization.lower() != request.quantization.lower():
+            continue
+        return spec
+    offered = ", ".join(
+        f"{s.model_format}/{size_key(getattr(s, 'model_size_in_billions', None)) or '-'}/{s.quantization}"
+        for s in registration.model_specs
+    )
+    raise InvalidRequest(
+        f"model {registration.model_name!r} has no spec with format={request.model_format}, "
+        f"size={request.size}, quantization={request.quantization}; it offers (format/size/quantization): {offered}"
+    )
+
+
+def detect_thinking_variable(template: str | None) -> str | None:
+    """The variable a chat template switches thinking with (Qwen3: enable_thinking, DeepSeek V3.1: thinking)."""
+    if not template:
+        return None
+    if "enable_thinking" in template:
+        return "enable_thinking"
+    if re.search(r"\bthinking\b", template):
+        return "thinking"
+    return None
+
+
+def _tokenizer_template(model_dir: Any) -> str | None:
+    if model_dir is None:
+        return None
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    try:
+        template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None
+
+
+def generated_uid(model_name: str, taken: set[str]) -> str:
+    """Xinference's default: the model name itself, or name-<8 hex> when that uid is taken."""
+    if model_name not in taken and _UID_RE.match(model_name):
+        return model_name
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", model_name)[:80] or "model"
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+def build_config(settings: Settings, registration: Registration, model_type: str, request: LaunchRequest,
+                 uid: str) -> ModelLaunchConfig:
+    """Resolve source, template facts and limits into the config a model process starts from."""
+    spec = choose_spec(registration, request)
+    source = request.model_path or spec.model_uri or spec.model_id
+    model_dir = local_dir(source)
+    if model_dir is not None and not model_dir.exists():
+        raise WeightsNotFound(f"model weights not found at {source!r}")
+    common: dict[str, Any] = dict(
+        uid=uid, source=source, model_name=registration.model_name, model_type=model_type,
+        revision=spec.model_revision, engine=request.engine, engine_args=request.engine_args,
+        trust_remote_code=settings.trust_remote_code, tensor_parallel_size=request.n_gpu or settings.sm_num_gpus,
+        quantization=_FORMAT_QUANTIZATION.get(spec.model_format.lower()), dtype=settings.dtype,
+    )
+    if not isinstance(registration, LLMRegistration):
+        if request.enable_thinking is not None:
+            raise InvalidRequest("enable_thinking applies to LLMs only", param="enable_thinking")
+        ability = "embed" if model_type == "embedding" else "rerank"
+        return ModelLaunchConfig(**common, abilities=[ability], dimensions=getattr(registration, "dimensions", None),
+                                 context_length=registration.max_tokens)
+    check_chat_template(registration, model_dir)
+    thinking_variable = registration.thinking_variable
+    if thinking_variable is None and "reasoning" in registration.model_ability:
+        thinking_variable = detect_thinking_variable(registration.chat_template or _tokenizer_template(model_dir))
+    _check_thinking(registration, thinking_variable, request.enable_thinking)
+    return ModelLaunchConfig(
+        **common, abilities=list(registration.model_ability), chat_template=registration.chat_template,
+        stop=list(registration.stop or []), stop_token_ids=list(registration.stop_token_ids or []),
+        reasoning_start_tag=registration.reasoning_start_tag, reasoning_end_tag=registration.reasoning_end_tag,
+        thinking_variable=thinking_variable, default_enable_thinking=request.enable_thinking,
+        context_length=registration.context_length,
+        max_input_tokens=settings.max_input_tokens, max_total_tokens=settings.max_total_tokens,
+    )
+
+
+def _check_thinking(registration: LLMRegistration, variable: str | None, enable: bool | None) -> None:
+    """Switching thinking needs a template variable for it; say so instead of silently ignoring it."""
+    if enable is None:
+        return
+    if "reasoning" not in registration.model_ability:
+        raise InvalidRequest(f"model {registration.model_name!r} does not reason; enable_thinking does not apply",
+                             param="enable_thinking")
+    if variable is None and not enable:
+        raise InvalidRequest(f"model {registration.model_name!r} always thinks: its chat template cannot switch "
+                             "thinking off", param="enable_thinking")

@@ -1,0 +1,1 @@
+"""Xinference's management API (registrations, launch/terminate, describe) plus /v1/embeddings and /v1/rerank."""

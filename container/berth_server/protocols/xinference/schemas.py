@@ -1,0 +1,75 @@
+"""Xinference wire schemas: registration bodies, embeddings (OpenAI shape) and rerank (Xinference/Cohere shape)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from berth_server.errors import InvalidRequest
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class XinferenceModel(BaseModel):
+    """Base of every wire model here: unknown keys are ignored (clients send extras)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+def parse(model: type[_Model], body: Any) -> _Model:
+    """Validate a JSON body; a malformed one becomes InvalidRequest naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or None
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        raise InvalidRequest(f"invalid request: {message}", param=where) from None
+
+
+class RegisterBody(XinferenceModel):
+    """POST /v1/model_registrations/{type}: the registration JSON as a string."""
+
+    model: str
+    persist: bool = False
+    worker_ip: str | None = None
+
+
+class EmbeddingRequest(XinferenceModel):
+    """POST /v1/embeddings (OpenAI shape)."""
+
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        """The inputs as a list; empty strings are refused as OpenAI does."""
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if any(not text for text in texts):
+            raise InvalidRequest("input must not contain empty strings", param="input")
+        return texts
+
+
+class RerankRequest(XinferenceModel):
+    """POST /v1/rerank (Xinference/Cohere shape)."""
+
+    model: str
+    query: str = Field(min_length=1)
+    documents: list[str] = Field(min_length=1)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool | None = False
+    return_len: bool | None = False
+
+
+class RerankResult(XinferenceModel):
+    """One scored document."""
+
+    index: int
+    relevance_score: float
+    document: dict[str, str] | None = None
