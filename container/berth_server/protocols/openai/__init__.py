@@ -1,0 +1,1 @@
+"""The OpenAI /v1 API: chat completions, completions and the model list."""

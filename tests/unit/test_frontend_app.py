@@ -1,0 +1,127 @@
+"""The frontend app with a fake gateway: error bodies by family, limits, auth, metrics, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from flask import Flask
+
+from berth_server.errors import GenerationFailed, InvalidRequest, Overloaded
+from berth_server.frontend.app import create_app
+from berth_server.frontend.errors import error_body, from_control_error
+from berth_server.errors import Conflict, NotFound, NotReady
+from berth_server.settings import Settings
+from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+
+
+def make_app(tmp_path, gateway: FakeGateway | None = None, **settings: object) -> Flask:
+    """An app on fakes with the runtime dir under tmp_path."""
+    return create_app(Settings(runtime_dir=tmp_path, **settings), gateway=gateway or FakeGateway(),  # type: ignore[arg-type]
+                      control=FakeControl())
+
+
+def test_importing_the_app_imports_no_engine() -> None:
+    code = ("import sys, berth_server.frontend.app, berth_server.frontend.wsgi, berth_server.frontend.gateway; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm')]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_route_is_json_404_by_family(tmp_path) -> None:
+    client = make_app(tmp_path).test_client()
+    openai = client.get("/v1/nothing")
+    assert openai.status_code == 404
+    assert openai.json["error"]["type"] == "not_found_error" and openai.json["detail"]
+    tgi = client.get("/nothing")
+    assert tgi.status_code == 404 and tgi.json["error_type"] == "not_found" and tgi.json["detail"]
+    xinference = client.get("/v1/model_registrations/LLM/x/y/z")
+    assert xinference.status_code == 404 and set(xinference.json) == {"detail", "error"}
+
+
+def test_method_not_allowed_is_405(tmp_path) -> None:
+    response = make_app(tmp_path).test_client().post("/metrics")
+    assert response.status_code == 405 and response.json["error"]
+
+
+def test_error_bodies_per_family() -> None:
+    error = InvalidRequest("bad temperature", param="temperature")
+    assert error_body(error, "openai") == {
+        "error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature",
+                  "code": 400},
+        "detail": "bad temperature"}
+    assert error_body(error, "tgi") == {"error": "bad temperature", "error_type": "validation",
+                                        "detail": "bad temperature"}
+    assert error_body(error, "xinference") == {"detail": "bad temperature", "error": "bad temperature"}
+
+
+def test_control_errors_come_back_typed() -> None:
+    assert isinstance(from_control_error("x", 404, "not_found"), NotFound)
+    assert isinstance(from_control_error("x", 409, "validation"), Conflict)
+    assert isinstance(from_control_error("x", 503, "overloaded"), NotReady)
+    assert isinstance(from_control_error("x", 400, "validation"), InvalidRequest)
+    assert isinstance(from_control_error("x", 500, "generation"), GenerationFailed)
+
+
+def test_overloaded_carries_retry_after(tmp_path) -> None:
+    client = make_app(tmp_path, FakeGateway(failure=Overloaded("busy", retry_after_s=3))).test_client()
+    response = client.post("/v1/completions", json={"prompt": "hi"})
+    assert response.status_code == 429 and response.headers["Retry-After"] == "3"
+
+
+def test_server_error_says_do_not_retry_and_hides_the_trace(tmp_path) -> None:
+    class Exploding(FakeGateway):
+        def resolve_model(self, name: str | None) -> str:
+            raise RuntimeError("secret internals")
+
+    client = make_app(tmp_path, Exploding()).test_client()
+    response = client.post("/v1/completions", json={"prompt": "hi"})
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
+    assert "secret" not in response.get_data(as_text=True) and "Traceback" not in response.get_data(as_text=True)
+    assert response.json["error"]["message"]
+
+
+def test_body_over_the_limit_is_413(tmp_path) -> None:
+    client = make_app(tmp_path, max_body_bytes=1000).test_client()
+    response = client.post("/v1/completions", data=json.dumps({"prompt": "x" * 2000}),
+                           content_type="application/json")
+    assert response.status_code == 413 and response.json["detail"]
+
+
+def test_malformed_json_is_400_on_v1(tmp_path) -> None:
+    client = make_app(tmp_path).test_client()
+    response = client.post("/v1/chat/completions", data="{not json", content_type="application/json")
+    assert response.status_code == 400 and "JSON" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_api_key_required_when_set(tmp_path, headers: dict[str, str]) -> None:
+    client = make_app(tmp_path, api_key="sekret").test_client()
+    response = client.get("/v1/models", headers=headers)
+    assert response.status_code == 401 and response.json["error"]["type"] == "authentication_error"
+
+
+def test_api_key_accepted_and_open_paths_free(tmp_path) -> None:
+    client = make_app(tmp_path, api_key="sekret").test_client()
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+    assert client.get("/v1/models", headers={"X-Api-Key": "sekret"}).status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_counts_requests_and_model_gauges(tmp_path) -> None:
+    client = make_app(tmp_path).test_client()
+    client.post("/v1/completions", json={"prompt": "hi"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'berth_http_requests_total{method="POST",route="/v1/completions",status="200"} 1.0' in text
+    assert 'berth_generated_tokens_total{model="default"} 3.0' in text
+    assert 'berth_model_queue_depth{model="default"} 3.0' in text
+    assert 'berth_model_running_requests{model="default"} 2.0' in text
+
+
+def test_two_apps_do_not_share_state(tmp_path) -> None:
+    first, second = make_app(tmp_path), make_app(tmp_path)
+    assert first.extensions["berth"] is not second.extensions["berth"]
