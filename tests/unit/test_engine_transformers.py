@@ -1,0 +1,221 @@
+"""The transformers engine on demo://tiny: equality with generate, continuous batching, aborts, logprobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import torch
+
+from berth_server.canonical import SamplingParams
+from berth_server.demo_model import RECIPES, build
+from berth_server.engines.base import EngineRequest, EngineStep
+from berth_server.engines.transformers_engine import TransformersEngine
+from berth_server.errors import BerthError, InvalidRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+pytestmark = pytest.mark.timeout(120)
+T = TypeVar("T")
+PROMPTS = [[1, 5, 6, 7, 8], [1, 9, 10], [1, 100, 200, 300, 400, 500, 600, 700, 800]]
+GREEDY = SamplingParams(greedy=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(RECIPES["tiny"], tmp_path_factory.mktemp("tiny"))
+
+
+def _engine(model_dir: Path, **settings: Any) -> Iterator[TransformersEngine]:
+    config = ModelLaunchConfig(uid="tiny", source=str(model_dir), model_name="tiny")
+    engine = TransformersEngine(model_dir, config, Settings(device="cpu", **settings))
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.shutdown())
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_dir: Path) -> Iterator[TransformersEngine]:
+    yield from _engine(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def single(tiny_dir: Path) -> Iterator[TransformersEngine]:
+    """An engine with one batch slot, to see queueing and freed slots."""
+    yield from _engine(tiny_dir, max_batch_size=1)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout=60)
+
+    return asyncio.run(bounded())
+
+
+def _req(rid: str, prompt: list[int], sampling: SamplingParams = GREEDY, n: int = 12, **kw: Any) -> EngineRequest:
+    return EngineRequest(request_id=rid, prompt_token_ids=prompt, sampling=sampling, max_new_tokens=n, **kw)
+
+
+async def _collect(engine: TransformersEngine, request: EngineRequest) -> list[EngineStep]:
+    return [step async for step in engine.generate(request)]
+
+
+def _ids(steps: list[EngineStep]) -> list[int]:
+    return [t for s in steps for t in s.token_ids]
+
+
+def _reference(model: Any, prompt: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_batch_equals_generate(engine: TransformersEngine, model: Any) -> None:
+    async def scenario() -> list[list[EngineStep]]:
+        return await asyncio.gather(*(_collect(engine, _req(f"g{i}", p, n=16)) for i, p in enumerate(PROMPTS)))
+
+    for prompt, steps in zip(PROMPTS, _run(scenario()), strict=True):
+        assert all(len(s.token_ids) == 1 for s in steps)
+        assert [s.finish for s in steps] == [None] * 15 + ["length"]
+        assert _ids(steps) == _reference(model, prompt, 16)
+    assert engine.counts() == (0, 0)
+
+
+def test_late_request_joins_the_running_batch(engine: TransformersEngine, model: Any) -> None:
+    async def scenario() -> tuple[list[str], list[int]]:
+        events: list[str] = []
+        started = asyncio.Event()
+
+        async def long() -> list[int]:
+            out = []
+            async for step in engine.generate(_req("long", PROMPTS[0], n=300)):
+                out += step.token_ids
+                if len(out) == 3:
+                    started.set()
+            events.append("long done")
+            return out
+
+        async def late() -> list[int]:
+            await started.wait()
+            steps = await _collect(engine, _req("late", PROMPTS[1], n=4))
+            events.append("late done")
+            return _ids(steps)
+
+        _, late_ids = await asyncio.gather(long(), late())
+        return events, late_ids
+
+    events, late_ids = _run(scenario())
+    assert events == ["late done", "long done"]
+    assert late_ids == _reference(model, PROMPTS[1], 4)  # merged into a padded cache, still exact
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(engine: TransformersEngine) -> None:
+    seeded = SamplingParams(temperature=1.0, seed=1234)
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        alone = _ids(await _collect(engine, _req("s1", PROMPTS[2], seeded, n=10)))
+        crowd = [_collect(engine, _req(f"c{i}", p, SamplingParams(temperature=1.5), n=8))
+                 for i, p in enumerate(PROMPTS)]
+        mixed, *_ = await asyncio.gather(_collect(engine, _req("s2", PROMPTS[2], seeded, n=10)), *crowd)
+        other = _ids(await _collect(engine, _req("s3", PROMPTS[2], SamplingParams(seed=99), n=10)))
+        return alone, _ids(mixed), other
+
+    alone, mixed, other = _run(scenario())
+    assert alone == mixed
+    assert alone != other
+
+
+def test_abort_ends_with_abort_and_aclose_frees_the_slot(single: TransformersEngine, model: Any) -> None:
+    async def scenario() -> tuple[list[EngineStep], tuple[int, int], list[int]]:
+        steps: list[EngineStep] = []
+        async for step in single.generate(_req("a", PROMPTS[0], n=500)):
+            steps.append(step)
+            if len(steps) == 2:
+                await single.abort("a")
+        stream = single.generate(_req("b", PROMPTS[0], n=500))
+        await stream.__anext__()
+        queued = asyncio.ensure_future(_collect(single, _req("c", PROMPTS[1], n=3)))
+        while single.counts() != (1, 1):  # c is queued behind b (bounded by the test timeout)
+            await asyncio.sleep(0.005)
+        counts = single.counts()
+        await stream.aclose()  # frees b's slot, so c can run
+        return steps, counts, _ids(await queued)
+
+    steps, counts, queued_ids = _run(scenario())
+    assert steps[-1].finish == "abort" and len(steps) < 500
+    assert counts == (1, 1)
+    assert queued_ids == _reference(model, PROMPTS[1], 3)
+
+
+def test_logprobs_and_prompt_logprobs(engine: TransformersEngine, model: Any) -> None:
+    prompt = PROMPTS[2]
+    sampling = SamplingParams(greedy=True, logprobs=3, prompt_logprobs=True)
+    steps = _run(_collect(engine, _req("lp", prompt, sampling, n=4)))
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + _ids(steps)[:-1]])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)
+    for k, step in enumerate(steps):
+        assert step.logprobs is not None and step.top_logprobs is not None
+        assert len(step.logprobs) == len(step.top_logprobs) == 1 and len(step.top_logprobs[0]) == 3
+        best_id, best_lp = step.top_logprobs[0][0]
+        assert best_id == step.token_ids[0] and best_lp == pytest.approx(step.logprobs[0])
+        row = expected[len(prompt) - 1 + k]
+        assert step.logprobs[0] == pytest.approx(float(row.max()), abs=1e-4)
+    first = steps[0].prompt_logprobs
+    assert first is not None and len(first) == len(prompt) and first[0] is None
+    wanted = [float(expected[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+    assert first[1:] == pytest.approx(wanted, abs=1e-4)
+    assert all(s.prompt_logprobs is None for s in steps[1:])
+    plain = _run(_collect(engine, _req("nolp", prompt, n=2)))
+    assert all(s.logprobs is None and s.top_logprobs is None for s in plain)
+
+
+def test_stop_token_ids_min_new_tokens_and_ignore_eos(engine: TransformersEngine, model: Any) -> None:
+    ref = _reference(model, PROMPTS[0], 12)
+    k = next(i for i in range(2, 12) if ref[i] not in ref[:i])
+    stop = frozenset({ref[k]})
+    steps = _run(_collect(engine, _req("eos", PROMPTS[0], n=12, stop_token_ids=stop)))
+    assert _ids(steps) == ref[: k + 1] and steps[-1].finish == "eos"
+    ignored = SamplingParams(greedy=True, ignore_eos=True)
+    steps = _run(_collect(engine, _req("ign", PROMPTS[0], ignored, n=12, stop_token_ids=stop)))
+    assert _ids(steps) == ref and steps[-1].finish == "length"
+    first = frozenset({ref[0]})
+    held = SamplingParams(greedy=True, min_new_tokens=1)
+    steps = _run(_collect(engine, _req("min", PROMPTS[0], held, n=3, stop_token_ids=first)))
+    assert steps[0].token_ids != [ref[0]] and steps[0].finish is None
+    by_sampling = SamplingParams(greedy=True, stop_token_ids=(ref[0],))
+    assert _run(_collect(engine, _req("sp", PROMPTS[0], by_sampling, n=5)))[-1].finish == "eos"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [_req("bad", PROMPTS[0], SamplingParams(temperature=-0.5)), _req("bad", [1, 10**9]),
+     _req("bad", []), _req("bad", PROMPTS[0], n=0), _req("bad", PROMPTS[0], SamplingParams(top_p=2.0))],
+)
+def test_an_invalid_request_fails_alone(engine: TransformersEngine, model: Any, bad: EngineRequest) -> None:
+    async def scenario() -> tuple[list[int], BaseException | None]:
+        good = asyncio.ensure_future(_collect(engine, _req("good", PROMPTS[1], n=6)))
+        try:
+            await _collect(engine, bad)
+        except BerthError as exc:
+            return _ids(await good), exc
+        return _ids(await good), None
+
+    good_ids, error = _run(scenario())
+    assert isinstance(error, InvalidRequest)
+    assert good_ids == _reference(model, PROMPTS[1], 6)
+    assert engine.counts() == (0, 0)
+
+
+def test_load_info(engine: TransformersEngine) -> None:
+    assert engine.max_model_len == RECIPES["tiny"].max_position_embeddings
+    assert engine.device == torch.device("cpu")
