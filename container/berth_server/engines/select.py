@@ -1,0 +1,83 @@
+"""Pick and build the engine for a model: an explicit choice, or `auto` (vLLM when it can serve).
+
+Engine classes are imported lazily so `import berth_server` works without torch or vllm. An engine
+class may expose `cannot_serve(config, model_dir, settings) -> str | None`, saying why it cannot
+serve a spec instead of failing late; `auto` uses it to fall back, an explicit choice fails with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+
+from berth_server.engines.base import Engine
+from berth_server.errors import InvalidRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# name -> (module, class); declarative, so adding an engine is one line.
+ENGINES: dict[str, tuple[str, str]] = {
+    "vllm": ("berth_server.engines.vllm_engine", "VllmEngine"),
+    "transformers": ("berth_server.engines.transformers_engine", "TransformersEngine"),
+}
+# `auto` tries these in order; the last one is the fallback that serves anything it can load.
+AUTO_ORDER: tuple[str, ...] = ("vllm", "transformers")
+# The package each engine needs at all; a missing one is a reason, not an import error.
+REQUIRED_PACKAGE: dict[str, str] = {"vllm": "vllm", "transformers": "transformers"}
+
+
+class EngineUnavailable(InvalidRequest):
+    """The chosen engine cannot serve this model; the message says why."""
+
+
+def engine_class(name: str) -> type[Engine]:
+    """Import the engine class called `name`."""
+    module_name, class_name = ENGINES[name]
+    module = importlib.import_module(module_name)
+    cls: type[Engine] = getattr(module, class_name)
+    return cls
+
+
+def why_not(name: str, config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
+    """Why engine `name` cannot serve this model, or None when it can."""
+    package = REQUIRED_PACKAGE.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        return f"{package} is not installed"
+    try:
+        cls = engine_class(name)
+    except ImportError as exc:
+        return f"cannot import the {name} engine: {exc}"
+    check = getattr(cls, "cannot_serve", None)
+    return check(config, model_dir, settings) if check is not None else None
+
+
+def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str:
+    """The engine name to use, logging which one and why; EngineUnavailable when none fits."""
+    choice = config.engine if config.engine != "auto" else settings.engine
+    if choice != "auto":
+        if choice not in ENGINES:
+            raise EngineUnavailable(f"unknown engine {choice!r}; use auto, {', '.join(ENGINES)}")
+        reason = why_not(choice, config, model_dir, settings)
+        if reason:
+            raise EngineUnavailable(f"the {choice} engine cannot serve model '{config.model_name}': {reason}")
+        log.info("model %s: engine %s (explicitly chosen)", config.uid, choice)
+        return choice
+    reasons: list[str] = []
+    for name in AUTO_ORDER:
+        reason = why_not(name, config, model_dir, settings)
+        if reason is None:
+            skipped = f" ({'; '.join(reasons)})" if reasons else ""
+            log.info("model %s: engine %s (auto%s)", config.uid, name, skipped)
+            return name
+        reasons.append(f"{name}: {reason}")
+    raise EngineUnavailable(f"no engine can serve model '{config.model_name}': {'; '.join(reasons)}")
+
+
+def create_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
+    """Build (not start) the engine for `config` with weights in `model_dir`."""
+    name = choose_engine(config, model_dir, settings)
+    return engine_class(name)(model_dir, config, settings)

@@ -1,0 +1,83 @@
+"""One Generate request's life in the model process: prepare, Accepted, Deltas, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.errors import BerthError
+
+if TYPE_CHECKING:
+    from berth_server.model_process.server import ModelServer
+
+log = logging.getLogger(__name__)
+
+
+def _failure(request_id: str, exc: BerthError) -> Failure:
+    return Failure(request_id=request_id, message=exc.message, error_type=exc.error_type,  # type: ignore[arg-type]
+                   param=exc.param)
+
+
+async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequest) -> None:
+    """Validate, stream the engine's steps as Deltas to `peer`, and always free the engine slot."""
+    pipeline, engine, counters = server.pipeline, server.engine, server.counters
+    assert pipeline is not None and engine is not None
+    rid = request.request_id
+    try:
+        prepared = pipeline.prepare(request)
+    except BerthError as exc:
+        server.emit(peer, _failure(rid, exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - a bug in rendering is a 500 for this request only
+        log.exception("request %s: preparing the prompt failed", rid)
+        server.emit(peer, Failure(request_id=rid, message=f"internal error preparing the prompt: {exc}"))
+        return
+    counters.requests_total += 1
+    counters.prompt_tokens_total += len(prepared.prompt_ids)
+    stream = pipeline.output_stream(request, prepared)
+    accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids), prompt_text=prepared.prompt_text)
+    awaiting_prefill = request.sampling.prompt_logprobs
+    if not awaiting_prefill:
+        server.emit(peer, accepted)
+    steps = engine.generate(prepared.engine_request)
+    engine_done = False
+    try:
+        async for step in steps:
+            engine_done = step.finish is not None
+            if awaiting_prefill:  # prompt logprobs come with the first step, and belong in Accepted
+                accepted.prefill = stream.prefill(step, prepared.prompt_ids)
+                server.emit(peer, accepted)
+                awaiting_prefill = False
+            counters.generated_tokens_total += len(step.token_ids)
+            delta = stream.process(step)
+            if delta is not None:
+                server.emit(peer, delta)
+            if stream.finished:
+                if delta is not None and delta.finish_reason == "abort":
+                    counters.aborted_total += 1
+                else:
+                    counters.finished_total += 1
+                break
+        else:
+            if not stream.finished:
+                server.emit(peer, Failure(request_id=rid, message="the engine ended the request without finishing it"))
+    except asyncio.CancelledError:  # Abort from the frontend, its peer went away, or shutdown
+        counters.aborted_total += 1
+        if not awaiting_prefill:
+            server.emit(peer, Delta(request_id=rid, completion_tokens=stream.completion_tokens, finish_reason="abort"))
+    except BerthError as exc:
+        server.emit(peer, _failure(rid, exc))
+    except Exception as exc:  # noqa: BLE001 - the engine failed this request; others go on
+        log.exception("request %s: generation failed", rid)
+        server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))
+    finally:
+        aclose = getattr(steps, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+        if not engine_done:  # a stop string, an abort or an error: free the slot now
+            with contextlib.suppress(Exception):
+                await engine.abort(rid)

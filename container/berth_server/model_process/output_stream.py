@@ -1,0 +1,93 @@
+"""Per-request output state: engine steps in, Deltas out (text, reasoning, token details, finish)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from berth_server.canonical import Delta, FinishReason, TokenInfo, TopToken
+from berth_server.engines.base import EngineStep
+from berth_server.model_process.detokenizer import IncrementalDetokenizer, StopMatcher
+from berth_server.model_process.reasoning import ReasoningSplitter
+
+if TYPE_CHECKING:
+    from berth_server.model_process.text_pipeline import TextPipeline
+
+FINISH: dict[str, FinishReason] = {"eos": "eos", "length": "length", "abort": "abort"}
+
+
+class OutputStream:
+    """Detokenizes, cuts stop strings, splits reasoning and counts tokens for one request."""
+
+    def __init__(self, *, pipeline: TextPipeline, request_id: str, skip_ids: Iterable[int],
+                 prompt_ids: list[int], stops: Iterable[str], splitter: ReasoningSplitter | None,
+                 details: bool):
+        self._pipeline = pipeline
+        self.request_id = request_id
+        self._detok = IncrementalDetokenizer(pipeline.tokenizer, skip_ids, prompt_ids)
+        self._stops = StopMatcher(stops)
+        self._splitter = splitter
+        self._details = details
+        self.completion_tokens = 0
+        self.finished = False
+
+    def prefill(self, step: EngineStep, prompt_ids: list[int]) -> list[TokenInfo] | None:
+        """Prompt tokens with their logprobs (first None), when the engine sent them."""
+        if step.prompt_logprobs is None:
+            return None
+        return [TokenInfo(id=i, text=self._pipeline.token_text(i), logprob=lp,
+                          special=i in self._pipeline.special_ids)
+                for i, lp in zip(prompt_ids, step.prompt_logprobs)]
+
+    def process(self, step: EngineStep) -> Delta | None:
+        """Turn one engine step into a Delta (None when nothing is ready); sets .finished at the end."""
+        pieces: list[str] = []
+        stop_hit: str | None = None
+        for token_id in step.token_ids:
+            self.completion_tokens += 1
+            chunk = self._detok.step(token_id)
+            if chunk:
+                safe, stop_hit = self._stops.feed(chunk)
+                pieces.append(safe)
+                if stop_hit is not None:
+                    break
+        finish: FinishReason | None = "stop" if stop_hit is not None else (
+            FINISH.get(step.finish) if step.finish else None)
+        if finish is not None and stop_hit is None:
+            tail = self._detok.flush()
+            safe, stop_hit = self._stops.feed(tail) if tail else ("", None)
+            pieces.append(safe)
+            if stop_hit is not None:
+                finish = "stop"
+            else:
+                pieces.append(self._stops.flush())
+        text, reasoning = self._split("".join(pieces), finish is not None)
+        tokens = self._token_infos(step) if self._details else None
+        self.finished = finish is not None
+        if not (text or reasoning or tokens or finish):
+            return None
+        return Delta(request_id=self.request_id, text=text, reasoning=reasoning, tokens=tokens,
+                     completion_tokens=self.completion_tokens, finish_reason=finish, stop_sequence=stop_hit)
+
+    def _split(self, text: str, final: bool) -> tuple[str, str]:
+        if self._splitter is None:
+            return text, ""
+        answer, reasoning = self._splitter.feed(text)
+        if final:
+            more_answer, more_reasoning = self._splitter.flush()
+            answer, reasoning = answer + more_answer, reasoning + more_reasoning
+        return answer, reasoning
+
+    def _token_infos(self, step: EngineStep) -> list[TokenInfo] | None:
+        if not step.token_ids:
+            return None
+        text_of = self._pipeline.token_text
+        infos = []
+        for n, token_id in enumerate(step.token_ids):
+            top = None
+            if step.top_logprobs is not None and n < len(step.top_logprobs):
+                top = [TopToken(int(i), text_of(int(i)), float(lp)) for i, lp in step.top_logprobs[n]]
+            logprob = step.logprobs[n] if step.logprobs is not None and n < len(step.logprobs) else None
+            infos.append(TokenInfo(id=token_id, text=text_of(token_id), logprob=logprob,
+                                   special=token_id in self._pipeline.special_ids, top=top))
+        return infos

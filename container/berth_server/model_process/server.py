@@ -1,0 +1,246 @@
+"""The model process's ROUTER: frontend messages in, one EventBatch frame per peer per loop turn out.
+
+Each Generate runs as its own asyncio task (prepare -> Accepted -> Deltas). Events are queued per
+peer identity and flushed once per event-loop iteration, so a worker gets everything pending in
+one frame (FINDINGS: batching halves the frontend's cost). Sends never block: a peer that is gone
+(ROUTER_MANDATORY -> EHOSTUNREACH) has its events dropped and its requests aborted.
+MAX_CONCURRENT_REQUESTS is enforced here, the only place that sees every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from berth_server import ipc
+from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.engines.base import Engine
+from berth_server.errors import BerthError
+from berth_server.model_process.text_pipeline import TextPipeline
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EncoderService(Protocol):
+    """What an embedding/rerank model process serves (built by encoder_service.create_encoder_service)."""
+
+    async def embed(self, message: ipc.Embed) -> ipc.Embedded:
+        """Embed texts."""
+
+    async def rerank(self, message: ipc.Rerank) -> ipc.Reranked:
+        """Score documents against a query."""
+
+
+@dataclass
+class Counters:
+    """Cumulative counters behind ModelStats."""
+
+    requests_total: int = 0
+    generated_tokens_total: int = 0
+    prompt_tokens_total: int = 0
+    aborted_total: int = 0
+    finished_total: int = 0
+
+
+class ModelServer:
+    """Serves one model's engine (or encoder service) on a zmq.asyncio ROUTER."""
+
+    def __init__(self, settings: Settings, address: str, *, engine: Engine | None = None,
+                 pipeline: TextPipeline | None = None, encoder: EncoderService | None = None):
+        self.settings = settings
+        self.address = address
+        self.engine = engine
+        self.pipeline = pipeline
+        self.encoder = encoder
+        self.counters = Counters()
+        self.accepting = True
+        self._context = zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._sender: zmq.Socket[Any] | None = None
+        self._outbox: dict[bytes, list[Any]] = {}
+        self._flush_scheduled = False
+        self._requests: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self._generations: set[tuple[bytes, str]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the ROUTER (before pushing 'ready')."""
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.LINGER, 500)
+        socket.bind(self.address)
+        self._socket = socket
+        # A plain (sync) view of the same socket: sends are non-blocking calls, never awaited.
+        self._sender = zmq.Socket.shadow(socket.underlying)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Receive and dispatch until `stop` is set."""
+        assert self._socket is not None, "bind() first"
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                receive = asyncio.ensure_future(self._socket.recv_multipart())
+                done, _ = await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    receive.cancel()
+                    break
+                frames = receive.result()
+                if len(frames) == 2:
+                    self._dispatch(frames[0], frames[1])
+        finally:
+            stopping.cancel()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting; let in-flight requests finish for up to timeout_s, then abort the rest."""
+        self.accepting = False
+        tasks = list(self._requests.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        self._flush()
+
+    def close(self) -> None:
+        """Close the socket (pending frames get the socket's short linger)."""
+        self._flush()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    # --- dispatch ----------------------------------------------------------------------------------
+
+    def _dispatch(self, peer: bytes, frame: bytes) -> None:
+        try:
+            message = ipc.decode_frontend_message(frame)
+        except msgspec.DecodeError as exc:
+            log.warning("dropping a malformed frame from a frontend: %s", exc)
+            return
+        if isinstance(message, ipc.Generate):
+            self._start_generate(peer, message.request)
+        elif isinstance(message, ipc.Abort):
+            task = self._requests.get((peer, message.request_id))
+            if task is not None:
+                task.cancel()
+        elif isinstance(message, ipc.StatsQuery):
+            self.emit(peer, self.stats(message.request_id))
+        else:
+            self._spawn(peer, message.request_id, self._answer(peer, message))
+
+    def _spawn(self, peer: bytes, request_id: str, coro: Any, generation: bool = False) -> None:
+        task = asyncio.ensure_future(coro)
+        key = (peer, request_id)
+        self._requests[key] = task
+        if generation:
+            self._generations.add(key)
+        task.add_done_callback(lambda _t: self._forget(key))
+
+    def _forget(self, key: tuple[bytes, str]) -> None:
+        self._requests.pop(key, None)
+        self._generations.discard(key)
+
+    def _start_generate(self, peer: bytes, request: GenerateRequest) -> None:
+        rid = request.request_id
+        if self.engine is None or self.pipeline is None:
+            self.emit(peer, Failure(request_id=rid, message="this model does not generate text (it is an"
+                                    " embedding or rerank model)", error_type="validation"))
+            return
+        if not self.accepting:
+            self.emit(peer, Failure(request_id=rid, message="the model is shutting down",
+                                    error_type="overloaded"))
+            return
+        if self.generating() >= self.settings.max_concurrent_requests:
+            self.emit(peer, Failure(request_id=rid, message=f"too many concurrent requests (limit"
+                                    f" {self.settings.max_concurrent_requests}); retry later",
+                                    error_type="overloaded"))
+            return
+        from berth_server.model_process.generation import run_generation
+
+        self._spawn(peer, rid, run_generation(self, peer, request), generation=True)
+
+    def generating(self) -> int:
+        """Requests in flight (admitted and not finished)."""
+        return len(self._generations)
+
+    async def _answer(self, peer: bytes, message: Any) -> None:
+        """Tokenize / Embed / Rerank: one reply or a Failure."""
+        try:
+            self.emit(peer, await self._reply_to(message))
+        except BerthError as exc:
+            self.emit(peer, Failure(request_id=message.request_id, message=exc.message,
+                                    error_type=exc.error_type, param=exc.param))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - an unexpected bug becomes a 500, not a hang
+            log.exception("request %s failed", message.request_id)
+            self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
+
+    async def _reply_to(self, message: Any) -> Any:
+        if isinstance(message, ipc.Tokenize):
+            if self.pipeline is None:
+                raise _not_supported("tokenize")
+            return ipc.Tokenized(message.request_id, self.pipeline.tokenize(message))
+        if self.encoder is None:
+            raise _not_supported("embeddings" if isinstance(message, ipc.Embed) else "rerank")
+        if isinstance(message, ipc.Embed):
+            return await self.encoder.embed(message)
+        return await self.encoder.rerank(message)
+
+    def stats(self, request_id: str) -> ipc.ModelStats:
+        """Current counters."""
+        running, waiting = self.engine.counts() if self.engine is not None else (0, 0)
+        c = self.counters
+        return ipc.ModelStats(request_id=request_id, running=running, waiting=waiting,
+                              requests_total=c.requests_total, generated_tokens_total=c.generated_tokens_total,
+                              prompt_tokens_total=c.prompt_tokens_total, aborted_total=c.aborted_total,
+                              finished_total=c.finished_total)
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    def emit(self, peer: bytes, event: Accepted | Delta | Failure | Any) -> None:
+        """Queue an event for a peer; all events queued in this loop turn go out as one frame."""
+        self._outbox.setdefault(peer, []).append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._sender is None:
+            self._outbox.clear()
+            return
+        outbox, self._outbox = self._outbox, {}
+        retry = False
+        for peer, events in outbox.items():
+            try:
+                self._sender.send_multipart([peer, ipc.encode(ipc.EventBatch(events=events))], flags=zmq.NOBLOCK)
+            except zmq.Again:  # the peer's queue is full: keep the events, in order, and try again soon
+                self._outbox[peer] = events + self._outbox.get(peer, [])
+                retry = True
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.warning("frontend peer %r is gone; dropping %d events and aborting its requests",
+                            peer, len(events))
+                for (owner, _rid), task in list(self._requests.items()):
+                    if owner == peer:
+                        task.cancel()
+        if retry and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(0.001, self._flush)
+
+
+def _not_supported(what: str) -> BerthError:
+    from berth_server.errors import InvalidRequest
+
+    return InvalidRequest(f"this model does not support {what}")
