@@ -30,28 +30,23 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
         raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
 
 
-class TextPart(OpenAIBase):
-    """A content part; only text is supported."""
-
-    type: str
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _text_only(self) -> TextPart:
-        if self.type != "text" or self.text is None:
-            raise ValueError(f"content part type '{self.type}' is not supported (only 'text')")
-        return self
-
-
 class ChatMessage(OpenAIBase):
     """One chat message."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart] | None = None
+    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"content part type '{part.get('type')}' is not supported (only 'text')")
+        return value
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
@@ -63,7 +58,7 @@ class ChatMessage(OpenAIBase):
         """The dict the chat template sees (content parts joined into one string)."""
         content = self.content
         if isinstance(content, list):
-            content = "\n".join(part.text or "" for part in content)
+            content = "\n".join(part["text"] for part in content)
         message: dict[str, Any] = {"role": self.role, "content": content}
         for key in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
             value = getattr(self, key)
