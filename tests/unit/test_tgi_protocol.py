@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
-
 from berth_server.errors import InvalidRequest, Overloaded
 from berth_server.frontend.app import create_app
 from berth_server.protocols.tgi.schemas import DEFAULT_MAX_NEW_TOKENS, GenerateBody, parse
 from berth_server.settings import Settings
+from flask import Flask
+from flask.testing import FlaskClient
+
 from tests.unit.test_tgi_fakes import FakeGateway
 
 # Every parameter the text-generation 0.7.0 client sends, nulls included.

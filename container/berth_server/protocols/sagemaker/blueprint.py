@@ -1,0 +1,65 @@
+"""SageMaker hosting routes: GET /ping and POST /invocations, dispatched on the body's shape.
+
+Dispatch (TGI >= 2.4 behaviour, in every mode): a body with "messages" is an OpenAI chat
+completion, one with "prompt" an OpenAI completion, one with "inputs" a TGI generation (a list
+reply [{generated_text, details}] like TGI's SageMaker image; "inputs" may be a list of prompts,
+answered one entry per prompt). "stream": true streams SSE for any shape. MESSAGES_API_ENABLED
+is read and accepted for compatibility with TGI's SageMaker image: as in TGI >= 2.4 the shape
+decides, and the setting only breaks the tie when a body carries both "messages" and "inputs"
+(chat when true, TGI when false). Any other body is a 422 naming the accepted shapes. Errors on
+TGI-shaped bodies have TGI bodies; chat/prompt bodies get OpenAI error bodies (400 on validation).
+X-Amzn-SageMaker-Custom-Attributes and Accept are accepted (replies are JSON, or SSE when streaming);
+X-Amzn-SageMaker-Inference-Id is echoed back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from berth_server.frontend.errors import request_json
+from berth_server.frontend.state import get_state
+from berth_server.protocols.openai import service as openai_service
+from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
+from berth_server.protocols.openai.schemas import parse as parse_openai
+from berth_server.protocols.sagemaker import service
+from berth_server.protocols.sagemaker.schemas import shape_of
+
+sagemaker_bp = Blueprint("sagemaker", __name__)
+# Errors before the shape is known (bad JSON, unknown shape) use TGI's bodies, as TGI's image does.
+sagemaker_bp.berth_family = "tgi"  # type: ignore[attr-defined]
+
+INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
+
+
+@sagemaker_bp.get("/ping")
+def ping() -> Any:
+    """SageMaker health check: 200 only when the default model is ready."""
+    if get_state().gateway.default_ready():
+        return jsonify({"status": "healthy"})
+    return jsonify({"status": "unhealthy", "detail": "the default model is not ready"}), 503
+
+
+@sagemaker_bp.post("/invocations")
+def invocations() -> Response:
+    """One SageMaker invocation, answered by the protocol its body speaks."""
+    state = get_state()
+    body = request_json()
+    shape = shape_of(body, state.settings.messages_api_enabled)
+    g.berth_family = "tgi" if shape == "tgi" else "openai"
+    if shape == "tgi":
+        return service.invoke_tgi(state.gateway, state.gateway.resolve_model(None), body)
+    body = service.endpoint_model(state.gateway, body)
+    if shape == "chat":
+        return openai_service.chat_completion(state, parse_openai(ChatCompletionRequest, body))
+    return openai_service.completion(state, parse_openai(CompletionRequest, body))
+
+
+@sagemaker_bp.after_request
+def echo_inference_id(response: Response) -> Response:
+    """Echo SageMaker's inference id so a caller can match replies (and data capture) to requests."""
+    inference_id = request.headers.get(INFERENCE_ID_HEADER)
+    if inference_id:
+        response.headers[INFERENCE_ID_HEADER] = inference_id
+    return response

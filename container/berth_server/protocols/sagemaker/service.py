@@ -1,0 +1,50 @@
+"""SageMaker /invocations service: TGI-shaped bodies as TGI's SageMaker image answers them.
+
+Chat ("messages") and completion ("prompt") bodies are answered by the OpenAI protocol's own
+views (see blueprint.py), so the reply is byte-for-byte what /v1 would give.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+from berth_server.errors import NotFound
+from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
+from berth_server.protocols.tgi.schemas import parse
+from berth_server.protocols.tgi.service import TgiGeneration
+
+
+def invoke_tgi(gateway: Any, uid: str, body: dict[str, Any]) -> Response:
+    """A TGI-shaped invocation: a list [{generated_text, details?}] per input, or TGI token events."""
+    invocation = parse(InvocationTgiBody, body)
+    bodies = invocation.bodies()
+    if invocation.stream:
+        generation = TgiGeneration(gateway, bodies[0], uid)
+        return sse_response((sse_event(e) for e in generation.events()), on_close=generation.stream.close)
+    generations: list[TgiGeneration] = []
+    try:
+        # Start every prompt before folding any, so the model batches them.
+        for item in bodies:
+            generations.append(TgiGeneration(gateway, item, uid))
+        return jsonify([generation.reply() for generation in generations])
+    finally:
+        for generation in generations:
+            generation.stream.close()
+
+
+def endpoint_model(gateway: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """The body with "model" dropped unless it names a running model: on SageMaker the endpoint is the model.
+
+    Clients written for TGI send "tgi" and others send the endpoint's name; both mean the default model.
+    """
+    name = body.get("model")
+    if name is None:
+        return body
+    try:
+        gateway.resolve_model(name)
+    except NotFound:
+        return {key: value for key, value in body.items() if key != "model"}
+    return body
