@@ -156,7 +156,8 @@ def build_config(settings: Settings, registration: Registration, model_type: str
     """Resolve source, template facts and limits into the config a model process starts from."""
     spec = choose_spec(registration, request)
     source = request.model_path or spec.model_uri or spec.model_id
-    model_dir = local_dir(source)
+    # model_path and model_uri may be local; a model_id is a hub id, resolved in the model process.
+    model_dir = local_dir(request.model_path or spec.model_uri)
     if model_dir is not None and not model_dir.exists():
         raise WeightsNotFound(f"model weights not found at {source!r}")
     common: dict[str, Any] = dict(
