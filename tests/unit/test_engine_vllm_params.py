@@ -1,0 +1,111 @@
+"""The vLLM mapping without an engine: SamplingParams fields, TGI-named settings, BERTH_VLLM_ pass-through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berth_server.canonical import SamplingParams
+from berth_server.engines import vllm_params
+from berth_server.engines.base import EngineRequest
+from berth_server.engines.vllm_engine import VllmEngine
+from berth_server.errors import InvalidRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+CONFIG = ModelLaunchConfig(uid="m", source="/m", model_name="m")
+
+
+def _params(sampling: SamplingParams, stop_ids: frozenset[int] = frozenset({2, 9}), max_new: int = 8):  # type: ignore[no-untyped-def]
+    return vllm_params.sampling_params(EngineRequest("r", [1, 2, 3], sampling, stop_ids, max_new))
+
+
+def test_every_sampling_field_maps() -> None:
+    sampling = SamplingParams(
+        temperature=0.7, top_p=0.9, top_k=5, min_p=0.05, repetition_penalty=1.1, frequency_penalty=0.2,
+        presence_penalty=0.3, seed=7, min_new_tokens=3, logprobs=2, prompt_logprobs=True,
+    )
+    p = _params(sampling)
+    assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.7, 0.9, 5, 0.05)
+    assert (p.repetition_penalty, p.frequency_penalty, p.presence_penalty, p.seed) == (1.1, 0.2, 0.3, 7)
+    assert (p.max_tokens, p.min_tokens, p.logprobs, p.prompt_logprobs) == (8, 3, 2, 0)
+    assert sorted(p.stop_token_ids) == [2, 9] and not p.ignore_eos
+    assert p.detokenize is False and p.output_kind.name == "DELTA"
+
+
+def test_greedy_disables_sampling_knobs_and_defaults_are_off() -> None:
+    p = _params(SamplingParams(greedy=True, temperature=0.9, top_k=3, top_p=0.5))
+    assert (p.temperature, p.top_k, p.top_p) == (0.0, 0, 1.0)
+    plain = _params(SamplingParams())
+    assert plain.logprobs is None and plain.prompt_logprobs is None and plain.seed is None
+
+
+def test_ignore_eos_keeps_only_explicit_stop_ids() -> None:
+    p = _params(SamplingParams(ignore_eos=True, stop_token_ids=(9,)))
+    assert p.ignore_eos and list(p.stop_token_ids) == [9]
+
+
+def test_typical_p_is_a_validation_error() -> None:
+    with pytest.raises(InvalidRequest, match="typical_p") as info:
+        _params(SamplingParams(typical_p=0.5))
+    assert info.value.param == "typical_p"
+
+
+def test_settings_map_to_engine_args(tmp_path: Path) -> None:
+    settings = Settings(
+        sm_num_gpus=2, quantize="awq", max_total_tokens=1024, max_batch_prefill_tokens=512,
+        max_concurrent_requests=64, gpu_memory_utilization=0.8, kv_cache_gb=4, dtype="float16",
+        trust_remote_code=True,
+    )
+    kwargs = vllm_params.engine_kwargs(tmp_path, CONFIG, settings, cpu=False)
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["quantization"] == "awq"
+    assert kwargs["max_model_len"] == 1024 and kwargs["max_num_batched_tokens"] == 512
+    assert kwargs["max_num_seqs"] == 64 and kwargs["gpu_memory_utilization"] == 0.8
+    assert kwargs["kv_cache_memory_bytes"] == 4 << 30 and kwargs["dtype"] == "float16"
+    assert kwargs["trust_remote_code"] and kwargs["skip_tokenizer_init"] and "enforce_eager" not in kwargs
+    cpu = vllm_params.engine_kwargs(tmp_path, CONFIG.__class__(uid="m", source="/m", model_name="m",
+                                                               context_length=256), Settings(), cpu=True)
+    assert cpu["enforce_eager"] and cpu["max_model_len"] == 256 and "kv_cache_memory_bytes" not in cpu
+    env = vllm_params.cpu_environment(Settings(kv_cache_gb=2), cpu_count=2)
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+                   "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def test_passthrough_coerces_types_from_the_dataclass() -> None:
+    args = vllm_params.passthrough_args({
+        "enable_prefix_caching": "false", "max_num_seqs": "8", "block_size": "16",
+        "hf_overrides": '{"rope_theta": 10000}', "kv_cache_dtype": "auto",
+    })
+    assert args["enable_prefix_caching"] is False and args["max_num_seqs"] == 8 and args["block_size"] == 16
+    assert args["hf_overrides"] == {"rope_theta": 10000} and args["kv_cache_dtype"] == "auto"
+    assert vllm_params.passthrough_args({"max_num_seqs": "none"})["max_num_seqs"] is None
+
+
+def test_mistyped_passthrough_names_the_closest_arguments() -> None:
+    with pytest.raises(vllm_params.VllmArgError, match="BERTH_VLLM_MAX_NUM_SEQ .*max_num_seqs"):
+        vllm_params.passthrough_args({"max_num_seq": "4"})
+    with pytest.raises(vllm_params.VllmArgError, match="not an integer"):
+        vllm_params.passthrough_args({"max_num_seqs": "four"})
+    with pytest.raises(vllm_params.VllmArgError, match="boolean"):
+        vllm_params.passthrough_args({"enforce_eager": "maybe"})
+
+
+def test_cannot_serve_explains(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "num_attention_heads": 2}'
+    )
+    cpu = Settings(device="cpu")
+    assert "head size 16" in (VllmEngine.cannot_serve(CONFIG, tmp_path, cpu) or "")
+    embedding = ModelLaunchConfig(uid="e", source="/e", model_name="e", model_type="embedding")
+    assert "LLM" in (VllmEngine.cannot_serve(embedding, tmp_path, cpu) or "")
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["NoSuchForCausalLM"], "hidden_size": 64, "num_attention_heads": 2}'
+    )
+    assert "architecture NoSuchForCausalLM" in (VllmEngine.cannot_serve(CONFIG, tmp_path, cpu) or "")
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 2}'
+    )
+    assert VllmEngine.cannot_serve(CONFIG, tmp_path, cpu) is None
