@@ -61,7 +61,8 @@ def build_registration(model_name: str, *, model_uri: str | None = None, model_i
                             "model_uri": model_uri, "model_revision": None, "quantization": "none"}
     reg: dict[str, Any] = {"version": 2, "model_name": model_name, "model_specs": [spec], "is_builtin": False}
     if model_type == "LLM":
-        size = size_billions if size_billions is not None else guess_size_billions(model_id or model_uri or "")
+        guesses = (guess_size_billions(text) for text in (model_id or "", (model_uri or "").rstrip("/"), model_name))
+        size = size_billions if size_billions is not None else next((g for g in guesses if g is not None), None)
         spec["model_size_in_billions"] = _size_text(size)
         reg.update({"context_length": context_length, "model_family": model_family or model_name,
                     "model_lang": ["en"], "chat_template": chat_template,
