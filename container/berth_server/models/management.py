@@ -134,6 +134,7 @@ class ModelManager:
             "model_uid": uid, "model_type": config.model_type if config else "LLM",
             "model_name": config.model_name if config else uid,
             "model_ability": list(config.abilities) if config else [], "state": status.state,
+            "progress": 1.0 if status.state == "ready" else status.progress, "reason": status.reason,
             "model_engine": description.engine if description else (config.engine if config else None),
             "replica": 1, "address": "", "accelerators": [],
         }
