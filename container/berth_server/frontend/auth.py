@@ -8,7 +8,8 @@ from flask import Flask, request
 
 from berth_server.errors import Unauthorized
 
-OPEN_PATHS = frozenset({"/ping", "/health", "/metrics"})
+# xinference-client asks /v1/cluster/auth without a key to learn whether it must send one.
+OPEN_PATHS = frozenset({"/ping", "/health", "/metrics", "/v1/cluster/auth"})
 
 
 def presented_key() -> str | None:
