@@ -168,7 +168,7 @@ def list_models(endpoint: str, api_key: str | None) -> None:
     click.echo(f"{'UID':<32} {'Type':<10} {'Name':<32} Ability")
     for model in data:
         click.echo(f"{model['id']:<32} {model.get('model_type', 'LLM'):<10} "
-                   f"{str(model.get('model_name', model['id'])):<32} {', '.join(model.get('model_ability') or [])}")
+                   f"{model.get('model_name', model['id'])!s:<32} {', '.join(model.get('model_ability') or [])}")
 
 
 @click.command("terminate")

@@ -52,8 +52,8 @@ class _SpecBase(_Base):
 class LLMSpec(_SpecBase):
     """One format/size/quantization of an LLM family."""
 
-    model_size_in_billions: Union[int, str, float] = 0
-    activated_size_in_billions: Union[int, str, float, None] = None
+    model_size_in_billions: int | str | float = 0
+    activated_size_in_billions: int | str | float | None = None
 
     @field_validator("model_size_in_billions", "activated_size_in_billions")
     @classmethod
@@ -72,7 +72,7 @@ class LLMSpec(_SpecBase):
         return size_key(self.model_size_in_billions)
 
 
-def size_key(size: Union[int, str, float, None]) -> str:
+def size_key(size: str | float | None) -> str:
     """Normalise a size (7, '7', 0.5, '0_5', '0.5') to Xinference's string form."""
     if size is None:
         return ""
@@ -154,7 +154,7 @@ class RerankRegistration(_RegistrationBase):
     model_specs: list[EncoderSpec] = Field(min_length=1)
 
 
-Registration = Union[LLMRegistration, EmbeddingRegistration, RerankRegistration]
+Registration = Union[LLMRegistration, EmbeddingRegistration, RerankRegistration]  # noqa: UP007 - a runtime alias on 3.10
 REGISTRATION_CLASSES: dict[str, type[_RegistrationBase]] = {
     "LLM": LLMRegistration,
     "embedding": EmbeddingRegistration,

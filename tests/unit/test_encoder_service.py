@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from berth_server import ipc
 from berth_server.demo_model import RECIPES, build
 from berth_server.errors import InvalidRequest

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from berth_server.errors import Conflict, InvalidRequest, NotFound, WeightsNotFound
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.models.management import control_handlers, enrich_default_config

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from berth.registration import LLMRegistration
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.registry import Registry
@@ -90,7 +89,7 @@ def test_chat_template_required_unless_the_local_tokenizer_has_one(tmp_path: Pat
     (templated / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     registry = Registry(tmp_path)
     spec = dict(LLM["model_specs"][0])
-    chat = dict(model_ability=["chat"], model_specs=[{**spec, "model_uri": f"file://{bare}"}])
+    chat = {"model_ability": ["chat"], "model_specs": [{**spec, "model_uri": f"file://{bare}"}]}
     with pytest.raises(InvalidRequest, match="chat_template"):
         registry.register("LLM", _with(LLM, **chat), persist=False)
     registry.register("LLM", _with(LLM, **chat, chat_template="{{ messages }}"), persist=False)

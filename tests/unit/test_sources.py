@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.sources import resolve_source
 from berth_server.settings import Settings
@@ -167,7 +166,7 @@ def _resolve_offline(home: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "BERTH_"))}
     env.update({"HF_HUB_OFFLINE": "1", "BERTH_HOME": str(home)})
     result = subprocess.run([sys.executable, "-c", _HUB_SCRIPT, *args], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from berth.registration import LLMRegistration, Registration, size_key
+
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.registry import check_chat_template, local_dir
@@ -160,12 +161,13 @@ def build_config(settings: Settings, registration: Registration, model_type: str
     model_dir = local_dir(request.model_path or spec.model_uri)
     if model_dir is not None and not model_dir.exists():
         raise WeightsNotFound(f"model weights not found at {source!r}")
-    common: dict[str, Any] = dict(
-        uid=uid, source=source, model_name=registration.model_name, model_type=model_type,
-        revision=spec.model_revision, engine=request.engine, engine_args=request.engine_args,
-        trust_remote_code=settings.trust_remote_code, tensor_parallel_size=request.n_gpu or settings.sm_num_gpus,
-        quantization=_FORMAT_QUANTIZATION.get(spec.model_format.lower()), dtype=settings.dtype,
-    )
+    common: dict[str, Any] = {
+        "uid": uid, "source": source, "model_name": registration.model_name, "model_type": model_type,
+        "revision": spec.model_revision, "engine": request.engine, "engine_args": request.engine_args,
+        "trust_remote_code": settings.trust_remote_code,
+        "tensor_parallel_size": request.n_gpu or settings.sm_num_gpus,
+        "quantization": _FORMAT_QUANTIZATION.get(spec.model_format.lower()), "dtype": settings.dtype,
+    }
     if not isinstance(registration, LLMRegistration):
         if request.enable_thinking is not None:
             raise InvalidRequest("enable_thinking applies to LLMs only", param="enable_thinking")

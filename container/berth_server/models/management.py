@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-
 from berth.registration import LLMRegistration, Registration
+
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.models.launch_resolver import as_bool, build_config, generated_uid, parse_launch

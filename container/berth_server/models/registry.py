@@ -18,6 +18,7 @@ from berth.registration import (
     check_name,
     parse_registration,
 )
+
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def local_dir(uri: str | None) -> Path | None:
     """The local directory a model_uri points at (plain path or file://), or None for remote sources."""
     if not uri or "://" in uri and not uri.startswith("file://"):
         return None
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    return Path(uri.removeprefix("file://")).expanduser()
 
 
 def tokenizer_has_chat_template(model_dir: Path) -> bool:

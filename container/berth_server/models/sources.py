@@ -34,7 +34,7 @@ def resolve_source(source: str, settings: Settings, revision: str | None = None,
         from berth_server.models.s3 import resolve_s3
 
         return resolve_s3(source, settings, report)
-    path = Path(source[len("file://"):] if source.startswith("file://") else source).expanduser()
+    path = Path(source.removeprefix("file://")).expanduser()
     if path.is_dir():
         return path
     if path.is_file() and is_archive(path.name):

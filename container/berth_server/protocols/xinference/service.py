@@ -9,7 +9,12 @@ from typing import Any
 
 from berth_server.errors import InvalidRequest
 from berth_server.frontend.state import FrontendState
-from berth_server.protocols.xinference.schemas import EmbeddingRequest, RegisterBody, RerankRequest, RerankResult
+from berth_server.protocols.xinference.schemas import (
+    EmbeddingRequest,
+    RegisterBody,
+    RerankRequest,
+    RerankResult,
+)
 
 # Control calls that only touch the registry answer fast; a blocking launch waits for the model.
 _LAUNCH_SLACK_S = 30.0
