@@ -94,18 +94,23 @@ class LocalPredictor(HttpPredictor):
                 self.process.wait()
 
 
-def deploy_local(model: str | Path, port: int | None = None, endpoint_name: str = "berth-local",
+def deploy_local(model: str | Path | None, port: int | None = None, endpoint_name: str = "berth-local",
                  env: dict[str, str] | None = None, runtime_port: int = 0, startup_timeout_s: float = 600.0,
                  home: str | Path | None = None, command: list[str] | None = None) -> LocalPredictor:
-    """Start `serve` on 127.0.0.1:port with HF_MODEL_ID=model, wait for /ping, start the runtime API."""
+    """Start `serve` on 127.0.0.1:port with HF_MODEL_ID=model, wait for /ping, start the runtime API.
+
+    model=None leaves HF_MODEL_ID unset, as on SageMaker: the server loads BERTH_SAGEMAKER_MODEL_DIR.
+    """
     check_endpoint_name(endpoint_name)
-    if not str(model):
+    if model is not None and not str(model):
         raise ValidationError("a model is required: a local directory, demo://tiny, s3:// or a hub id")
     port = port or free_port()
     workdir = Path(home) if home else Path(tempfile.mkdtemp(prefix="berth-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "HF_MODEL"))}
-    child_env.update({"HF_MODEL_ID": str(model), "PORT": str(port), "BERTH_HOST": "127.0.0.1",
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "HF_MODEL", "SAGEMAKER_BIND_TO_PORT"))}
+    if model is not None:
+        child_env["HF_MODEL_ID"] = str(model)
+    child_env.update({"PORT": str(port), "BERTH_HOST": "127.0.0.1",
                       "BERTH_HOME": str(workdir), "PYTHONUNBUFFERED": "1"})
     child_env.update(env or {})
     log_path = workdir / f"serve-{port}.log"

@@ -182,8 +182,13 @@ class SageMakerEndpoint:
         self.progress(f"autoscaling {resource_id}: {min_instances}-{max_instances} instances")
 
     def delete(self) -> None:
-        """Delete the endpoint, then its endpoint config and models."""
+        """Deregister autoscaling if any, delete the endpoint, then its endpoint config and models."""
         old = self.resources()
+        resource_id = f"endpoint/{self.name}/variant/{VARIANT}"
+        targets = self.autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource_id])
+        for target in targets["ScalableTargets"]:
+            self.autoscaling.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
+                                                        ScalableDimension=target["ScalableDimension"])
         self.progress(f"deleting endpoint {self.name}")
         self.sm.delete_endpoint(EndpointName=self.name)
         self._delete_config_and_models(old["config"], old["models"])

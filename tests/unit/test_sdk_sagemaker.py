@@ -96,6 +96,7 @@ def test_autoscaling_registers_target_tracking(aws) -> None:
     assert config["TargetValue"] == 50
     assert config["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
     SageMakerEndpoint("berth-scaled").delete()
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
