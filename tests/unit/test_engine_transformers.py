@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-
 from berth_server.canonical import SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineRequest, EngineStep

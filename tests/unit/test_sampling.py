@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from berth_server.canonical import SamplingParams
 from berth_server.engines.sampling import Choice, RowSampler, sample, validate_sampling
 from berth_server.errors import InvalidRequest
@@ -74,7 +73,7 @@ def test_frequency_and_presence_penalties_count_generated_tokens() -> None:
 
 def test_seeded_rows_reproduce_whatever_else_is_in_the_batch() -> None:
     logits = torch.zeros((1, V))
-    alone = [_tokens(logits, [r])[0] for r in [_row(seed=42)] for _ in range(1)]
+    alone = _tokens(logits, [_row(seed=42)])
     seeded = _row(seed=42)
     noisy = [_row(), _row(seed=7), _row(greedy=True)]
     mixed = _tokens(logits.repeat(4, 1), [noisy[0], seeded, noisy[1], noisy[2]])
@@ -116,9 +115,9 @@ def test_a_row_with_broken_logits_fails_alone() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(min_p=1.5), dict(typical_p=0.0),
-     dict(repetition_penalty=0.0), dict(frequency_penalty=3.0), dict(logprobs=V + 1),
-     dict(stop_token_ids=(V,)), dict(temperature=float("nan"))],
+    [{"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -1}, {"min_p": 1.5}, {"typical_p": 0.0},
+     {"repetition_penalty": 0.0}, {"frequency_penalty": 3.0}, {"logprobs": V + 1},
+     {"stop_token_ids": (V,)}, {"temperature": float("nan")}],
 )
 def test_validation_names_the_bad_value(params: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest) as info:

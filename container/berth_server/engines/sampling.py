@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ def validate_sampling(params: SamplingParams, vocab_size: int) -> None:
             raise InvalidRequest(f"{name}={getattr(params, name)!r} {why}", param=name)
     for name in ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty"):
         value = getattr(params, name)
-        if value != value or value in (float("inf"), _NEG_INF):  # NaN/inf pass the range checks above
+        if not math.isfinite(value):  # NaN passes the range checks above
             raise InvalidRequest(f"{name}={value!r} is not a finite number", param=name)
 
 

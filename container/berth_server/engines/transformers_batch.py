@@ -68,7 +68,9 @@ class KVBatch:
             return
         assert other.cache is not None and other.mask is not None
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+        mine_layers: list[Any] = list(self.cache.layers)
+        their_layers: list[Any] = list(other.cache.layers)
+        for mine, theirs in zip(mine_layers, their_layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)])
             mine.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)])
         self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask, width, -1)])
@@ -86,7 +88,8 @@ class KVBatch:
         used = self.mask.any(dim=0)
         first = int(used.int().argmax())
         if first > 0:
-            for layer in self.cache.layers:
+            layers: list[Any] = list(self.cache.layers)
+            for layer in layers:
                 layer.keys = layer.keys[..., first:, :]
                 layer.values = layer.values[..., first:, :]
             self.mask = self.mask[:, first:]

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ class TransformersEngine(Engine):
         if request.request_id in self._by_id:
             raise InvalidRequest(f"request id {request.request_id!r} is already running", param="request_id")
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineStep, None]:
         """Queue the request and yield its steps; closing early aborts it and frees its slot."""
         self._validate(request)
         loop = asyncio.get_running_loop()
@@ -197,13 +197,10 @@ class TransformersEngine(Engine):
         for slot in pending:
             _safe_emit(slot, GenerationFailed("the engine shut down"))
         self.model = None
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - freeing memory is best effort
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _safe_emit(slot: _Slot, item: EngineStep | BaseException) -> None:

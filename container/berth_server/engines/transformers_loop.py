@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from berth_server.engines.base import EngineStep
+from berth_server.engines.base import EngineFinish, EngineStep
 from berth_server.engines.sampling import Choice, RowSampler, sample
 from berth_server.engines.transformers_batch import KVBatch
 from berth_server.errors import GenerationFailed
@@ -38,7 +38,7 @@ def run_loop(engine: TransformersEngine) -> None:
                 if newcomers:
                     _prefill(engine, batch, newcomers)
                 _drop(engine, batch, [s.finish is None for s in engine._running])
-            except Exception as exc:  # noqa: BLE001 - the batch is lost, the loop must live on
+            except Exception as exc:
                 log.exception("batch step failed; ending %d requests", len(engine._running))
                 for slot in [*engine._running, *newcomers]:
                     if slot.finish is None:
@@ -103,7 +103,7 @@ def _prefill(engine: TransformersEngine, batch: KVBatch, newcomers: list[_Slot])
     want_prompt = [s.request.sampling.prompt_logprobs for s in ready]
     try:
         fresh, logits = KVBatch.prefill(engine.model, prompts, engine.device, any(want_prompt))
-    except Exception as exc:  # noqa: BLE001 - newcomers fail; the running batch is untouched
+    except Exception as exc:
         log.exception("prefill of %d requests failed", len(ready))
         for slot in ready:
             _fail(engine, slot, exc)
@@ -152,7 +152,7 @@ def _advance(
     slot.last_token = token
     slot.sampler.observe(token)
     _ban_stops(slot)
-    finish = None
+    finish: EngineFinish | None = None
     if token in slot.stop_ids:
         finish = "eos"
     elif slot.generated >= slot.request.max_new_tokens or (
