@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 from berth_server.engines.base import Engine
 from berth_server.errors import InvalidRequest
@@ -80,4 +81,6 @@ def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings
 def create_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
     """Build (not start) the engine for `config` with weights in `model_dir`."""
     name = choose_engine(config, model_dir, settings)
-    return engine_class(name)(model_dir, config, settings)
+    cls: Any = engine_class(name)  # concrete engines take (model_dir, config, settings)
+    engine: Engine = cls(model_dir, config, settings)
+    return engine

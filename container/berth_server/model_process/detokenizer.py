@@ -18,7 +18,8 @@ _PROMPT_CONTEXT = 6  # prompt tokens fed first so the first generated token deco
 class IncrementalDetokenizer:
     """Turns token ids, one at a time, into text chunks whose concatenation equals a one-shot decode."""
 
-    def __init__(self, tokenizer: Any, skip_ids: Iterable[int] = (), prompt_ids: Sequence[int] = ()):
+    def __init__(self, tokenizer: Any, skip_ids: Iterable[int] = (), prompt_ids: Sequence[int] = (),
+                 use_decode_stream: bool = True):
         self._tokenizer = tokenizer
         self._skip = frozenset(skip_ids)
         context = [i for i in prompt_ids if i not in self._skip][-_PROMPT_CONTEXT:]
@@ -30,7 +31,7 @@ class IncrementalDetokenizer:
         try:  # tokenizers' Rust DecodeStream does the same offset bookkeeping, faster
             from tokenizers.decoders import DecodeStream
 
-            if backend is not None:
+            if backend is not None and use_decode_stream:
                 self._stream = DecodeStream(context or None, skip_special_tokens=False)
                 self._backend = backend
         except (ImportError, TypeError):
@@ -56,8 +57,7 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end: whatever is still held (an incomplete character decodes as U+FFFD)."""
         if self._stream is not None:
-            # DecodeStream keeps its own offsets; recompute the tail from ours.
-            return ""
+            return ""  # DecodeStream emits every complete character as it arrives
         prefix_text = self._decode(self._ids[self._prefix:self._read])
         new_text = self._decode(self._ids[self._prefix:])
         self._prefix = self._read = len(self._ids)

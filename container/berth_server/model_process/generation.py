@@ -31,7 +31,7 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
     except BerthError as exc:
         server.emit(peer, _failure(rid, exc))
         return
-    except Exception as exc:  # noqa: BLE001 - a bug in rendering is a 500 for this request only
+    except Exception as exc:
         log.exception("request %s: preparing the prompt failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"internal error preparing the prompt: {exc}"))
         return
@@ -70,7 +70,7 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
             server.emit(peer, Delta(request_id=rid, completion_tokens=stream.completion_tokens, finish_reason="abort"))
     except BerthError as exc:
         server.emit(peer, _failure(rid, exc))
-    except Exception as exc:  # noqa: BLE001 - the engine failed this request; others go on
+    except Exception as exc:
         log.exception("request %s: generation failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))
     finally:

@@ -52,9 +52,8 @@ class StatusReporter:
         """Send one status; never blocks (a missing launcher just loses it)."""
         status = ModelStatus(uid=self.uid, state=state, reason=reason, progress=progress,
                              description=description, error_type=error_type)
-        with self._lock:
-            with contextlib.suppress(zmq.Again):
-                self._socket.send(control.encode(status), flags=zmq.NOBLOCK)
+        with self._lock, contextlib.suppress(zmq.Again):
+            self._socket.send(control.encode(status), flags=zmq.NOBLOCK)
 
     def close(self) -> None:
         """Flush (bounded by LINGER) and close."""
@@ -99,7 +98,7 @@ class ModelProcess:
         stopped.cancel()
         try:
             server, description = load.result()
-        except Exception as exc:  # noqa: BLE001 - every load failure is reported, then exit 3
+        except Exception as exc:
             reason = one_line_reason(exc)
             log.error("model %s failed to load: %s", self.config.uid, reason,
                       exc_info=not isinstance(exc, BerthError))

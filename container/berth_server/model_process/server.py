@@ -10,7 +10,6 @@ MAX_CONCURRENT_REQUESTS is enforced here, the only place that sees every request
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -181,7 +180,7 @@ class ModelServer:
         except BerthError as exc:
             self.emit(peer, Failure(request_id=message.request_id, message=exc.message,
                                     error_type=exc.error_type, param=exc.param))  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - an unexpected bug becomes a 500, not a hang
+        except Exception as exc:
             log.exception("request %s failed", message.request_id)
             self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
 

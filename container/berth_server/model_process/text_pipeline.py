@@ -109,7 +109,7 @@ class TextPipeline:
                 **kwargs))
         except InvalidRequest:
             raise
-        except Exception as exc:  # jinja raise_exception, bad roles/content, missing template
+        except Exception as exc:  # noqa: BLE001 - jinja raise_exception, bad roles/content, no template
             raise InvalidRequest(f"cannot render the chat template: {_one_line(exc)}", param="messages") from None
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
