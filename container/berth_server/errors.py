@@ -99,13 +99,8 @@ class NotReady(BerthError):
     openai_type = "service_unavailable"
 
 
-class WeightsNotFound(BerthError):
+class WeightsNotFound(InvalidRequest):
     """A model source that does not exist or cannot be read; the message names the URI."""
-
-    status = 400
-    tgi_status = 422
-    error_type = "validation"
-    openai_type = "invalid_request_error"
 
 
 class GenerationFailed(BerthError):

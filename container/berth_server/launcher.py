@@ -126,6 +126,9 @@ class Launcher:
         finally:
             await self._shutdown()
             control_task.cancel()
+            # term() blocks until every socket is closed: let the control server close its own first.
+            with contextlib.suppress(asyncio.CancelledError):
+                await control_task
             self._context.term()
 
     async def _serve(self, config: ModelLaunchConfig) -> int:

@@ -64,9 +64,11 @@ class ModelHandle:
 class Supervisor:
     """Owns every model process; the launcher's control handlers call into it."""
 
-    def __init__(self, settings: Settings, context: zmq.asyncio.Context):
+    def __init__(self, settings: Settings, context: zmq.asyncio.Context,
+                 model_command: tuple[str, ...] = (sys.executable, "-m", "berth_server.model_process")):
         self.settings = settings
         self._context = context
+        self._model_command = model_command  # tests substitute a fake model process
         self._models: dict[str, ModelHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._status_socket: zmq.asyncio.Socket | None = None
@@ -133,6 +135,7 @@ class Supervisor:
         await asyncio.gather(*(self._stop_process(h) for h in self._models.values()), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._status_socket is not None:
             self._status_socket.close(linger=0)
 
@@ -148,7 +151,7 @@ class Supervisor:
         handle.set_status(ModelStatus(uid=handle.config.uid, state="starting"))
         # A new session so a Ctrl-C in the terminal reaches the launcher only; it stops children in order.
         handle.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "berth_server.model_process", "--config-json", config_json,
+            *self._model_command, "--config-json", config_json,
             env=self.settings.child_environment(), start_new_session=True,
         )
         log.info("model %s: process %d started (source %s)", handle.config.uid, handle.process.pid,

@@ -1,0 +1,1 @@
+"""Stand-in processes for unit tests."""

@@ -1,0 +1,89 @@
+"""The supervisor with fake model processes: readiness, typed load failures, bounded restarts, terminate."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+import zmq.asyncio
+
+from berth_server.errors import Conflict, InvalidRequest, NotFound
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+from berth_server.supervisor import Supervisor
+
+FAKE = (sys.executable, "-m", "tests.unit.fakes.model_process")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(uid: str, behaviour: str = "ready") -> ModelLaunchConfig:
+    return ModelLaunchConfig(uid=uid, source="/weights/" + uid, model_name=uid,
+                             engine_args={"fake_behaviour": behaviour})
+
+
+def test_launch_waits_until_ready_and_reports_description(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        monkeypatch.chdir(REPO)
+        context = zmq.asyncio.Context()
+        sup = Supervisor(Settings(runtime_dir=tmp_path, model_load_timeout_s=30), context, model_command=FAKE)
+        await sup.start()
+        try:
+            await sup.launch(config("a"), wait_ready=True)
+            status = sup.statuses()["a"]
+            assert status.state == "ready"
+            assert status.description is not None and status.description.engine == "fake"
+            with pytest.raises(Conflict):
+                await sup.launch(config("a"), wait_ready=False)
+            await sup.terminate("a")
+            assert "a" not in sup.statuses()
+            with pytest.raises(NotFound):
+                await sup.terminate("a")
+        finally:
+            await sup.shutdown()
+            context.term()
+
+    asyncio.run(scenario())
+
+
+def test_load_failure_is_typed_and_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        monkeypatch.chdir(REPO)
+        context = zmq.asyncio.Context()
+        sup = Supervisor(Settings(runtime_dir=tmp_path, model_load_timeout_s=30), context, model_command=FAKE)
+        await sup.start()
+        try:
+            with pytest.raises(InvalidRequest, match="/weights/bad"):
+                await sup.launch(config("bad", "fail"), wait_ready=True)
+            assert sup.statuses()["bad"].state == "failed"
+            # A failed uid may be launched again (e.g. after fixing the weights).
+            await sup.launch(config("bad", "ready"), wait_ready=True)
+        finally:
+            await sup.shutdown()
+            context.term()
+
+    asyncio.run(scenario())
+
+
+def test_crash_after_ready_restarts_then_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        monkeypatch.chdir(REPO)
+        context = zmq.asyncio.Context()
+        settings = Settings(runtime_dir=tmp_path, max_model_restarts=1, model_load_timeout_s=30)
+        sup = Supervisor(settings, context, model_command=FAKE)
+        await sup.start()
+        try:
+            await sup.launch(config("c", "crash"), wait_ready=True)
+            for _ in range(200):  # crash, one restart after 1 s, crash again, give up
+                if sup.statuses()["c"].state == "failed":
+                    break
+                await asyncio.sleep(0.05)
+            status = sup.statuses()["c"]
+            assert status.state == "failed"
+            assert "restarted 1 times" in (status.reason or "")
+        finally:
+            await sup.shutdown()
+            context.term()
+
+    asyncio.run(scenario())
