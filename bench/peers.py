@@ -215,7 +215,9 @@ def start_xinference(model_dir: Path, port: int, timeout_s: float = 600.0) -> Pe
         r = httpx.post(f"{base}/v1/models", timeout=left, json={
             "model_uid": reg["model_name"], "model_name": reg["model_name"], "model_type": "LLM",
             "model_engine": "Transformers", "model_format": "pytorch", "model_size_in_billions": "0_1",
-            "quantization": "none", "n_gpu": None})
+            "quantization": "none", "n_gpu": None,
+            # Its per-model virtualenv would try to install packages; the peer venv has what it needs.
+            "enable_virtual_env": False})
         if r.status_code != 200:
             raise PeerFailed(f"xinference launch: HTTP {r.status_code} {r.text[:300]}")
     except BaseException:
