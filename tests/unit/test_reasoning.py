@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.demo_model import CHAT_TEMPLATE, REASONING_CHAT_TEMPLATE, RECIPES, build

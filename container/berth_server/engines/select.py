@@ -71,7 +71,7 @@ def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings
     for name in AUTO_ORDER:
         reason = why_not(name, config, model_dir, settings)
         if reason is None:
-            skipped = f" ({'; '.join(reasons)})" if reasons else ""
+            skipped = f"; skipped {'; '.join(reasons)}" if reasons else ""
             log.info("model %s: engine %s (auto%s)", config.uid, name, skipped)
             return name
         reasons.append(f"{name}: {reason}")

@@ -1,0 +1,214 @@
+"""The model process's ROUTER over real zmq sockets, with a scripted fake engine and the tiny tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+from berth_server import ipc
+from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest, SamplingParams
+from berth_server.demo_model import RECIPES, build
+from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.model_process.server import ModelServer
+from berth_server.model_process.text_pipeline import TextPipeline
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+pytestmark = pytest.mark.timeout(60)
+WAIT_S = 10.0
+
+
+class FakeEngine(Engine):
+    """Replays the token ids of `script`, one per step; `gate` (when set) holds every step."""
+
+    name = "fake"
+
+    def __init__(self, script: list[int], gate: asyncio.Event | None = None, logprobs: bool = False):
+        self.script = script
+        self.gate = gate
+        self.running: set[str] = set()
+        self.aborted: list[str] = []
+        self.closed: list[str] = []
+
+    async def start(self) -> EngineLoadInfo:
+        return EngineLoadInfo("fake", "cpu", "float32", max_model_len=256, max_batch_size=8)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:  # type: ignore[override]
+        self.running.add(request.request_id)
+        try:
+            for n in range(request.max_new_tokens):
+                if self.gate is not None:
+                    await self.gate.wait()
+                token = self.script[n % len(self.script)]
+                last = n + 1 == request.max_new_tokens
+                finish = "eos" if token in request.stop_token_ids else ("length" if last else None)
+                yield EngineStep([token], finish=finish)  # type: ignore[arg-type]
+                if finish:
+                    return
+                await asyncio.sleep(0)
+        finally:
+            self.running.discard(request.request_id)
+            self.closed.append(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def counts(self) -> tuple[int, int]:
+        return len(self.running), 0
+
+    async def shutdown(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> TextPipeline:
+    model_dir = build(RECIPES["tiny"], tmp_path_factory.getbasetemp() / "demo-tiny")
+    config = ModelLaunchConfig(uid="m", source=str(model_dir), model_name="tiny")
+    return TextPipeline.load(model_dir, config, Settings(), 256)
+
+
+class Client:
+    """A frontend worker's DEALER, collecting every EventBatch it receives."""
+
+    def __init__(self, context: zmq.asyncio.Context, address: str):
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.connect(address)
+        self.batches: list[list[Any]] = []
+
+    async def send(self, message: Any) -> None:
+        await self.socket.send(ipc.encode(message))
+
+    async def until(self, done: Callable[[Any], bool]) -> Any:
+        """Receive batches until an event satisfies `done`; return it."""
+        async def loop() -> Any:
+            while True:
+                batch = ipc.decode_event_batch(await self.socket.recv()).events
+                self.batches.append(batch)
+                for event in batch:
+                    if done(event):
+                        return event
+        return await asyncio.wait_for(loop(), WAIT_S)
+
+    def events(self, request_id: str) -> list[Any]:
+        return [e for batch in self.batches for e in batch if getattr(e, "request_id", None) == request_id]
+
+
+def finished(request_id: str) -> Callable[[Any], bool]:
+    return lambda e: e.request_id == request_id and (
+        isinstance(e, Failure) or (isinstance(e, Delta) and e.finish_reason is not None))
+
+
+def serve(pipeline: TextPipeline, engine: FakeEngine, tmp_path: Path,
+          test: Callable[[ModelServer, Client], Awaitable[None]], **settings: Any) -> None:
+    """Run `test` against a bound server on an ipc socket in tmp_path."""
+    async def main() -> None:
+        server = ModelServer(Settings(**settings), f"ipc://{tmp_path}/m.sock", engine=engine, pipeline=pipeline)
+        server.bind()
+        stop = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(stop))
+        client = Client(zmq.asyncio.Context.instance(), server.address)
+        try:
+            await test(server, client)
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, WAIT_S)
+            await server.drain(1.0)
+            server.close()
+            client.socket.close(linger=0)
+    asyncio.run(main())
+
+
+def gen(request_id: str, **fields: Any) -> ipc.Generate:
+    fields.setdefault("prompt", "Hello")
+    return ipc.Generate(GenerateRequest(request_id=request_id, model="m", **fields))
+
+
+def test_generate_streams_accepted_then_deltas_and_counts(pipeline: TextPipeline, tmp_path: Path) -> None:
+    script = pipeline.encode(" streaming 😀 text", False)
+    engine = FakeEngine(script)
+
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("a", sampling=SamplingParams(max_new_tokens=len(script))))
+        await client.send(gen("b", sampling=SamplingParams(max_new_tokens=len(script))))
+        await client.until(finished("a"))
+        await client.until(finished("b"))
+        events = client.events("a")
+        assert isinstance(events[0], Accepted) and events[0].prompt_tokens == len(pipeline.encode("Hello", True))
+        assert "".join(e.text for e in events[1:]) == " streaming 😀 text"
+        assert events[-1].finish_reason == "length" and events[-1].completion_tokens == len(script)
+        # Both streams progress together: their events share frames (one EventBatch per peer per turn).
+        assert any({e.request_id for e in batch} == {"a", "b"} for batch in client.batches)
+        await client.send(ipc.StatsQuery(request_id="s"))
+        stats = await client.until(lambda e: isinstance(e, ipc.ModelStats))
+        assert (stats.requests_total, stats.finished_total, stats.aborted_total, stats.running) == (2, 2, 0, 0)
+        assert stats.generated_tokens_total == 2 * len(script)
+        assert stats.prompt_tokens_total == 2 * events[0].prompt_tokens
+
+    serve(pipeline, engine, tmp_path, test)
+
+
+def test_stop_string_finishes_and_aborts_the_engine_request(pipeline: TextPipeline, tmp_path: Path) -> None:
+    engine = FakeEngine(pipeline.encode("say hello STOP and then more", False))
+
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("s", sampling=SamplingParams(max_new_tokens=50, stop=("STOP",))))
+        last = await client.until(finished("s"))
+        assert (last.finish_reason, last.stop_sequence) == ("stop", "STOP")
+        assert "".join(e.text for e in client.events("s")[1:]) == "say hello "
+        assert "s" in engine.aborted and "s" in engine.closed
+
+    serve(pipeline, engine, tmp_path, test)
+
+
+def test_abort_frees_the_request_and_counts_it(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        engine.gate = asyncio.Event()  # hold every step: the request stays in flight
+        await client.send(gen("x", sampling=SamplingParams(max_new_tokens=50)))
+        await client.until(lambda e: isinstance(e, Accepted))
+        assert server.generating() == 1
+        await client.send(ipc.Abort(request_id="x"))
+        last = await client.until(finished("x"))
+        assert last.finish_reason == "abort"
+        await client.send(ipc.StatsQuery(request_id="s"))
+        stats = await client.until(lambda e: isinstance(e, ipc.ModelStats))
+        assert (stats.aborted_total, stats.running, server.generating()) == (1, 0, 0)
+        assert "x" in engine.closed
+
+    engine = FakeEngine(pipeline.encode("a b c", False))
+    serve(pipeline, engine, tmp_path, test)
+
+
+def test_over_the_concurrency_limit_is_overloaded(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        engine.gate = asyncio.Event()
+        await client.send(gen("one"))
+        await client.until(lambda e: isinstance(e, Accepted))
+        await client.send(gen("two"))
+        failure = await client.until(finished("two"))
+        assert isinstance(failure, Failure) and failure.error_type == "overloaded"
+        engine.gate.set()
+        await client.send(ipc.Abort(request_id="one"))
+        await client.until(finished("one"))
+
+    engine = FakeEngine(pipeline.encode("a", False))
+    serve(pipeline, engine, tmp_path, test, max_concurrent_requests=1)
+
+
+def test_validation_tokenize_and_unsupported(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("long", prompt="word " * 300))
+        failure = await client.until(finished("long"))
+        assert isinstance(failure, Failure) and failure.error_type == "validation" and "255" in failure.message
+        await client.send(ipc.Tokenize(request_id="t", text="Hello"))
+        tokenized = await client.until(lambda e: isinstance(e, ipc.Tokenized))
+        assert [s.id for s in tokenized.tokens] == pipeline.encode("Hello", True)
+        await client.send(ipc.Embed(request_id="e", texts=["x"]))
+        failure = await client.until(lambda e: e.request_id == "e")
+        assert isinstance(failure, Failure) and failure.error_type == "validation"
+
+    serve(pipeline, FakeEngine([5]), tmp_path, test)
