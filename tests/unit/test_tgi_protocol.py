@@ -154,3 +154,18 @@ def test_info_tokenize_health(client: FlaskClient, gateway: FakeGateway) -> None
     assert client.get("/health").status_code == 200
     gateway.ready = False
     assert client.get("/health").status_code == 503
+
+
+def test_null_parameters_and_a_single_stop_string_are_accepted(client: FlaskClient, gateway: FakeGateway) -> None:
+    assert client.post("/generate", json={"inputs": "hi", "parameters": None}).status_code == 200
+    reply = client.post("/generate", json={"inputs": "hi", "parameters": {"stop": "again", "details": True}})
+    assert reply.json["details"]["finish_reason"] == "stop_sequence"
+    assert gateway.requests[-1].sampling.stop == ("again",)
+
+
+def test_generated_tokens_are_counted_in_metrics(app: Flask, client: FlaskClient) -> None:
+    counted: list[tuple[str, int, int]] = []
+    app.extensions["berth"].metrics.count_tokens = lambda *args: counted.append(args)
+    client.post("/generate", json=body())
+    client.post("/generate_stream", json=body()).get_data()
+    assert counted == [("tiny", 2, 3), ("tiny", 2, 3)]

@@ -49,7 +49,7 @@ def invocations() -> Response:
     shape = shape_of(body, state.settings.messages_api_enabled)
     g.berth_family = "tgi" if shape == "tgi" else "openai"
     if shape == "tgi":
-        return service.invoke_tgi(state.gateway, state.gateway.resolve_model(None), body)
+        return service.invoke_tgi(state, state.gateway.resolve_model(None), body)
     body = service.endpoint_model(state.gateway, body)
     if shape == "chat":
         return openai_service.chat_completion(state, parse_openai(ChatCompletionRequest, body))

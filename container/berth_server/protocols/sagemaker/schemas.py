@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import field_validator
+
 from berth_server.errors import InvalidRequest
 from berth_server.protocols.tgi.schemas import GenerateBody, Parameters, TgiModel
 
@@ -43,6 +45,11 @@ class InvocationTgiBody(TgiModel):
     inputs: str | list[str]
     parameters: Parameters = Parameters()
     stream: bool = False
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_parameters(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     def bodies(self) -> list[GenerateBody]:
         """One TGI GenerateBody per input, each validated."""

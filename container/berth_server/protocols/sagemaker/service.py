@@ -12,23 +12,24 @@ from flask import Response, jsonify
 
 from berth_server.errors import NotFound
 from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.state import FrontendState
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
 from berth_server.protocols.tgi.schemas import parse
 from berth_server.protocols.tgi.service import TgiGeneration
 
 
-def invoke_tgi(gateway: Any, uid: str, body: dict[str, Any]) -> Response:
+def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> Response:
     """A TGI-shaped invocation: a list [{generated_text, details?}] per input, or TGI token events."""
     invocation = parse(InvocationTgiBody, body)
     bodies = invocation.bodies()
     if invocation.stream:
-        generation = TgiGeneration(gateway, bodies[0], uid)
+        generation = TgiGeneration(state.gateway, bodies[0], uid, state.metrics)
         return sse_response((sse_event(e) for e in generation.events()), on_close=generation.stream.close)
     generations: list[TgiGeneration] = []
     try:
         # Start every prompt before folding any, so the model batches them.
         for item in bodies:
-            generations.append(TgiGeneration(gateway, item, uid))
+            generations.append(TgiGeneration(state.gateway, item, uid, state.metrics))
         return jsonify([generation.reply() for generation in generations])
     finally:
         for generation in generations:

@@ -21,7 +21,7 @@ def start_generation(body: GenerateBody) -> service.TgiGeneration:
     """Start a TGI generation on the default model (TGI serves one model)."""
     state = get_state()
     uid = state.gateway.resolve_model(None)
-    return service.TgiGeneration(state.gateway, body, uid)
+    return service.TgiGeneration(state.gateway, body, uid, state.metrics)
 
 
 def stream_reply(generation: service.TgiGeneration) -> Response:

@@ -6,7 +6,7 @@ import secrets
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.errors import InvalidRequest
@@ -61,6 +61,12 @@ class Parameters(TgiModel):
     top_n_tokens: int | None = None
     grammar: Any = None
     adapter_id: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        # SageMaker-era clients often send one stop string; TGI itself wants a list.
+        return [value] if isinstance(value, str) else value
 
     def check(self) -> None:
         """Apply TGI's validation rules; raise InvalidRequest naming the parameter."""
@@ -122,6 +128,11 @@ class GenerateBody(TgiModel):
     inputs: str
     parameters: Parameters = Parameters()
     stream: bool = False
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_parameters(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     def check(self) -> None:
         """Validate inputs and parameters."""

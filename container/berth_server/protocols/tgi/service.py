@@ -66,9 +66,11 @@ class Fold:
 class TgiGeneration:
     """One TGI generation over a gateway stream: fold it (non-streaming) or relay it as token events."""
 
-    def __init__(self, gateway: Any, body: GenerateBody, uid: str) -> None:
+    def __init__(self, gateway: Any, body: GenerateBody, uid: str, metrics: Any = None) -> None:
         body.check()
         self.body = body
+        self.uid = uid
+        self.metrics = metrics  # frontend.metrics.FrontendMetrics, or None
         self.request = body.to_canonical(new_request_id(), uid)
         self.stream = gateway.generate(self.request)
         try:
@@ -77,6 +79,10 @@ class TgiGeneration:
         except BaseException:
             self.stream.close()
             raise
+
+    def _count(self, fold: Fold) -> None:
+        if self.metrics is not None:
+            self.metrics.count_tokens(self.uid, self.accepted.prompt_tokens, fold.generated_tokens)
 
     def _full_text(self, text: str) -> str:
         return self.body.inputs + text if self.body.parameters.return_full_text else text
@@ -92,6 +98,7 @@ class TgiGeneration:
                 fold.add(delta)
         finally:
             self.stream.close()
+        self._count(fold)
         out: dict[str, Any] = {"generated_text": self._full_text(fold.text)}
         if self.body.parameters.details:
             details: dict[str, Any] = {
@@ -124,6 +131,8 @@ class TgiGeneration:
                 for position, token in enumerate(tokens):
                     index += 1
                     last = delta.finish_reason is not None and position == len(tokens) - 1
+                    if last:
+                        self._count(fold)
                     yield {
                         "index": index,
                         "token": token_json(token),
