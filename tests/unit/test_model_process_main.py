@@ -25,7 +25,7 @@ _status = msgspec.msgpack.Decoder(ModelStatus)
 
 def start(tmp_path: Path, **config: object) -> tuple[subprocess.Popen[bytes], zmq.Socket]:  # type: ignore[type-arg]
     """Bind the launcher's status PULL socket in tmp_path and spawn the model process."""
-    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
     pull.bind(f"ipc://{tmp_path}/status.sock")
     launch = {"uid": "m1", "model_name": "tiny", **config}
     env = Settings(runtime_dir=tmp_path, home=tmp_path / "home", engine="transformers").child_environment()
@@ -63,7 +63,7 @@ def test_load_failure_reports_the_reason_and_exits_3_fast(tmp_path: Path) -> Non
 def test_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     model_dir = build(RECIPES["tiny"], tmp_path / "tiny")
     process, pull = start(tmp_path, source=str(model_dir))
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     try:
         ready = statuses_until(pull, {"ready", "failed"})[-1]
         assert ready.state == "ready", ready.reason
@@ -73,7 +73,7 @@ def test_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         request = GenerateRequest(request_id="r", model="m1", prompt="Hello",
                                   sampling=SamplingParams(max_new_tokens=3, greedy=True))
         dealer.send(ipc.encode(ipc.Generate(request)))
-        events = []
+        events: list[object] = []
         while not (events and isinstance(events[-1], Delta) and events[-1].finish_reason):
             assert dealer.poll(30_000), f"no reply; got {events}"
             events.extend(ipc.decode_event_batch(dealer.recv()).events)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.demo_model import CHAT_TEMPLATE, REASONING_CHAT_TEMPLATE, RECIPES, build
@@ -13,7 +15,7 @@ from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)
-TAGS = {"reasoning_start_tag": "<think>", "reasoning_end_tag": "</think>"}
+TAGS: dict[str, Any] = {"reasoning_start_tag": "<think>", "reasoning_end_tag": "</think>"}
 
 
 def split(chunks: list[str], in_reasoning: bool = False) -> tuple[str, str]:
