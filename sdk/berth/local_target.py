@@ -86,7 +86,7 @@ class LocalPredictor(HttpPredictor):
         """Stop the runtime API, then SIGTERM the server's process group (SIGKILL after timeout_s)."""
         self.runtime_server.stop()
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)  # the launcher drains and stops its children
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
