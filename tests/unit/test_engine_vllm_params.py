@@ -43,8 +43,9 @@ def test_greedy_disables_sampling_knobs_and_defaults_are_off() -> None:
     assert plain.logprobs is None and plain.prompt_logprobs is None and plain.seed is None
 
 
-def test_ignore_eos_keeps_only_explicit_stop_ids() -> None:
-    p = _params(SamplingParams(ignore_eos=True, stop_token_ids=(9,)))
+def test_ignore_eos_passes_through_with_the_given_stop_ids() -> None:
+    # The model process leaves the model's EOS ids out of stop_token_ids under ignore_eos.
+    p = _params(SamplingParams(ignore_eos=True, stop_token_ids=(9,)), stop_ids=frozenset({9}))
     assert p.ignore_eos and list(p.stop_token_ids) == [9]
 
 

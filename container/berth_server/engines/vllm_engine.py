@@ -94,7 +94,10 @@ class VllmEngine(Engine):
                 os.environ.setdefault(key, value)
         kwargs = vllm_params.engine_kwargs(self.model_dir, self.config, self.settings, cpu)
         log.info("starting vLLM with %s", {k: v for k, v in kwargs.items() if k != "model"})
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        engine_args = AsyncEngineArgs(**kwargs)
+        # Creation blocks for the whole load (~20 s on this CPU); a thread keeps the model process's
+        # loop free to report status. AsyncLLM starts its output handler on the first generate().
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
         vllm_config = self._llm.vllm_config
         self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         model_config = vllm_config.model_config

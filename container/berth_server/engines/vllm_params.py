@@ -45,10 +45,8 @@ def sampling_params(request: EngineRequest) -> Any:
     # With skip_tokenizer_init vLLM knows no EOS id, so every id that ends generation (the model's
     # EOS ids plus the request's and spec's stop ids, merged by the model process) goes into
     # stop_token_ids; vLLM keeps a stop token in the output, as the transformers engine does.
+    # The model process already dropped the model's EOS ids from that set when ignore_eos is set.
     stop_ids = sorted(request.stop_token_ids)
-    if s.ignore_eos:
-        # The merged set cannot tell EOS from explicit stop ids; keep only the explicit ones.
-        stop_ids = sorted(set(s.stop_token_ids))
     return VllmSamplingParams(
         n=1,
         temperature=0.0 if s.greedy else s.temperature,
