@@ -142,7 +142,7 @@ class ModelManager:
             info.update(context_length=config.context_length, model_hub="huggingface", revision=config.revision,
                         reasoning_start_tag=config.reasoning_start_tag, reasoning_end_tag=config.reasoning_end_tag)
         if description is not None:
-            info["context_length"] = description.context_length
+            info.update(context_length=description.context_length, pid=description.pid)
         if launched is not None:
             reg = launched.registration
             info.update(model_description=getattr(reg, "model_description", None),
