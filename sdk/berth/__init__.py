@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["deploy", "register_model", "Predictor", "BerthError"]
+__all__ = ["BerthError", "Predictor", "deploy", "register_model"]
 
 # Loaded on first use so `import berth` stays fast (boto3 and httpx load only when needed).
 _LAZY = {

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+from typing_extensions import Self
 
 from berth.errors import BerthError, InvokeError
 from berth.streaming import iter_events
@@ -55,7 +56,7 @@ class Predictor:
         """The official SageMaker SDK v2 Predictor for this endpoint (needs `pip install berth[sagemaker]`)."""
         raise BerthError(f"{type(self).__name__} has no SageMaker endpoint")
 
-    def __enter__(self) -> Predictor:
+    def __enter__(self) -> Self:
         """Use as a context manager: delete on exit."""
         return self
 

@@ -128,7 +128,7 @@ class RuntimeServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The endpoint_url to give boto3's sagemaker-runtime client."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}" if isinstance(host, str) else f"http://{host.decode()}:{port}"
 
     def serve(self) -> RuntimeServer:
         """Serve in a daemon thread; return self."""

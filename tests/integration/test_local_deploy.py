@@ -6,16 +6,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import berth
 import boto3
 import httpx
 import pytest
-from botocore.exceptions import ClientError
-from click.testing import CliRunner
-
-import berth
 from berth.cli import main
 from berth.local_target import LocalPredictor, free_port
 from berth.streaming import iter_events
+from botocore.exceptions import ClientError
+from click.testing import CliRunner
 
 CHAT = {"messages": [{"role": "user", "content": "Say something"}], "max_tokens": 8, "temperature": 0}
 TGI = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 8, "do_sample": False}}

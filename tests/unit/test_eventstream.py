@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
-
 from berth.eventstream import encode_message, model_stream_error, payload_part
+from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
 PAYLOADS = [b"", b"x", b'data: {"token": {"text": "hi"}}\n\n', "h\u00e9llo \u4e16\u754c".encode(), bytes(range(256)) * 300]
 

@@ -16,7 +16,7 @@ SDK = REPO / "sdk" / "berth"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
 
 
 def _tool(name: str) -> str:
@@ -33,11 +33,11 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_dockerfile_contract() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+runtime", text, re.M)
-    assert re.search(r"^ARG VARIANT=gpu$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+runtime", text, re.MULTILINE)
+    assert re.search(r"^ARG VARIANT=gpu$", text, re.MULTILINE)
     assert "EXPOSE 8080" in text
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in text
-    assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/ping" in text
+    assert re.search(r"^HEALTHCHECK .*", text, re.MULTILINE) and "/ping" in text
     assert "COPY serve /usr/local/bin/serve" in text
     assert 'CMD ["serve"]' in text and "python3.11" in text
     ignored = (REPO / ".dockerignore").read_text().split()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
-
 from berth.cli import main
+from click.testing import CliRunner
 
 ROLE = "arn:aws:iam::123456789012:role/R"
 BASE = ["deploy", "sagemaker", "--model", "org/m", "--image-uri", "img"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 import berth
+import pytest
 from berth.docker_target import container_options
 from berth.errors import DockerUnavailableError
 

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import berth
 import boto3
 import pytest
-from moto import mock_aws
-
-import berth
 from berth.errors import BerthError, ValidationError
 from berth.register import build_registration, split_s3_uri
+from moto import mock_aws
 
 RECEIVED: list[dict] = []
 

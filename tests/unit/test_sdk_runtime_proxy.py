@@ -6,13 +6,13 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
-
 from berth.predictor import RuntimePredictor
 from berth.runtime_proxy import RuntimeServer
+from botocore.exceptions import ClientError
 
 SSE_EVENTS = [{"choices": [{"delta": {"content": f"tok{i} \u00e9"}}]} for i in range(5)]
 
@@ -21,7 +21,7 @@ class _FakeBerth(BaseHTTPRequestHandler):
     """Stand-in /invocations: JSON, chunked SSE (split mid-line), or a 400 error."""
 
     protocol_version = "HTTP/1.1"
-    seen_headers: dict[str, str] = {}
+    seen_headers: ClassVar[dict[str, str]] = {}
 
     def log_message(self, *args: object) -> None:
         pass

@@ -8,12 +8,11 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
-from click.testing import CliRunner
-
 from berth.cli import main
 from berth.errors import ValidationError
 from berth.sagemaker_target import SageMakerEndpoint, SageMakerSpec, deploy_sagemaker
+from botocore.stub import ANY, Stubber
+from click.testing import CliRunner
 
 ROLE = "arn:aws:iam::123456789012:role/BerthExecution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/berth:0.1.0"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from berth.streaming import LineBuffer, StreamError, iter_events, parse_line
 
 OPENAI_SSE = (
@@ -15,9 +14,9 @@ OPENAI_SSE = (
     "data: [DONE]\n\n"
 ).encode()
 TGI_SSE = (
-    'data:{"token": {"id": 1, "text": "a"}, "generated_text": null}\n\n'
-    'data:{"token": {"id": 2, "text": "b"}, "generated_text": "ab", "details": {"finish_reason": "length"}}\n\n'
-).encode()
+    b'data:{"token": {"id": 1, "text": "a"}, "generated_text": null}\n\n'
+    b'data:{"token": {"id": 2, "text": "b"}, "generated_text": "ab", "details": {"finish_reason": "length"}}\n\n'
+)
 
 
 def _expected(raw: bytes) -> list:
