@@ -74,9 +74,9 @@ class DockerPredictor(HttpPredictor):
 
 def deploy_docker(model: str | Path, image: str, port: int | None = None, gpus: int | str | None = None,
                   env: dict[str, str] | None = None, name: str | None = None,
-                  startup_timeout_s: float = 900.0) -> DockerPredictor:
-    """Start the image with `serve`, wait for /ping, and return its Predictor."""
-    client = docker_client()
+                  startup_timeout_s: float = 900.0, client: Any = None) -> DockerPredictor:
+    """Start the image with `serve`, wait for /ping, and return its Predictor (`client`: a docker client)."""
+    client = client or docker_client()
     port = port or free_port()
     container = client.containers.run(name=name, **container_options(model, image, port, gpus, env))
     base_url = f"http://127.0.0.1:{port}"
