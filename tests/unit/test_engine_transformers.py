@@ -140,12 +140,17 @@ def test_abort_ends_with_abort_and_aclose_frees_the_slot(single: TransformersEng
             steps.append(step)
             if len(steps) == 2:
                 await single.abort("a")
-        stream = single.generate(_req("b", PROMPTS[0], n=500))
+        stream = single.generate(_req("b", PROMPTS[0], n=2000))
         await stream.__anext__()
         queued = asyncio.ensure_future(_collect(single, _req("c", PROMPTS[1], n=3)))
         while single.counts() != (1, 1):  # c is queued behind b (bounded by the test timeout)
             await asyncio.sleep(0.005)
         counts = single.counts()
+        doomed = asyncio.ensure_future(_collect(single, _req("d", PROMPTS[1], n=3)))
+        while single.counts() != (1, 2):
+            await asyncio.sleep(0.005)
+        await single.abort("d")  # aborted while queued: ends at once, though b still holds the slot
+        assert [(s.token_ids, s.finish) for s in await doomed] == [([], "abort")]
         await stream.aclose()  # frees b's slot, so c can run
         return steps, counts, _ids(await queued)
 

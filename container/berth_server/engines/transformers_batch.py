@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -42,7 +44,7 @@ class KVBatch:
         cache = DynamicCache()
         out = model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=0 if all_logits else 1,
+            use_cache=True, **_keep(model, 0 if all_logits else 1),
         )
         return cls(model, out.past_key_values, mask), out.logits
 
@@ -54,7 +56,7 @@ class KVBatch:
         self.mask = torch.cat([self.mask, ones], dim=-1)
         out = self.model(
             input_ids=tokens.unsqueeze(1), attention_mask=self.mask, position_ids=positions,
-            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+            past_key_values=self.cache, use_cache=True, **_keep(self.model, 1),
         )
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
@@ -93,6 +95,16 @@ class KVBatch:
                 layer.keys = layer.keys[..., first:, :]
                 layer.values = layer.values[..., first:, :]
             self.mask = self.mask[:, first:]
+
+
+def _keep(model: Any, n: int) -> dict[str, int]:
+    """logits_to_keep=n when the model's forward takes it (older remote code does not)."""
+    return {"logits_to_keep": n} if _takes_logits_to_keep(model.__class__) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(model_type: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -43,12 +43,17 @@ def run_loop(engine: TransformersEngine) -> None:
                 for slot in [*engine._running, *newcomers]:
                     if slot.finish is None:
                         _fail(engine, slot, exc)
-                _drop(engine, batch, [False] * len(engine._running))
+                with engine._cond:
+                    engine._running = []
+                batch = KVBatch(engine.model)
 
 
 def _admit(engine: TransformersEngine) -> list[_Slot]:
     """Take waiting requests (under the lock) while batch slots and the prefill budget allow."""
     budget = engine.settings.max_batch_prefill_tokens or DEFAULT_PREFILL_TOKENS
+    for slot in [s for s in engine._waiting if s.cancel is not None]:  # aborted while queued
+        engine._waiting.remove(slot)
+        _finish(engine, slot, EngineStep(token_ids=[], finish="abort"))
     taken: list[_Slot] = []
     used = 0
     while engine._waiting and len(engine._running) + len(taken) < engine.max_batch_size:
@@ -57,9 +62,6 @@ def _admit(engine: TransformersEngine) -> list[_Slot]:
         if taken and used + size > budget:
             break
         engine._waiting.popleft()
-        if slot.cancel is not None:
-            _finish(engine, slot, EngineStep(token_ids=[], finish="abort"))
-            continue
         taken.append(slot)
         used += size
     return taken
