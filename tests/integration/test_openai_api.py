@@ -42,7 +42,7 @@ def test_completion(client: openai.OpenAI) -> None:
 
 
 def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
-    kwargs = dict(model="tiny", messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0, seed=7)
+    kwargs = {"model": "tiny", "messages": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7}
     whole = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
                                                  **kwargs))  # type: ignore[call-overload]
@@ -53,7 +53,7 @@ def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
 
 
 def test_completion_stream_equals_non_stream(client: openai.OpenAI) -> None:
-    kwargs = dict(model="tiny", prompt="The sea", max_tokens=MAX_TOKENS, temperature=0, seed=3)
+    kwargs = {"model": "tiny", "prompt": "The sea", "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 3}
     whole = client.completions.create(**kwargs)  # type: ignore[call-overload]
     streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs)
                        if c.choices)  # type: ignore[call-overload]

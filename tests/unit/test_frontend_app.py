@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from flask import Flask
-
-from berth_server.errors import GenerationFailed, InvalidRequest, Overloaded
+from berth_server.errors import Conflict, GenerationFailed, InvalidRequest, NotFound, NotReady, Overloaded
 from berth_server.frontend.app import create_app
 from berth_server.frontend.errors import error_body, from_control_error
-from berth_server.errors import Conflict, NotFound, NotReady
 from berth_server.settings import Settings
+from flask import Flask
+
 from tests.unit.test_frontend_fake import FakeControl, FakeGateway
 
 

@@ -9,10 +9,9 @@ from typing import Any
 import gevent
 import pytest
 import zmq.green as zmq
-
 from berth_server import control, ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.errors import Conflict, InvalidRequest, NotFound, NotReady
+from berth_server.errors import Conflict, IncompleteGeneration, InvalidRequest, NotFound, NotReady
 from berth_server.frontend.control_client import ControlClient
 from berth_server.frontend.gateway import Gateway
 from berth_server.settings import Settings
@@ -109,7 +108,7 @@ def test_concurrent_streams_share_one_socket(runtime: tuple[Gateway, FakeModel])
 def test_failure_is_raised_typed(runtime: tuple[Gateway, FakeModel]) -> None:
     gateway, _ = runtime
     with pytest.raises(InvalidRequest, match="too long"):
-        gateway.generate(request("reject")).accepted
+        _ = gateway.generate(request("reject")).accepted
 
 
 def test_close_aborts_an_unfinished_generation(runtime: tuple[Gateway, FakeModel]) -> None:
@@ -127,8 +126,8 @@ def test_close_aborts_an_unfinished_generation(runtime: tuple[Gateway, FakeModel
 def test_silent_model_gives_incomplete_generation(runtime: tuple[Gateway, FakeModel]) -> None:
     gateway, _ = runtime
     stream = gateway.generate(request("hang"))
-    stream.accepted  # noqa: B018
-    with pytest.raises(Exception, match="stopped sending tokens"):
+    assert stream.accepted.prompt_tokens == 1
+    with pytest.raises(IncompleteGeneration, match="stopped sending tokens"):
         list(stream)
 
 

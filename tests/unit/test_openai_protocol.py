@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
-
 from berth_server.errors import GenerationFailed, InvalidRequest
 from berth_server.frontend.app import create_app
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, parse
 from berth_server.settings import Settings
+from flask.testing import FlaskClient
+
 from tests.unit.test_frontend_fake import WORDS, FakeControl, FakeGateway
 
 TEXT = "".join(WORDS)

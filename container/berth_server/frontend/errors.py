@@ -46,7 +46,7 @@ class MethodNotAllowed(BerthError):
 class RouteNotFound(NotFound):
     """No route matches the path."""
 
-    code = None
+    code = None  # type: ignore[assignment]  # not a model: no model_not_found code
 
 
 def family_for_request() -> Family:

@@ -22,7 +22,14 @@ from gevent.queue import Empty, Queue
 
 from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.errors import BerthError, GenerationFailed, IncompleteGeneration, NotFound, NotReady, from_failure
+from berth_server.errors import (
+    BerthError,
+    GenerationFailed,
+    IncompleteGeneration,
+    NotFound,
+    NotReady,
+    from_failure,
+)
 from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
 
@@ -292,7 +299,7 @@ class Gateway:
             status = self.statuses(max_age_s=0.5).get(self.settings.default_model_uid)
         except BerthError:
             return False
-        return bool(status) and status.get("state") == "ready"
+        return status is not None and status.get("state") == "ready"
 
     def close(self) -> None:
         """Close every socket this worker opened (tests)."""

@@ -45,7 +45,8 @@ class ModelProcessCollector(Collector):
                 continue
             try:
                 stats = self.gateway.stats(uid)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a busy or restarting model just misses this scrape
+                log.debug("no stats from model %s: %s", uid, exc)
                 continue
             running.add_metric([uid], stats.running)
             waiting.add_metric([uid], stats.waiting)

@@ -69,14 +69,13 @@ def sse_response(events: Iterable[str], *, on_close: Callable[[], None] | None =
         iterator = iter(events)
         try:
             yield SSE_OPEN
-            for event in iterator:
-                yield event
+            yield from iterator
             if done:
                 yield SSE_DONE
         except BerthError as error:
             log.warning("stream on %s failed: %s", environ.get("PATH_INFO"), error.message)
             yield sse_event(stream_error_event(error, family))
-        except Exception as exc:  # noqa: BLE001 - a started stream can only report, not change status
+        except Exception as exc:
             log.exception("stream on %s failed", environ.get("PATH_INFO"))
             yield sse_event(stream_error_event(GenerationFailed(f"internal error: {type(exc).__name__}"), family))
         finally:

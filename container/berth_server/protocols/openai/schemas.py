@@ -231,7 +231,7 @@ class CompletionRequest(SamplingFields):
     def to_generate_requests(self, uid: str, request_id: str) -> list[GenerateRequest]:
         """One canonical request per choice (n)."""
         text = self.prompt if isinstance(self.prompt, str) else None
-        ids = None if isinstance(self.prompt, str) else list(self.prompt)  # type: ignore[arg-type]
+        ids = None if isinstance(self.prompt, str) else [int(i) for i in self.prompt]  # type: ignore[arg-type]
         return [
             GenerateRequest(
                 request_id=f"{request_id}-{index}",
