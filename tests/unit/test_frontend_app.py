@@ -22,8 +22,10 @@ def make_app(tmp_path, gateway: FakeGateway | None = None, **settings: object) -
                       control=FakeControl())
 
 
-def test_importing_the_app_imports_no_engine() -> None:
-    code = ("import sys, berth_server.frontend.app, berth_server.frontend.wsgi, berth_server.frontend.gateway; "
+def test_building_the_app_imports_no_engine(tmp_path) -> None:
+    code = ("import sys, berth_server.frontend.wsgi; from berth_server.frontend.app import create_app; "
+            "from berth_server.settings import Settings; "
+            f"create_app(Settings(runtime_dir={str(tmp_path)!r})); "
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm')]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
