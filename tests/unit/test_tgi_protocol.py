@@ -169,3 +169,17 @@ def test_generated_tokens_are_counted_in_metrics(app: Flask, client: FlaskClient
     client.post("/generate", json=body())
     client.post("/generate_stream", json=body()).get_data()
     assert counted == [("tiny", 2, 3), ("tiny", 2, 3)]
+
+
+def test_tokens_that_arrive_together_are_written_in_one_chunk(gateway: FakeGateway) -> None:
+    from berth_server.canonical import Delta, TokenInfo
+    from berth_server.protocols.tgi.service import TgiGeneration
+
+    generation = TgiGeneration(gateway, parse(GenerateBody, body()), "tiny")
+    pair = [TokenInfo(id=1, text="a", logprob=-0.1), TokenInfo(id=2, text="b", logprob=-0.2)]
+    generation.stream._script = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
+                                       finish_reason="length")]
+    (chunk,) = list(generation.sse_chunks())
+    events = sse_events(chunk.encode())
+    assert [e["index"] for e in events] == [1, 2] and events[1]["generated_text"] == "ab"
+    assert gateway.streams[-1].closed

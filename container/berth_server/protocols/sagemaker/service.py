@@ -11,7 +11,7 @@ from typing import Any
 from flask import Response, jsonify
 
 from berth_server.errors import NotFound
-from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.sse import sse_response
 from berth_server.frontend.state import FrontendState
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
 from berth_server.protocols.tgi.schemas import parse
@@ -24,7 +24,7 @@ def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> Response
     bodies = invocation.bodies()
     if invocation.stream:
         generation = TgiGeneration(state.gateway, bodies[0], uid, state.metrics)
-        return sse_response((sse_event(e) for e in generation.events()), on_close=generation.stream.close)
+        return sse_response(generation.sse_chunks(), on_close=generation.stream.close)
     generations: list[TgiGeneration] = []
     try:
         # Start every prompt before folding any, so the model batches them.

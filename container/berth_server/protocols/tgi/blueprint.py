@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 
 from berth_server import __version__
 from berth_server.frontend.errors import request_json
-from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.sse import sse_response
 from berth_server.frontend.state import get_state
 from berth_server.protocols.tgi import service
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody, parse
@@ -26,7 +26,7 @@ def start_generation(body: GenerateBody) -> service.TgiGeneration:
 
 def stream_reply(generation: service.TgiGeneration) -> Response:
     """TGI token events as SSE; no [DONE] (TGI's stream ends when the connection closes)."""
-    return sse_response((sse_event(e) for e in generation.events()), on_close=generation.stream.close)
+    return sse_response(generation.sse_chunks(), on_close=generation.stream.close)
 
 
 @tgi_bp.post("/")
