@@ -223,3 +223,11 @@ def test_an_invalid_request_fails_alone(engine: TransformersEngine, model: Any, 
 def test_load_info(engine: TransformersEngine) -> None:
     assert engine.max_model_len == RECIPES["tiny"].max_position_embeddings
     assert engine.device == torch.device("cpu")
+
+
+def test_cannot_serve_explains(tiny_dir: Path, tmp_path: Path) -> None:
+    config = ModelLaunchConfig(uid="tiny", source=str(tiny_dir), model_name="tiny")
+    assert TransformersEngine.cannot_serve(config, tiny_dir, Settings()) is None
+    assert "config.json" in (TransformersEngine.cannot_serve(config, tmp_path, Settings()) or "")
+    embedding = ModelLaunchConfig(uid="e", source=str(tiny_dir), model_name="e", model_type="embedding")
+    assert "LLM" in (TransformersEngine.cannot_serve(embedding, tiny_dir, Settings()) or "")

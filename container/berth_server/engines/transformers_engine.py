@@ -72,6 +72,33 @@ class TransformersEngine(Engine):
 
     # ---- loading -------------------------------------------------------------------------------
 
+    @classmethod
+    def cannot_serve(cls, config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
+        """Why this engine cannot serve the model (select.py asks before loading), or None."""
+        if config.model_type != "LLM":
+            return f"it serves LLM models, not {config.model_type}"
+        if config.tensor_parallel_size > 1:
+            return "it does not do tensor parallelism"
+        if config.quantization or settings.quantize:
+            return "it does not quantize at load time (pre-quantized checkpoints load as they are)"
+        if not (Path(model_dir) / "config.json").is_file():
+            return f"{model_dir} has no config.json"
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        try:
+            hf = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the reason
+            return f"cannot read its config: {exc}"
+        remote = "AutoModelForCausalLM" in (getattr(hf, "auto_map", None) or {})
+        if hf.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+            return f"model type {hf.model_type!r} is not a causal LM transformers knows"
+        layer_types = getattr(hf.get_text_config(decoder=True), "layer_types", None) or []
+        odd = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+        if odd:
+            return f"its batching cache handles attention layers only, not {', '.join(odd)}"
+        return None
+
     def _load(self) -> EngineLoadInfo:
         """Load weights (blocking): pick device and dtype, read the context length."""
         import torch
