@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from xinference_client import RESTfulClient
 
-from .conftest import RunningServer
-from .test_xinference_client import server  # noqa: F401 - the module's server fixture
+from .conftest import RunningServer, launch_serve
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose default model is the tiny LLM; encoders are launched next to it."""
+    running = launch_serve(tiny_model, tmp_path_factory.mktemp("encoders"), engine="transformers",
+                           env={"BERTH_MODEL_UID": "tiny"})
+    yield running
+    running.stop()
 
 
 def _encoder_registration(kind: str, name: str, model_dir: Path) -> str:
@@ -21,7 +31,7 @@ def _encoder_registration(kind: str, name: str, model_dir: Path) -> str:
                        "virtualenv": {"packages": []}, "is_builtin": False})
 
 
-def test_embeddings_and_rerank(server: RunningServer, tiny_embedding_model: Path,  # noqa: F811
+def test_embeddings_and_rerank(server: RunningServer, tiny_embedding_model: Path,
                                tiny_rerank_model: Path) -> None:
     client = RESTfulClient(server.base_url)
     client.register_model("embedding", _encoder_registration("embedding", "emb-tiny", tiny_embedding_model), False)
@@ -36,7 +46,8 @@ def test_embeddings_and_rerank(server: RunningServer, tiny_embedding_model: Path
         assert result["usage"]["prompt_tokens"] > 0
         oai = openai.OpenAI(base_url=server.url("/v1"), api_key="none", max_retries=0)
         vectors = oai.embeddings.create(model=emb, input="hello world")  # base64 on the wire
-        assert vectors.data[0].embedding == result["data"][0]["embedding"] or len(vectors.data[0].embedding) == 64
+        assert vectors.data[0].embedding == pytest.approx(result["data"][0]["embedding"], abs=1e-4)
+        assert vectors.usage.prompt_tokens > 0
         ranked = client.get_model(rr).rerank(["a cat", "the dog", "numbers"], "cat", top_n=2,
                                              return_documents=True)
         results = ranked["results"]

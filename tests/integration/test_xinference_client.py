@@ -127,7 +127,7 @@ def _detail(response: httpx.Response, status: int) -> str:
 def test_bad_inputs_get_4xx_with_detail(client: RESTfulClient, server: RunningServer, tiny_model: Path,
                                         tmp_path: Path) -> None:
     url = server.url
-    post = lambda path, body: httpx.post(url(path), json=body, timeout=60)  # noqa: E731
+    post = lambda path, body: httpx.post(url(path), json=body, timeout=60)
     assert "nope" in _detail(post("/v1/models", {"model_name": "nope"}), 404)
     assert "not valid JSON" in _detail(post("/v1/model_registrations/LLM", {"model": "{oops"}), 400)
     bad_name = json.dumps(llm_registration("bad name!", tiny_model))
