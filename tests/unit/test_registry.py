@@ -15,7 +15,7 @@ from .test_registration import EMBEDDING, LLM, _with
 
 def test_catalog_has_the_families_people_deploy() -> None:
     registry = Registry(None)
-    llms = {e.registration.model_name: e.registration for e in registry.list("LLM")}
+    llms = {e.registration.model_name: e.registration for e in registry.entries("LLM")}
     assert len(llms) >= 20
     for name in ("qwen2.5-instruct", "qwen3", "qwq-32b", "llama-3.1-instruct", "llama-3.2-instruct",
                  "llama-3.3-instruct", "mistral-instruct-v0.3", "mixtral-instruct-v0.1", "mistral-nemo-instruct",
@@ -33,8 +33,8 @@ def test_catalog_has_the_families_people_deploy() -> None:
     assert llms["deepseek-v3.1"].thinking_variable == "thinking"
     assert llms["deepseek-r1-distill-qwen"].thinking_variable is None  # always thinks
     assert "Qwen/Qwen2.5-7B-Instruct" in {s.model_id for s in llms["qwen2.5-instruct"].model_specs}
-    assert {e.registration.model_name for e in registry.list("embedding")} >= {"bge-small-en-v1.5", "bge-m3"}
-    assert {e.registration.model_name for e in registry.list("rerank")} >= {"bge-reranker-base"}
+    assert {e.registration.model_name for e in registry.entries("embedding")} >= {"bge-small-en-v1.5", "bge-m3"}
+    assert {e.registration.model_name for e in registry.entries("rerank")} >= {"bge-reranker-base"}
 
 
 def test_persisted_registration_survives_restart_and_unregister_removes_it(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_persisted_registration_survives_restart_and_unregister_removes_it(tmp_p
     assert entry.persisted and not entry.registration.is_builtin
     with pytest.raises(NotFound):
         again.get("embedding", "my-bge")  # not persisted: gone after a restart
-    listed = again.list("LLM")
+    listed = again.entries("LLM")
     assert listed[-1].registration.model_name == "custom-qwen-2_5"
     again.unregister("LLM", "custom-qwen-2_5")
     assert not path.exists()

@@ -122,7 +122,8 @@ class EncoderService:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch, rows = [], 0
+                batch: list[_Job] = []
+                rows = 0
                 while self._pending and (not batch or rows + len(self._pending[0].rows) <= self.max_batch):
                     job = self._pending.pop(0)
                     batch.append(job)

@@ -42,7 +42,7 @@ def _registration_dict(registration: Registration) -> dict[str, Any]:
 def enrich_default_config(config: ModelLaunchConfig, settings: Settings) -> ModelLaunchConfig:
     """Fill the default model's template facts (tags, stops, abilities) from the catalog when its hub id is known."""
     registry = Registry(None)
-    for entry in registry.list("LLM"):
+    for entry in registry.entries("LLM"):
         registration = entry.registration
         assert isinstance(registration, LLMRegistration)
         if any(spec.model_id == config.source for spec in registration.model_specs):
@@ -70,7 +70,7 @@ class ModelManager:
     async def registrations_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """[{model_name, is_builtin}] or, with detailed, the full registrations."""
         detailed = as_bool(params.get("detailed", False), "detailed")
-        entries = self.registry.list(params.get("model_type") or "LLM")
+        entries = self.registry.entries(params.get("model_type") or "LLM")
         if detailed:
             return [_registration_dict(e.registration) for e in entries]
         return [{"model_name": e.registration.model_name, "is_builtin": e.registration.is_builtin} for e in entries]

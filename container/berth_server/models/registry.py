@@ -108,7 +108,7 @@ class Registry:
         """Every built-in model name, over all types."""
         return {name for names in self._builtin.values() for name in names}
 
-    def list(self, model_type: str) -> list[Entry]:
+    def entries(self, model_type: str) -> list[Entry]:
         """Built-ins first (sorted), then custom registrations (sorted)."""
         model_type = model_type_or_400(model_type)
         builtin = [Entry(model_type, r) for _, r in sorted(self._builtin[model_type].items())]
