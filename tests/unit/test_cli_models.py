@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from berth.cli import main
 from berth.cli_models import MODEL_COMMANDS
+from click.testing import CliRunner
 
 
 def _closed_port() -> int:
