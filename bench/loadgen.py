@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import statistics
 import time
 from typing import Any
 
@@ -86,8 +85,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def _endpoint(cfg: LoadConfig) -> str:
     base = cfg.url.rstrip("/")
-    if base.endswith("/v1"):
-        base = base[:-3]
+    base = base.removesuffix("/v1")
     return f"{base}/v1/chat/completions" if cfg.api == "chat" else f"{base}/v1/completions"
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ def machine() -> dict[str, str]:
     """nproc, free -g, CPU model, load average and versions of what is measured."""
     def sh(cmd: list[str]) -> str:
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "?"
     cpu = "?"
@@ -134,8 +135,8 @@ def stage_xinference(model: Path, args: argparse.Namespace) -> tuple[dict[str, A
                                    lambda p: {"c16": _load(p, 16, n, t, args.request_timeout).to_dict()})
     b, x = res["berth"], res["xinference"]
     bc16, bc1, xc16 = b.get("c16"), b.get("c1"), x.get("c16")
-    lines = [f"### Berth (transformers engine) vs Xinference 4.1.0 — 16 concurrent streaming chats x {t} tokens,"
-             f" {n} requests", "", HEADER, _row("Berth, 16 concurrent", bc16), _row("Berth, 1 stream", bc1),
+    lines = [(f"### Berth (transformers engine) vs Xinference 4.1.0 — 16 concurrent streaming chats x {t} tokens,"
+              f" {n} requests"), "", HEADER, _row("Berth, 16 concurrent", bc16), _row("Berth, 1 stream", bc1),
              _row("Xinference 4.1.0 (Transformers engine), 16 concurrent", xc16), ""]
     tok = _ratio(bc16 and bc16["output_tok_s"], xc16 and xc16["output_tok_s"])
     ttft = _ratio(bc16 and bc16["ttft_p50_s"], xc16 and xc16["ttft_p50_s"])
@@ -144,10 +145,10 @@ def stage_xinference(model: Path, args: argparse.Namespace) -> tuple[dict[str, A
     lines += [f"- tok/s Berth / Xinference: {_fmt(tok, 'x')} — {_goal(tok, '>=', 1.3)}",
               f"- TTFT p50 Berth / Xinference: {_fmt(ttft, 'x')} — {_goal(ttft, '<=', 0.3)}",
               f"- Berth 16-concurrent / single-stream tok/s: {_fmt(scale, 'x')} — {_goal(scale, '>=', 5.0)}",
-              f"- gunicorn worker RSS (MB, each worker, after the load): {rss or 'not measured'} — "
-              f"{_goal(max(rss) if rss else None, '<=', 150.0)}",
-              f"- ready: Berth serve->/ping {b.get('ready_s', '—')} s; Xinference start+register+launch "
-              f"{x.get('ready_s', '—')} s", ""]
+              (f"- gunicorn worker RSS (MB, each worker, after the load): {rss or 'not measured'} — "
+               f"{_goal(max(rss) if rss else None, '<=', 150.0)}"),
+              (f"- ready: Berth serve->/ping {b.get('ready_s', '—')} s; Xinference start+register+launch "
+               f"{x.get('ready_s', '—')} s"), ""]
     return res, lines
 
 
@@ -199,6 +200,16 @@ def stage_startup(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     return {"times_s": times, "errors": errors}, lines
 
 
+def _append(lines: list[str]) -> None:
+    with open(RESULTS, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    # Turn SIGTERM (e.g. from `timeout`) into an exception so running peers are stopped in finally.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected stages, print JSON, append a markdown section to bench/RESULTS.md."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,13 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="", help="note added to the section title")
     p.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
     stages = args.only or list(STAGES)
     started = dt.datetime.now(dt.timezone.utc)
     command = "python -m bench.run_all " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = machine()
     model = build_model("bench") if {"xinference", "vllm"} & set(stages) else None
     results: dict[str, Any] = {}
-    body: list[str] = []
+    title = f"## {started:%Y-%m-%d %H:%M} UTC — stages: {', '.join(stages)}" + (f" — {args.label}" if args.label else "")
+    header = [title, "", f"Command: `{command.strip()}` (from the repo root)", "", "Machine:", "```"]
+    header += [f"{k}: {v}" for k, v in info.items()] + ["```", ""]
+    # Each stage is written as soon as it ends, so a run cut short still leaves what it measured.
+    if not args.no_write:
+        _append(header)
+    print("\n".join(header), flush=True)
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "xinference":
@@ -229,16 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             results[stage], lines = stage_vllm(model, args)
         else:
             results[stage], lines = stage_startup(args)
-        body += lines + [f"_stage took {time.perf_counter() - t0:.0f} s_", ""]
+        lines += [(f"_stage took {time.perf_counter() - t0:.0f} s; loadavg now "
+                   f"{Path('/proc/loadavg').read_text().strip()}_"), ""]
+        if not args.no_write:
+            _append(lines)
+        print("\n".join(lines), flush=True)
     info["loadavg (end)"] = Path("/proc/loadavg").read_text().strip()
     print(json.dumps({"machine": info, "results": results}, indent=2, default=str))
-    title = f"## {started:%Y-%m-%d %H:%M} UTC — stages: {', '.join(stages)}" + (f" — {args.label}" if args.label else "")
-    section = [title, "", f"Command: `{command.strip()}` (from the repo root)", "", "Machine:", "```"]
-    section += [f"{k}: {v}" for k, v in info.items()] + ["```", ""] + body
     if not args.no_write:
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write("\n" + "\n".join(section) + "\n")
-    print("\n".join(section))
+        _append([f"- loadavg (end): {info['loadavg (end)']}", ""])
     return 0
 
 

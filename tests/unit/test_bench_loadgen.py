@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.loadgen import LoadConfig, percentile, run_load  # noqa: E402
+from bench.loadgen import LoadConfig, percentile, run_load
 
 FIRST_TOKEN_DELAY_S = 0.15
 CHUNKS = 4
@@ -28,7 +28,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         """Keep test output quiet."""
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         """Chat completions: stream CHUNKS deltas after a delay; 'fail' in the prompt -> HTTP 500."""
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if "fail" in body["messages"][0]["content"]:
