@@ -104,3 +104,19 @@ def test_image_contract_and_delete_stops_the_process(tiny_model: Path, tmp_path:
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2)
     assert "Traceback" not in predictor.logs()
+
+
+def test_register_model_with_a_running_berth(local: LocalPredictor) -> None:
+    """register_model posts the v2 JSON as xinference-client does; the server stores and lists it."""
+    registration = berth.register_model("sdk-custom-0_5b", "s3://weights/sdk-custom/", berth_url=local.base_url,
+                                        persist=False, chat_template="{{ messages }}", context_length=1024)
+    stored = httpx.get(f"{local.base_url}/v1/model_registrations/LLM/sdk-custom-0_5b", timeout=10)
+    assert stored.status_code == 200, stored.text
+    body = stored.json()
+    assert body["model_specs"][0]["model_uri"] == registration["model_specs"][0]["model_uri"]
+    assert body["context_length"] == 1024
+    with pytest.raises(berth.BerthError, match="HTTP 4"):
+        berth.register_model("sdk-custom-0_5b", "org/other", berth_url=local.base_url, persist=False,
+                             extra={"model_family": "qwen2.5-instruct"})
+    deleted = httpx.delete(f"{local.base_url}/v1/model_registrations/LLM/sdk-custom-0_5b", timeout=10)
+    assert deleted.status_code == 200, deleted.text
