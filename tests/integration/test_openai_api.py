@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -15,9 +16,12 @@ PROMPT = [{"role": "user", "content": "Tell me a story about a boat."}]
 
 
 @pytest.fixture(scope="module")
-def client(berth_server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+def client(berth_server) -> Iterator[openai.OpenAI]:  # type: ignore[no-untyped-def]
     """An openai client on the shared server (no retries: a failure must show)."""
-    return openai.OpenAI(base_url=berth_server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    # Closed at the end: an idle keep-alive connection would hold gunicorn's graceful shutdown.
+    with openai.OpenAI(base_url=berth_server.base_url + "/v1", api_key="unused", max_retries=0,
+                       timeout=120) as client:
+        yield client
 
 
 def test_models_lists_the_default(client: openai.OpenAI, berth_server) -> None:  # type: ignore[no-untyped-def]
