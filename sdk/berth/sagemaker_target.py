@@ -137,6 +137,18 @@ class SageMakerEndpoint:
             self.wait(timeout_s)
             self._delete_config_and_models(old["config"], old["models"])
 
+    def exists(self) -> bool:
+        """Whether the endpoint exists (SageMaker answers ValidationException for an unknown one)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.sm.describe_endpoint(EndpointName=self.name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ValidationException":
+                return False
+            raise
+        return True
+
     def wait(self, timeout_s: float = 3600.0) -> dict[str, Any]:
         """Poll describe_endpoint until InService; raise DeployError on Failed or after timeout_s."""
         deadline = time.monotonic() + timeout_s
@@ -218,15 +230,19 @@ def deploy_sagemaker(model: str, endpoint_name: str, image_uri: str, role: str |
                      health_check_timeout: int | None = None, download_timeout: int | None = None,
                      size_billions: float | None = None, wait: bool = True, wait_timeout_s: float = 3600.0,
                      autoscaling: dict[str, Any] | None = None, progress: Progress = _no_progress,
-                     poll_s: float = 15.0, sagemaker_client: Any = None) -> SageMakerPredictor:
-    """Validate, create the endpoint, optionally autoscale it, and return its Predictor."""
+                     poll_s: float = 15.0, sagemaker_client: Any = None,
+                     update_existing: bool = True) -> SageMakerPredictor:
+    """Validate, create the endpoint (or roll out a new config if it exists), optionally autoscale it."""
     spec = SageMakerSpec(model=model, endpoint_name=endpoint_name, image_uri=image_uri, role=role or "",
                          instance_type=instance_type, instance_count=instance_count, env=dict(env or {}),
                          health_check_timeout_s=health_check_timeout, download_timeout_s=download_timeout,
                          size_billions=size_billions)
     endpoint = SageMakerEndpoint(endpoint_name, region=region, sagemaker_client=sagemaker_client,
                                  progress=progress, poll_s=poll_s)
-    endpoint.create(spec, wait=wait, timeout_s=wait_timeout_s)
+    if update_existing and endpoint.exists():
+        endpoint.update(spec, wait=wait, timeout_s=wait_timeout_s)
+    else:
+        endpoint.create(spec, wait=wait, timeout_s=wait_timeout_s)
     if autoscaling:
         endpoint.autoscale(**autoscaling)
     return SageMakerPredictor(endpoint)

@@ -143,6 +143,28 @@ def test_update_creates_new_config_and_cleans_old_with_stubber() -> None:
         stub.assert_no_pending_responses()
 
 
+def test_deploy_to_an_existing_endpoint_updates_it() -> None:
+    sm = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(sm) as stub:
+        stub.add_response("describe_endpoint", _described("old-config", "InService"))  # exists()
+        stub.add_response("describe_endpoint", _described("old-config", "InService"))  # resources()
+        stub.add_response("describe_endpoint_config", {
+            "EndpointConfigName": "old-config",
+            "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/old",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "old-model"}],
+            "CreationTime": "2026-01-01"})
+        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m"})
+        stub.add_response("create_endpoint_config",
+                          {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/c"})
+        stub.add_response("update_endpoint",
+                          {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/berth-upd"})
+        stub.add_response("describe_endpoint", _described("new-config", "InService"))
+        stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "old-config"})
+        stub.add_response("delete_model", {}, {"ModelName": "old-model"})
+        deploy_sagemaker("org/m", "berth-upd", IMAGE, ROLE, "ml.g5.12xlarge", poll_s=0, sagemaker_client=sm)
+        stub.assert_no_pending_responses()
+
+
 def test_wait_reports_failure() -> None:
     from berth.errors import DeployError
 
