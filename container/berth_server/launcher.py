@@ -78,7 +78,9 @@ def gunicorn_command(settings: Settings) -> list[str]:
         # FINDINGS: for gevent workers --timeout is a heartbeat; --graceful-timeout cuts long streams on stop.
         "--timeout", "60",
         "--graceful-timeout", str(int(settings.graceful_timeout_s)),
-        "--keep-alive", "75",  # SageMaker keeps connections open for up to 60 s
+        # An idle keep-alive connection holds its greenlet until this expires, and a graceful stop waits
+        # for it: 5 s keeps SIGTERM well inside SageMaker's 30 s, at the cost of an occasional reconnect.
+        "--keep-alive", "5",
         "--no-control-socket",  # gunicorn 27 would write under ~/.gunicorn (a read-only home breaks it)
         "--log-level", settings.log_level.lower(),
         "--access-logfile", "-",
