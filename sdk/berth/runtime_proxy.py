@@ -80,6 +80,11 @@ class _Handler(BaseHTTPRequestHandler):
                             self._chunk(payload_part(chunk))
                 except httpx.HTTPError as exc:
                     self._chunk(model_stream_error(f"the model server stream broke: {exc}"))
+                except (BrokenPipeError, ConnectionResetError):
+                    # The caller went away: leaving the `with` closes the upstream stream, which
+                    # makes Berth abort the generation.
+                    self.close_connection = True
+                    return
                 self._chunk(b"")
         except httpx.HTTPError as exc:
             return self._error(503, "ServiceUnavailable", f"the model server is unreachable: {exc}")
