@@ -191,3 +191,9 @@ def test_models_list(client: FlaskClient) -> None:
     assert reply["object"] == "list" and model["id"] == "default" and model["object"] == "model"
     assert model["owned_by"] == "berth" and model["model_type"] == "LLM" and model["model_ability"] == ["chat"]
     assert model["max_model_len"] == 64
+
+
+def test_tgi_client_chat_stream_has_no_done_line(client: FlaskClient) -> None:
+    body = client.post("/v1/chat/completions", json={**CHAT, "model": "tgi", "stream": True}).get_data(as_text=True)
+    events = sse_payloads(body)
+    assert "[DONE]" not in events and events[-1]["choices"][0]["finish_reason"] == "length"

@@ -110,8 +110,9 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
     streams = start(state, body, requests)
     model = body.model or uid
     if body.stream:
+        # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
         return sse_response(_chat_chunks(state, body, uid, model, streams), on_close=lambda: close_all(streams),
-                            done=True)
+                            done=body.model != "tgi")
     try:
         folded = [_fold(stream) for stream in streams]
     finally:
