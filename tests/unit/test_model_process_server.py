@@ -14,6 +14,7 @@ from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest, SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.errors import InvalidRequest
 from berth_server.model_process.server import ModelServer
 from berth_server.model_process.text_pipeline import TextPipeline
 from berth_server.models.launch import ModelLaunchConfig
@@ -28,8 +29,9 @@ class FakeEngine(Engine):
 
     name = "fake"
 
-    def __init__(self, script: list[int], gate: asyncio.Event | None = None, logprobs: bool = False):
+    def __init__(self, script: list[int], gate: asyncio.Event | None = None, reject: Exception | None = None):
         self.script = script
+        self.reject = reject
         self.gate = gate
         self.running: set[str] = set()
         self.aborted: list[str] = []
@@ -39,6 +41,8 @@ class FakeEngine(Engine):
         return EngineLoadInfo("fake", "cpu", "float32", max_model_len=256, max_batch_size=8)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:  # type: ignore[override]
+        if self.reject is not None:
+            raise self.reject
         self.running.add(request.request_id)
         try:
             for n in range(request.max_new_tokens):
@@ -47,7 +51,9 @@ class FakeEngine(Engine):
                 token = self.script[n % len(self.script)]
                 last = n + 1 == request.max_new_tokens
                 finish = "eos" if token in request.stop_token_ids else ("length" if last else None)
-                yield EngineStep([token], finish=finish)  # type: ignore[arg-type]
+                prompt = [None, *[-1.0] * (len(request.prompt_token_ids) - 1)] if n == 0 else None
+                yield EngineStep([token], finish=finish,  # type: ignore[arg-type]
+                                 prompt_logprobs=prompt if request.sampling.prompt_logprobs else None)
                 if finish:
                     return
                 await asyncio.sleep(0)
@@ -212,3 +218,20 @@ def test_validation_tokenize_and_unsupported(pipeline: TextPipeline, tmp_path: P
         assert isinstance(failure, Failure) and failure.error_type == "validation"
 
     serve(pipeline, FakeEngine([5]), tmp_path, test)
+
+
+def test_engine_rejection_fails_before_accepted(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("bad"))
+        failure = await client.until(finished("bad"))
+        assert client.events("bad") == [failure]  # no Accepted first: the frontend answers 4xx
+        assert (failure.error_type, failure.message) == ("validation", "temperature must be >= 0")
+        engine.reject = None
+        await client.send(gen("ok", sampling=SamplingParams(max_new_tokens=2, prompt_logprobs=True)))
+        await client.until(finished("ok"))
+        accepted = client.events("ok")[0]
+        assert isinstance(accepted, Accepted) and accepted.prefill is not None
+        assert [t.logprob for t in accepted.prefill] == [None, *[-1.0] * (accepted.prompt_tokens - 1)]
+
+    engine = FakeEngine([9], reject=InvalidRequest("temperature must be >= 0"))
+    serve(pipeline, engine, tmp_path, test)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.engines.base import EngineStep
 from berth_server.errors import BerthError
 
 if TYPE_CHECKING:
     from berth_server.model_process.server import ModelServer
 
 log = logging.getLogger(__name__)
+ENGINE_CHECK_S = 0.01  # how long Accepted waits for an engine-side rejection
 
 
 def _failure(request_id: str, exc: BerthError) -> Failure:
@@ -39,18 +42,24 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
     counters.prompt_tokens_total += len(prepared.prompt_ids)
     stream = pipeline.output_stream(request, prepared)
     accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids), prompt_text=prepared.prompt_text)
-    awaiting_prefill = request.sampling.prompt_logprobs
-    if not awaiting_prefill:
-        server.emit(peer, accepted)
-    steps = engine.generate(prepared.engine_request)
+    accepted_sent = False
+    steps = engine.generate(prepared.engine_request).__aiter__()
+    # The engine validates what it alone knows (vocab range, sampling values) when it first runs:
+    # give it a moment so such a rejection arrives as a 4xx Failure instead of after Accepted.
+    first: asyncio.Future[EngineStep] = asyncio.ensure_future(steps.__anext__())
     engine_done = False
     try:
-        async for step in steps:
+        await asyncio.wait({first}, timeout=ENGINE_CHECK_S)
+        if not request.sampling.prompt_logprobs and not (first.done() and first.exception() is not None):
+            server.emit(peer, accepted)
+            accepted_sent = True
+        step: EngineStep | None = await first
+        while step is not None:
             engine_done = step.finish is not None
-            if awaiting_prefill:  # prompt logprobs come with the first step, and belong in Accepted
+            if not accepted_sent:  # prompt logprobs come with the first step and belong in Accepted
                 accepted.prefill = stream.prefill(step, prepared.prompt_ids)
                 server.emit(peer, accepted)
-                awaiting_prefill = False
+                accepted_sent = True
             counters.generated_tokens_total += len(step.token_ids)
             delta = stream.process(step)
             if delta is not None:
@@ -61,23 +70,36 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
                 else:
                     counters.finished_total += 1
                 break
+            step = await anext_or_none(steps)
         else:
-            if not stream.finished:
-                server.emit(peer, Failure(request_id=rid, message="the engine ended the request without finishing it"))
+            server.emit(peer, Failure(request_id=rid, message="the engine ended the request without finishing it"))
     except asyncio.CancelledError:  # Abort from the frontend, its peer went away, or shutdown
         counters.aborted_total += 1
-        if not awaiting_prefill:
+        if accepted_sent:
             server.emit(peer, Delta(request_id=rid, completion_tokens=stream.completion_tokens, finish_reason="abort"))
+        else:
+            server.emit(peer, Failure(request_id=rid, message="the request was aborted before it started",
+                                      error_type="overloaded"))
     except BerthError as exc:
         server.emit(peer, _failure(rid, exc))
     except Exception as exc:
         log.exception("request %s: generation failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))
     finally:
+        if not first.done():
+            first.cancel()
         aclose = getattr(steps, "aclose", None)
         if aclose is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 await aclose()
         if not engine_done:  # a stop string, an abort or an error: free the slot now
             with contextlib.suppress(Exception):
                 await engine.abort(rid)
+
+
+async def anext_or_none(steps: AsyncIterator[EngineStep]) -> EngineStep | None:
+    """The next step, or None when the engine's iterator is exhausted."""
+    try:
+        return await steps.__anext__()
+    except StopAsyncIteration:
+        return None
