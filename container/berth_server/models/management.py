@@ -110,8 +110,15 @@ class ModelManager:
             log.warning("launch %s: ignoring %s (one machine, one environment)", uid, ", ".join(request.ignored))
         spec = next((s for s in entry.registration.model_specs
                      if config.source in (s.model_uri, s.model_id)), entry.registration.model_specs[0])
+        previous = self._launched.get(uid)
         self._launched[uid] = Launched(entry.registration, spec, time.time())
-        await self.supervisor.launch(config, request.wait_ready)
+        try:
+            await self.supervisor.launch(config, request.wait_ready)
+        except Conflict:
+            # Someone else holds this uid: keep describing their model, not ours.
+            if previous is not None:
+                self._launched[uid] = previous
+            raise
         return {"model_uid": uid}
 
     def _configs(self) -> dict[str, ModelLaunchConfig]:
