@@ -73,6 +73,15 @@ def test_streaming_concatenation_equals_one_shot_decode(pipeline: TextPipeline, 
     assert "".join(detok.step(i) for i in ids) + detok.flush() == text
 
 
+@pytest.mark.parametrize("decode_stream", [True, False])
+def test_an_unfinished_character_flushes_like_one_shot_decode(pipeline: TextPipeline, decode_stream: bool) -> None:
+    tok = pipeline.tokenizer
+    ids = tok.encode("ok 😀", add_special_tokens=False)[:-1]  # the emoji's last byte never comes
+    detok = IncrementalDetokenizer(tok, use_decode_stream=decode_stream)
+    assert "".join(detok.step(i) for i in ids) == "ok "
+    assert "ok " + detok.flush() == tok.decode(ids)
+
+
 def test_special_tokens_are_skipped_except_kept_ones(pipeline: TextPipeline) -> None:
     tok = pipeline.tokenizer
     ids = tok.encode("a<think>b</think>c<|im_end|>", add_special_tokens=False)

@@ -27,6 +27,7 @@ class IncrementalDetokenizer:
         self._prefix = 0
         self._read = len(context)
         self._stream: Any = None
+        self._pending: list[int] = []  # ids DecodeStream holds back (an incomplete character)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         try:  # tokenizers' Rust DecodeStream does the same offset bookkeeping, faster
             from tokenizers.decoders import DecodeStream
@@ -46,7 +47,12 @@ class IncrementalDetokenizer:
             return ""
         self._ids.append(token_id)
         if self._stream is not None:
-            return self._stream.step(self._backend, token_id) or ""
+            chunk = self._stream.step(self._backend, token_id)
+            if chunk is None:
+                self._pending.append(token_id)
+                return ""
+            self._pending.clear()
+            return str(chunk)
         prefix_text = self._decode(self._ids[self._prefix:self._read])
         new_text = self._decode(self._ids[self._prefix:])
         if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT):
@@ -56,8 +62,9 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """At the end: whatever is still held (an incomplete character decodes as U+FFFD)."""
-        if self._stream is not None:
-            return ""  # DecodeStream emits every complete character as it arrives
+        if self._stream is not None:  # bytes of a character that never completed: U+FFFD, as decode() gives
+            pending, self._pending = self._pending, []
+            return self._decode(pending) if pending else ""
         prefix_text = self._decode(self._ids[self._prefix:self._read])
         new_text = self._decode(self._ids[self._prefix:])
         self._prefix = self._read = len(self._ids)
