@@ -40,6 +40,8 @@ def test_tags_never_leak_whatever_the_chunking(chunking: str) -> None:
 
 def test_block_opened_by_the_prompt_starts_inside_reasoning() -> None:
     assert split(list("pondering</think>answer"), in_reasoning=True) == ("answer", "pondering")
+    assert split(list("\n<think>\nhmm</think>ok"), in_reasoning=True) == ("ok", "hmm")  # re-emitted start tag
+    assert split(["<th", "x</think>y"], in_reasoning=True) == ("y", "<thx")
     assert split(["no tags at all"]) == ("no tags at all", "")
     assert split(["unfinished <thi"]) == ("unfinished <thi", "")  # a held partial tag is released at the end
     assert ReasoningSplitter.opened_in_prompt("<|im_start|>assistant\n<think>\n", "<think>", "</think>")

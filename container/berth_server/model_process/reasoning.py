@@ -30,6 +30,8 @@ class ReasoningSplitter:
         self._inside = in_reasoning
         self._held = ""
         self._strip = in_reasoning  # whitespace right after a tag is layout, not content
+        self._start_tag = start_tag
+        self._repeat_start = in_reasoning  # a model may re-emit the start tag its template already wrote
 
     @staticmethod
     def opened_in_prompt(prompt_text: str, start_tag: str, end_tag: str) -> bool:
@@ -43,6 +45,15 @@ class ReasoningSplitter:
         reasoning: list[str] = []
         buffer = self._held + chunk
         self._held = ""
+        if self._repeat_start:
+            head = buffer.lstrip()
+            if head.startswith(self._start_tag):
+                buffer, self._repeat_start = head[len(self._start_tag):], False
+            elif self._start_tag.startswith(head):
+                self._held = buffer  # could still become the start tag: wait
+                return "", ""
+            else:
+                self._repeat_start = False
         while buffer:
             tag = self._tags[self._inside]
             at = buffer.find(tag)
@@ -60,6 +71,7 @@ class ReasoningSplitter:
 
     def flush(self) -> tuple[str, str]:
         """At the end: release a held partial tag as ordinary text of its section."""
+        self._repeat_start = False
         text: list[str] = []
         reasoning: list[str] = []
         self._emit(self._held, text, reasoning)

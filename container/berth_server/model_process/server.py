@@ -156,6 +156,10 @@ class ModelServer:
             self.emit(peer, Failure(request_id=rid, message="this model does not generate text (it is an"
                                     " embedding or rerank model)", error_type="validation"))
             return
+        if (peer, rid) in self._requests:
+            self.emit(peer, Failure(request_id=rid, message=f"request id {rid!r} is already running",
+                                    error_type="validation", param="request_id"))
+            return
         if not self.accepting:
             self.emit(peer, Failure(request_id=rid, message="the model is shutting down",
                                     error_type="overloaded"))
