@@ -74,20 +74,29 @@ def _load(peer: peers.Peer, concurrency: int, requests: int, max_tokens: int, ti
     return asyncio.run(asyncio.wait_for(run_load(cfg), timeout=timeout_s * max(1, requests // concurrency) + 60))
 
 
-def _with_peer(start: Callable[[], peers.Peer], body: Callable[[peers.Peer], dict[str, Any]]) -> dict[str, Any]:
-    """Start a peer, run body, always stop it; a peer that fails to start is recorded as failed."""
+def _with_peer(out: dict[str, Any], start: Callable[[], peers.Peer],
+               body: Callable[[peers.Peer, dict[str, Any]], None]) -> dict[str, Any]:
+    """Start a peer, run body(peer, out) (it fills out as it goes), always stop the peer.
+
+    A peer that fails to start or to serve is recorded in out["failed"]; an interrupt is recorded too
+    and re-raised, with what was measured so far left in out.
+    """
     try:
         peer = start()
-    except (peers.PeerFailed, OSError, Exception) as exc:  # noqa: BLE001 - any start failure is a result
-        return {"failed": f"{type(exc).__name__}: {exc}"[:1500]}
-    try:
-        out = body(peer)
-        out["ready_s"] = round(peer.ready_s, 2)
+    except Exception as exc:  # noqa: BLE001 - any start failure is a result
+        out["failed"] = f"{type(exc).__name__}: {exc}"[:1500]
         return out
+    out["ready_s"] = round(peer.ready_s, 2)
+    try:
+        body(peer, out)
+    except KeyboardInterrupt:
+        out["failed"] = "interrupted (run cut short)"
+        raise
     except Exception as exc:  # noqa: BLE001
-        return {"failed": f"during load: {type(exc).__name__}: {exc}"[:1500]}
+        out["failed"] = f"during load: {type(exc).__name__}: {exc}"[:1500]
     finally:
         peer.stop()
+    return out
 
 
 def _fmt(v: float | None, unit: str = "") -> str:
@@ -118,22 +127,28 @@ HEADER = "| run | output tok/s | TTFT p50 | TTFT p95 | latency p50 | latency p95
          "|---|---|---|---|---|---|---|---|"
 
 
-def stage_xinference(model: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def stage_xinference(model: Path, args: argparse.Namespace, res: dict[str, Any]) -> None:
     """Berth (transformers engine) vs Xinference 4.1.0, 16 concurrent streaming chats; Berth 1x too."""
-    res: dict[str, Any] = {}
     n, t = args.requests, args.max_tokens
 
-    def berth_body(p: peers.Peer) -> dict[str, Any]:
-        out: dict[str, Any] = {"c16": _load(p, 16, n, t, args.request_timeout).to_dict()}
-        out["c1"] = _load(p, 1, max(4, n // 8), t, args.request_timeout).to_dict()
+    def berth_body(p: peers.Peer, out: dict[str, Any]) -> None:
+        out["c16"] = _load(p, 16, n, t, args.request_timeout).to_dict()
         out["worker_rss_mb"] = peers.gunicorn_worker_rss_mb(p)
-        return out
+        out["c1"] = _load(p, 1, max(4, n // 8), t, args.request_timeout).to_dict()
 
-    res["berth"] = _with_peer(lambda: peers.start_berth(model, args.port, "transformers", args.ready_timeout),
-                              berth_body)
-    res["xinference"] = _with_peer(lambda: peers.start_xinference(model, args.port + 1, args.ready_timeout),
-                                   lambda p: {"c16": _load(p, 16, n, t, args.request_timeout).to_dict()})
-    b, x = res["berth"], res["xinference"]
+    def xinf_body(p: peers.Peer, out: dict[str, Any]) -> None:
+        out["c16"] = _load(p, 16, n, t, args.request_timeout).to_dict()
+
+    _with_peer(res.setdefault("berth", {}),
+               lambda: peers.start_berth(model, args.port, "transformers", args.ready_timeout), berth_body)
+    _with_peer(res.setdefault("xinference", {}),
+               lambda: peers.start_xinference(model, args.port + 1, args.ready_timeout), xinf_body)
+
+
+def render_xinference(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Markdown for the Xinference stage (partial results included)."""
+    n, t = args.requests, args.max_tokens
+    b, x = res.get("berth", {}), res.get("xinference", {})
     bc16, bc1, xc16 = b.get("c16"), b.get("c1"), x.get("c16")
     lines = [(f"### Berth (transformers engine) vs Xinference 4.1.0 — 16 concurrent streaming chats x {t} tokens,"
               f" {n} requests"), "", HEADER, _row("Berth, 16 concurrent", bc16), _row("Berth, 1 stream", bc1),
@@ -149,19 +164,33 @@ def stage_xinference(model: Path, args: argparse.Namespace) -> tuple[dict[str, A
                f"{_goal(max(rss) if rss else None, '<=', 150.0)}"),
               (f"- ready: Berth serve->/ping {b.get('ready_s', '—')} s; Xinference start+register+launch "
                f"{x.get('ready_s', '—')} s"), ""]
-    return res, lines
+    lines += [f"- {k} FAILED: {v['failed'].splitlines()[0][:300]}" for k, v in (("berth", b), ("xinference", x))
+              if "failed" in v]
+    return lines
 
 
-def stage_vllm(model: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def _vllm_levels(args: argparse.Namespace) -> list[tuple[int, int]]:
+    return [(1, max(4, args.requests // 8)), (16, args.requests), (64, max(64, args.requests))]
+
+
+def stage_vllm(model: Path, args: argparse.Namespace, res: dict[str, Any]) -> None:
     """Berth (vLLM engine) vs vLLM's own OpenAI server at concurrency 1, 16, 64."""
     t = args.max_tokens
-    levels = [(1, max(4, args.requests // 8)), (16, args.requests), (64, max(64, args.requests))]
 
-    def body(p: peers.Peer) -> dict[str, Any]:
-        return {f"c{c}": _load(p, c, n, t, args.request_timeout).to_dict() for c, n in levels}
+    def body(p: peers.Peer, out: dict[str, Any]) -> None:
+        for c, n in _vllm_levels(args):
+            out[f"c{c}"] = _load(p, c, n, t, args.request_timeout).to_dict()
 
-    res = {"berth": _with_peer(lambda: peers.start_berth(model, args.port + 2, "vllm", args.ready_timeout), body),
-           "vllm": _with_peer(lambda: peers.start_vllm_server(model, args.port + 3, args.ready_timeout), body)}
+    _with_peer(res.setdefault("berth", {}),
+               lambda: peers.start_berth(model, args.port + 2, "vllm", args.ready_timeout), body)
+    _with_peer(res.setdefault("vllm", {}),
+               lambda: peers.start_vllm_server(model, args.port + 3, args.ready_timeout), body)
+
+
+def render_vllm(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Markdown for the vLLM stage (partial results included)."""
+    t, levels = args.max_tokens, _vllm_levels(args)
+    res = {"berth": res.get("berth", {}), "vllm": res.get("vllm", {})}
     lines = [f"### Berth (vLLM engine) vs vLLM's own OpenAI server — streaming chat x {t} tokens", "", HEADER]
     for c, n in levels:
         lines += [_row(f"Berth (vLLM), {c} concurrent, {n} requests", res["berth"].get(f"c{c}")),
@@ -177,27 +206,32 @@ def stage_vllm(model: Path, args: argparse.Namespace) -> tuple[dict[str, Any], l
         if "failed" in res[key]:
             lines.append(f"- {key} FAILED: {res[key]['failed'].splitlines()[0][:300]}")
     lines.append("")
-    return res, lines
+    return lines
 
 
-def stage_startup(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """Time from `serve` start to /ping 200 on the tiny model (transformers engine), best of args.startup_runs."""
+def stage_startup(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """Time from `serve` start to /ping 200 on the tiny model (transformers engine), args.startup_runs times."""
     tiny = build_model("tiny")
-    times: list[float] = []
-    errors: list[str] = []
+    times: list[float] = res.setdefault("times_s", [])
+    errors: list[str] = res.setdefault("errors", [])
     for _ in range(args.startup_runs):
-        r = _with_peer(lambda: peers.start_berth(tiny, args.port + 4, "transformers", args.ready_timeout),
-                       lambda p: {})
+        r = _with_peer({}, lambda: peers.start_berth(tiny, args.port + 4, "transformers", args.ready_timeout),
+                       lambda p, out: None)
         if "failed" in r:
             errors.append(r["failed"].splitlines()[0][:300])
         else:
             times.append(r["ready_s"])
+
+
+def render_startup(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Markdown for the start-up stage."""
+    times, errors = res.get("times_s", []), res.get("errors", [])
     worst = max(times) if times else None
     lines = ["### Start-up: `serve` to /ping 200, tiny model, transformers engine", "",
              f"- runs: {times or 'none succeeded'} s — worst {_fmt(worst, ' s')} — {_goal(worst, '<=', 15.0)}"]
     lines += [f"- failed run: {e}" for e in errors]
     lines.append("")
-    return {"times_s": times, "errors": errors}, lines
+    return lines
 
 
 def _append(lines: list[str]) -> None:
@@ -237,21 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         _append(header)
     print("\n".join(header), flush=True)
+    runners = {"xinference": lambda r: stage_xinference(model, args, r), "vllm": lambda r: stage_vllm(model, args, r),
+               "startup": lambda r: stage_startup(args, r)}
+    renderers = {"xinference": render_xinference, "vllm": render_vllm, "startup": render_startup}
     for stage in stages:
         t0 = time.perf_counter()
-        if stage == "xinference":
-            assert model is not None
-            results[stage], lines = stage_xinference(model, args)
-        elif stage == "vllm":
-            assert model is not None
-            results[stage], lines = stage_vllm(model, args)
-        else:
-            results[stage], lines = stage_startup(args)
+        results[stage] = {}
+        interrupted = False
+        try:
+            runners[stage](results[stage])
+        except KeyboardInterrupt:
+            interrupted = True
+        lines = renderers[stage](results[stage], args)
         lines += [(f"_stage took {time.perf_counter() - t0:.0f} s; loadavg now "
-                   f"{Path('/proc/loadavg').read_text().strip()}_"), ""]
+                   f"{Path('/proc/loadavg').read_text().strip()}_"
+                   + (" — INTERRUPTED, figures above are partial" if interrupted else "")), ""]
         if not args.no_write:
             _append(lines)
         print("\n".join(lines), flush=True)
+        if interrupted:
+            return 130
     info["loadavg (end)"] = Path("/proc/loadavg").read_text().strip()
     print(json.dumps({"machine": info, "results": results}, indent=2, default=str))
     if not args.no_write:
