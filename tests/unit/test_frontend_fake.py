@@ -54,6 +54,17 @@ class FakeStream:
             yield Delta(request_id=self.request.request_id, text=text, tokens=tokens, completion_tokens=count,
                         finish_reason="length" if last else None)
 
+    def batches(self) -> Iterator[list[Delta]]:
+        """Two deltas per batch, so merging is exercised."""
+        batch: list[Delta] = []
+        for delta in self:
+            batch.append(delta)
+            if len(batch) == 2 or delta.finish_reason is not None:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def close(self) -> None:
         """Record the close (an abort unless finished)."""
         self.closed = True

@@ -182,3 +182,10 @@ def test_control_client_results_errors_and_timeout(tmp_path: Path) -> None:
     finally:
         launcher.greenlet.kill(block=True)
         launcher.socket.close(0)
+
+
+def test_batches_group_deltas_that_arrived_together(runtime: tuple[Gateway, FakeModel]) -> None:
+    gateway, _ = runtime
+    stream = gateway.generate(request("together"))
+    batches = list(stream.batches())
+    assert [[d.text for d in batch] for batch in batches] == [["a", "b"]]
