@@ -66,6 +66,8 @@ async def _main(model_dir: Path, new_tokens: int, batches: list[int]) -> None:
     config = ModelLaunchConfig(uid="bench", source=str(model_dir), model_name="bench")
     engine = TransformersEngine(model_dir, config, Settings(device="cpu"))
     info = await engine.start()
+    if engine.cpu_threads:  # the same intra-op threads for model.generate as the engine's loop uses
+        torch.set_num_threads(engine.cpu_threads)
     print(f"loaded {model_dir} on {info.device} ({info.dtype}); torch threads={torch.get_num_threads()}")
     await _engine_run(engine, 2, 4)  # warm-up
     for batch in batches:

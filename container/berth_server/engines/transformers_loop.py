@@ -23,6 +23,8 @@ DEFAULT_PREFILL_TOKENS = 8192  # per iteration, when MAX_BATCH_PREFILL_TOKENS is
 def run_loop(engine: TransformersEngine) -> None:
     """Run until shutdown; a failure ends the affected requests, never the loop."""
     batch = KVBatch(engine.model)
+    if engine.cpu_threads:  # OpenMP keeps intra-op threads per OS thread: set them on the loop's own
+        torch.set_num_threads(engine.cpu_threads)
     with torch.inference_mode():
         while True:
             with engine._cond:
