@@ -76,7 +76,7 @@ def runtime(tmp_path: Path) -> Iterator[tuple[Gateway, FakeModel]]:
     settings = Settings(runtime_dir=tmp_path, model_uid="m")
     statuses = {"m": {"uid": "m", "state": "ready"}, "other": {"uid": "other", "state": "loading"}}
     gateway = Gateway(settings, StaticControl(statuses), tmp_path, accept_timeout_s=0.5, event_timeout_s=0.5,
-                      send_timeout_s=0.3, call_timeout_s=1.0)
+                      send_timeout_s=0.3, call_timeout_s=1.0, status_ttl_s=0.01, liveness_check_s=0.05)
     model = FakeModel(tmp_path, "m", scripted)
     yield gateway, model
     gateway.close()
@@ -189,3 +189,19 @@ def test_batches_group_deltas_that_arrived_together(runtime: tuple[Gateway, Fake
     stream = gateway.generate(request("together"))
     batches = list(stream.batches())
     assert [[d.text for d in batch] for batch in batches] == [["a", "b"]]
+
+
+def test_a_restarted_model_fails_the_request_early(tmp_path: Path) -> None:
+    statuses = {"m": {"uid": "m", "state": "ready", "description": {"pid": 1}}}
+    gateway = Gateway(Settings(runtime_dir=tmp_path, model_uid="m"), StaticControl(statuses), tmp_path,
+                      accept_timeout_s=30, event_timeout_s=30, status_ttl_s=0.0, liveness_check_s=0.05)
+    model = FakeModel(tmp_path, "m", scripted)
+    try:
+        stream = gateway.generate(request("hang"))
+        assert stream.accepted.prompt_tokens == 1
+        statuses["m"] = {"uid": "m", "state": "ready", "description": {"pid": 2}}  # a new process took over
+        with gevent.Timeout(5), pytest.raises(IncompleteGeneration, match="went away"):
+            list(stream)
+    finally:
+        gateway.close()
+        model.close()

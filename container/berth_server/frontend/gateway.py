@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,8 @@ class GenerationStream:
     """One generation: .accepted, then iterate Deltas; close() aborts unless it finished."""
 
     def __init__(self, client: ModelClient, request: GenerateRequest, queue: Queue,
-                 accept_timeout_s: float, event_timeout_s: float) -> None:
+                 accept_timeout_s: float, event_timeout_s: float,
+                 alive: Callable[[], bool] | None = None, check_every_s: float = 2.0) -> None:
         self.request = request
         self.request_id = request.request_id
         self._client = client
@@ -121,14 +122,25 @@ class GenerationStream:
         self._accept_timeout_s = accept_timeout_s
         self._event_timeout_s = event_timeout_s
         self._accepted: Accepted | None = None
+        self._alive = alive
+        self._check_every_s = check_every_s
         self.finished = False
         self.closed = False
 
     def _next_event(self, timeout_s: float, first: bool) -> Any:
-        """Wait a bounded time for the next event of this request."""
-        try:
-            event = self._queue.get(timeout=timeout_s)
-        except Empty:
+        """Wait a bounded time for the next event, failing early if the model process went away."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                event = self._queue.get(timeout=min(self._check_every_s, max(deadline - time.monotonic(), 0.0)))
+                break
+            except Empty:
+                if self._alive is not None and not self._alive():
+                    self.close()
+                    raise IncompleteGeneration(
+                        f"model '{self._client.uid}' went away (crashed or restarted) during the request") from None
+                if time.monotonic() < deadline:
+                    continue
             self.close()
             if first:
                 raise NotReady(f"model '{self._client.uid}' did not answer within {timeout_s:.0f} s") from None
@@ -198,7 +210,8 @@ class Gateway:
 
     def __init__(self, settings: Settings, control: Any, runtime_dir: Path | None = None, *,
                  accept_timeout_s: float = 120.0, event_timeout_s: float = 300.0,
-                 send_timeout_s: float = 2.0, call_timeout_s: float = 120.0, status_ttl_s: float = 1.0) -> None:
+                 send_timeout_s: float = 2.0, call_timeout_s: float = 120.0, status_ttl_s: float = 1.0,
+                 liveness_check_s: float = 2.0) -> None:
         self.settings = settings
         self.control = control
         self.runtime_dir = runtime_dir or settings.runtime_dir or Path(".")
@@ -207,6 +220,7 @@ class Gateway:
         self.send_timeout_s = send_timeout_s
         self.call_timeout_s = call_timeout_s
         self.status_ttl_s = status_ttl_s
+        self.liveness_check_s = liveness_check_s
         self._pid = -1
         self._context: zmq.Context | None = None
         self._clients: dict[str, ModelClient] = {}
@@ -236,7 +250,28 @@ class Gateway:
         except BaseException:
             client.unregister(request.request_id)
             raise
-        return GenerationStream(client, request, queue, self.accept_timeout_s, self.event_timeout_s)
+        pid = self._model_pid(request.model)
+        return GenerationStream(client, request, queue, self.accept_timeout_s, self.event_timeout_s,
+                                alive=lambda: self._still_serving(request.model, pid),
+                                check_every_s=self.liveness_check_s)
+
+    def _model_pid(self, uid: str) -> int | None:
+        """The pid serving uid per the launcher (cached), to notice a restart mid-request."""
+        try:
+            status = self.statuses().get(uid) or {}
+        except BerthError:
+            return None
+        return (status.get("description") or {}).get("pid")
+
+    def _still_serving(self, uid: str, pid: int | None) -> bool:
+        """False once the launcher reports uid not ready, or served by another process."""
+        try:
+            status = self.statuses().get(uid)
+        except BerthError:
+            return True  # the launcher is busy: we cannot tell, keep waiting
+        if status is None or status.get("state") != "ready":
+            return False
+        return pid is None or (status.get("description") or {}).get("pid") == pid
 
     def _call(self, uid: str, message: Any, reply_type: type) -> Any:
         """One request/reply exchange with a model process (tokenize, stats, embed, rerank)."""
