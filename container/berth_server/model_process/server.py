@@ -63,7 +63,6 @@ class ModelServer:
         self.accepting = True
         self._context = zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
-        self._sender: zmq.Socket[Any] | None = None
         self._outbox: dict[bytes, list[Any]] = {}
         self._flush_scheduled = False
         self._requests: dict[tuple[bytes, str], asyncio.Task[None]] = {}
@@ -80,8 +79,6 @@ class ModelServer:
         socket.setsockopt(zmq.LINGER, 500)
         socket.bind(self.address)
         self._socket = socket
-        # A plain (sync) view of the same socket: sends are non-blocking calls, never awaited.
-        self._sender = zmq.Socket.shadow(socket.underlying)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Receive and dispatch until `stop` is set."""
@@ -219,14 +216,18 @@ class ModelServer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._sender is None:
+        if self._socket is None:
             self._outbox.clear()
             return
         outbox, self._outbox = self._outbox, {}
         retry = False
         for peer, events in outbox.items():
+            # With NOBLOCK, zmq.asyncio resolves the send at once (and keeps its own read-event
+            # bookkeeping right, which a separate sync handle on the socket would not).
+            sent = self._socket.send_multipart([peer, ipc.encode(ipc.EventBatch(events=events))],
+                                               flags=zmq.NOBLOCK)
             try:
-                self._sender.send_multipart([peer, ipc.encode(ipc.EventBatch(events=events))], flags=zmq.NOBLOCK)
+                sent.result()  # type: ignore[attr-defined]  # a Future, already resolved
             except zmq.Again:  # the peer's queue is full: keep the events, in order, and try again soon
                 self._outbox[peer] = events + self._outbox.get(peer, [])
                 retry = True
