@@ -163,7 +163,14 @@ def test_abort_ends_with_abort_and_aclose_frees_the_slot(single: TransformersEng
 def test_logprobs_and_prompt_logprobs(engine: TransformersEngine, model: Any) -> None:
     prompt = PROMPTS[2]
     sampling = SamplingParams(greedy=True, logprobs=3, prompt_logprobs=True)
-    steps = _run(_collect(engine, _req("lp", prompt, sampling, n=4)))
+
+    async def scenario() -> list[list[EngineStep]]:
+        others = [_collect(engine, _req(f"o{i}", p, n=4)) for i, p in enumerate(PROMPTS[:2])]
+        return await asyncio.gather(_collect(engine, _req("lp", prompt, sampling, n=4)), *others)
+
+    steps, *others = _run(scenario())
+    for other, other_prompt in zip(others, PROMPTS, strict=False):
+        assert _ids(other) == _reference(model, other_prompt, 4)
     with torch.inference_mode():
         logits = model(torch.tensor([prompt + _ids(steps)[:-1]])).logits[0].float()
     expected = torch.log_softmax(logits, dim=-1)

@@ -61,11 +61,14 @@ def _admit(engine: TransformersEngine) -> list[_Slot]:
     while engine._waiting and len(engine._running) + len(taken) < engine.max_batch_size:
         slot = engine._waiting[0]
         size = len(slot.request.prompt_token_ids)
-        if taken and used + size > budget:
+        # Prompt logprobs need logits at every position ([B, L, V]): such a request prefills alone.
+        if taken and (used + size > budget or slot.request.sampling.prompt_logprobs):
             break
         engine._waiting.popleft()
         taken.append(slot)
         used += size
+        if slot.request.sampling.prompt_logprobs:
+            break
     return taken
 
 
