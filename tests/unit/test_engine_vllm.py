@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
 from berth_server.canonical import SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineRequest, EngineStep
@@ -23,6 +22,7 @@ pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 T = TypeVar("T")
 PROMPT = [1, 100, 200, 300, 400]
+GREEDY = SamplingParams(greedy=True)
 # float32 on both engines, so greedy tokens can be compared exactly (vLLM's auto dtype is bf16 on CPU).
 SETTINGS = Settings(device="cpu", dtype="float32", max_total_tokens=256, kv_cache_gb=1)
 
@@ -64,7 +64,7 @@ def vllm(tiny_dir: Path) -> Iterator[Harness]:
     loop.close()
 
 
-def _request(rid: str, sampling: SamplingParams = SamplingParams(greedy=True), max_new: int = 12,
+def _request(rid: str, sampling: SamplingParams = GREEDY, max_new: int = 12,
              stop: frozenset[int] = frozenset(), prompt: list[int] = PROMPT) -> EngineRequest:
     return EngineRequest(rid, list(prompt), sampling, stop, max_new)
 
@@ -157,12 +157,20 @@ def test_greedy_matches_the_transformers_engine(vllm: Harness, tiny_dir: Path) -
     config = ModelLaunchConfig(uid="tiny", source=str(tiny_dir), model_name="tiny")
     engine = TransformersEngine(tiny_dir, config, SETTINGS)
 
-    async def run_hf() -> list[int]:
+    greedy = _tokens(vllm.collect(_request("v")))
+    stop = frozenset({greedy[3]})
+
+    async def run_hf() -> tuple[list[int], list[EngineStep]]:
         await engine.start()
         try:
-            return [t async for step in engine.generate(_request("hf")) for t in step.token_ids]
+            plain = [t async for step in engine.generate(_request("hf")) for t in step.token_ids]
+            stopped = [step async for step in engine.generate(_request("hf-stop", stop=stop))]
+            return plain, stopped
         finally:
             await engine.shutdown()
 
-    hf_tokens = asyncio.run(run_hf())
-    assert _tokens(vllm.collect(_request("v"))) == hf_tokens
+    hf_tokens, hf_stopped = asyncio.run(run_hf())
+    assert greedy == hf_tokens
+    # A stop token ends both engines the same way and counts as a generated token on both.
+    vllm_stopped = vllm.collect(_request("v-stop", stop=stop))
+    assert _tokens(vllm_stopped) == _tokens(hf_stopped) and vllm_stopped[-1].finish == hf_stopped[-1].finish == "eos"

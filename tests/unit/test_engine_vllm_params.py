@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from berth_server.canonical import SamplingParams
 from berth_server.engines import vllm_params
 from berth_server.engines.base import EngineRequest

@@ -69,13 +69,18 @@ class VllmEngine(Engine):
         head_size = hf_config.get("head_dim") or (hf_config.get("hidden_size", 0) // heads if heads else 0)
         if _vllm_on_cpu_build(settings) and head_size and head_size < MIN_CPU_HEAD_SIZE:
             return f"head size {head_size} < {MIN_CPU_HEAD_SIZE}, which vLLM's CPU kernels need"
+        if not _vllm_on_cpu_build(settings):
+            import torch  # the model process has it loaded already
+
+            if not torch.cuda.is_available():
+                return "vLLM's CUDA build is installed but no GPU is visible"
         architectures = hf_config.get("architectures") or []
         if architectures and not (config.trust_remote_code or settings.trust_remote_code):
             try:
                 from vllm.model_executor.models import ModelRegistry
 
                 supported = set(ModelRegistry.get_supported_archs())
-            except Exception as exc:  # a broken vLLM install is a reason too
+            except Exception as exc:  # noqa: BLE001 - a broken vLLM install is a reason to fall back
                 return f"vllm failed to import: {exc}"
             if not any(arch in supported for arch in architectures):
                 return f"vLLM does not support architecture {', '.join(architectures)}"
