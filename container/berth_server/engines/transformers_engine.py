@@ -14,7 +14,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,16 @@ class _Slot:
     finish: EngineFinish | None = None
     cancel: EngineFinish | None = None  # set from any thread: 'abort' emits a final step
     silent: bool = False  # the consumer has gone: emit nothing more
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, item: EngineStep | BaseException) -> None:
+        """Deliver to the request's queue; a closed event loop only loses this request's messages."""
+        if self.silent:
+            return
+        try:
+            self.emit(item)
+        except RuntimeError:
+            self.silent = True
+            self.cancel = "abort"
 
 
 class TransformersEngine(Engine):
@@ -227,7 +236,7 @@ class TransformersEngine(Engine):
             self._waiting.clear()
             self._running = []
         for slot in pending:
-            _safe_emit(slot, GenerationFailed("the engine shut down"))
+            slot.send(GenerationFailed("the engine shut down"))
         self.model = None
         import torch
 
@@ -244,14 +253,3 @@ def _cpu_threads(requested: object) -> int:
         return max(1, int(str(requested)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1)
-
-
-def _safe_emit(slot: _Slot, item: EngineStep | BaseException) -> None:
-    """Deliver to a request's queue; a closed event loop only loses that request's message."""
-    if slot.silent:
-        return
-    try:
-        slot.emit(item)
-    except RuntimeError:
-        slot.silent = True
-        slot.cancel = "abort"

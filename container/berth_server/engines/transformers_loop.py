@@ -133,7 +133,7 @@ def _prompt_logprobs(logits: torch.Tensor, prompt: list[int]) -> list[float | No
     if n < 2:
         return [None]
     targets = torch.tensor(prompt[1:], dtype=torch.long, device=rows.device)
-    values = torch.log_softmax(rows[:, : rows.shape[-1]], dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    values = torch.log_softmax(rows, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
     return [None, *values.tolist()]
 
 
@@ -173,14 +173,7 @@ def _advance(
     if finish is not None:
         _finish(engine, slot, step)
     else:
-        _deliver(slot, step)
-
-
-def _deliver(slot: _Slot, item: EngineStep | BaseException) -> None:
-    """Send to the request's queue; a vanished event loop cancels just this request."""
-    from berth_server.engines.transformers_engine import _safe_emit
-
-    _safe_emit(slot, item)
+        slot.send(step)
 
 
 def _finish(engine: TransformersEngine, slot: _Slot, item: EngineStep | BaseException) -> None:
@@ -189,7 +182,7 @@ def _finish(engine: TransformersEngine, slot: _Slot, item: EngineStep | BaseExce
     with engine._cond:
         if engine._by_id.get(slot.request.request_id) is slot:
             del engine._by_id[slot.request.request_id]
-    _deliver(slot, item)
+    slot.send(item)
 
 
 def _fail(engine: TransformersEngine, slot: _Slot, exc: BaseException) -> None:
