@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 
-.PHONY: venv run test test-unit test-integration bench lint clean
+.PHONY: venv run test test-unit test-integration test-vllm bench lint clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ test-unit: venv
 
 test-integration: venv
 	$(PY) -m pytest -q -rs tests/integration
+
+# Only the vLLM parts (`make test` already includes them when vllm is importable): engine tests,
+# then the shared integration suite on the vLLM server plus the cross-engine contract.
+test-vllm: venv
+	$(PY) -m pytest -q -rs -m vllm tests/unit
+	BERTH_TEST_ENGINES=vllm $(PY) -m pytest -q -rs -k vllm tests/integration
 
 bench: venv
 	$(PY) -m bench.run_all
