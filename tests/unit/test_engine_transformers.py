@@ -238,3 +238,29 @@ def test_cannot_serve_explains(tiny_dir: Path, tmp_path: Path) -> None:
     assert "config.json" in (TransformersEngine.cannot_serve(config, tmp_path, Settings()) or "")
     embedding = ModelLaunchConfig(uid="e", source=str(tiny_dir), model_name="e", model_type="embedding")
     assert "LLM" in (TransformersEngine.cannot_serve(embedding, tiny_dir, Settings()) or "")
+
+
+def test_shutdown_ends_running_requests(tiny_dir: Path) -> None:
+    config = ModelLaunchConfig(uid="tiny", source=str(tiny_dir), model_name="tiny", engine_args={"num_threads": 1})
+    engine = TransformersEngine(tiny_dir, config, Settings(device="cpu"))
+
+    async def scenario() -> tuple[int, BaseException | None, BaseException | None]:
+        info = await engine.start()
+        assert info.extra == {"cpu_threads": 1}
+        seen, error = 0, None
+        try:
+            async for _ in engine.generate(_req("x", PROMPTS[0], n=2000)):
+                seen += 1
+                if seen == 2:
+                    await engine.shutdown()
+        except BerthError as exc:
+            error = exc
+        try:
+            await _collect(engine, _req("y", PROMPTS[0]))
+        except BerthError as exc:
+            return seen, error, exc
+        return seen, error, None
+
+    seen, during, after = _run(scenario())
+    assert during is not None and seen < 2000
+    assert after is not None
