@@ -87,6 +87,8 @@ def test_passthrough_coerces_types_from_the_dataclass() -> None:
 def test_mistyped_passthrough_names_the_closest_arguments() -> None:
     with pytest.raises(vllm_params.VllmArgError, match="BERTH_VLLM_MAX_NUM_SEQ .*max_num_seqs"):
         vllm_params.passthrough_args({"max_num_seq": "4"})
+    # vLLM HTTP-server options (as the AWS vLLM container passes) are ignored, not fatal.
+    assert vllm_params.passthrough_args({"tool_call_parser": "hermes", "max_num_seqs": "2"}) == {"max_num_seqs": 2}
     with pytest.raises(vllm_params.VllmArgError, match="not an integer"):
         vllm_params.passthrough_args({"max_num_seqs": "four"})
     with pytest.raises(vllm_params.VllmArgError, match="boolean"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from berth_server.engines.base import EngineRequest
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
+log = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -126,9 +128,16 @@ def passthrough_args(raw_args: Mapping[str, str]) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     fields = {f.name: f.type for f in dataclasses.fields(AsyncEngineArgs)}
+    server_only = _server_arg_names() - set(fields)
     out: dict[str, Any] = {}
     for key, raw in raw_args.items():
         name = key.strip().lower().replace("-", "_")
+        if name in server_only:
+            # vLLM's HTTP-server options (tool_call_parser, chat_template, ...) configure vLLM's own
+            # frontend, which Berth replaces; AWS vLLM images set them, so warn instead of failing.
+            log.warning("BERTH_VLLM_%s is an option of vLLM's own HTTP server, not of its engine; "
+                        "Berth does not use it", key.upper())
+            continue
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -138,6 +147,15 @@ def passthrough_args(raw_args: Mapping[str, str]) -> dict[str, Any]:
             )
         out[name] = _coerce(name, raw, fields[name])
     return out
+
+
+def _server_arg_names() -> set[str]:
+    """Names of vLLM's OpenAI-server (frontend) options, which are not engine arguments."""
+    try:
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs
+    except ImportError:  # moved in another vLLM version: such names then fail as unknown
+        return set()
+    return {f.name for f in dataclasses.fields(FrontendArgs)}
 
 
 def on_cpu(settings: Settings) -> bool:
