@@ -23,6 +23,7 @@ from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
+_TGI_QUANTIZE = {"bitsandbytes-nf4": "bitsandbytes", "bitsandbytes-fp4": "bitsandbytes"}
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -182,7 +183,8 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
         kwargs["dtype"] = dtype
     quantization = config.quantization or settings.quantize
     if quantization:
-        kwargs["quantization"] = quantization
+        # TGI's bitsandbytes variants are one method in vLLM (4-bit is chosen by the checkpoint).
+        kwargs["quantization"] = _TGI_QUANTIZE.get(quantization, quantization)
     max_len = config.max_total_tokens or settings.max_total_tokens or config.context_length
     if max_len:
         kwargs["max_model_len"] = max_len
