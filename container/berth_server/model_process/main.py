@@ -32,8 +32,8 @@ log = logging.getLogger("berth_server.model_process")
 
 EXIT_LOAD_FAILED = 3
 EXIT_BAD_ARGUMENTS = 2
-DRAIN_S = 4.0  # in-flight requests get this long after SIGTERM before they are aborted
-ENGINE_SHUTDOWN_S = 3.0  # the launcher kills a model process 10 s after SIGTERM
+DRAIN_S = 3.0  # in-flight requests get this long after SIGTERM before they are aborted
+ENGINE_SHUTDOWN_S = 5.0  # the launcher kills a model process 10 s after SIGTERM
 
 
 class StatusReporter:

@@ -106,7 +106,7 @@ class ModelServer:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=2.0)
+                await asyncio.wait(pending, timeout=1.0)
         self._flush()
 
     def close(self) -> None:
