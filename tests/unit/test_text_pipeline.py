@@ -136,6 +136,12 @@ def test_token_details_carry_each_tokens_own_text_and_logprobs(pipeline: TextPip
     assert "".join(t.text for t in delta.tokens) == "Hi there"
     assert delta.tokens[0].logprob == -0.5 and delta.tokens[0].top[0].id == ids[0]
     assert not any(t.special for t in delta.tokens)
+    # Several tokens in one step and a stop string in the middle: nothing past it is reported.
+    stopping = request(prompt="Q", token_details=True, sampling=SamplingParams(stop=(" th",), max_new_tokens=10))
+    more = pipeline.tokenizer.encode("Hi there, you all", add_special_tokens=False)
+    (delta,) = stream_all(pipeline, stopping, [EngineStep(more)])
+    assert delta.text == "Hi" and delta.finish_reason == "stop"
+    assert len(delta.tokens) == delta.completion_tokens < len(more)
 
 
 def test_limits_resolve_from_context_and_config() -> None:

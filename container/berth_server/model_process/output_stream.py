@@ -43,7 +43,9 @@ class OutputStream:
         """Turn one engine step into a Delta (None when nothing is ready); sets .finished at the end."""
         pieces: list[str] = []
         stop_hit: str | None = None
+        consumed = 0
         for token_id in step.token_ids:
+            consumed += 1
             self.completion_tokens += 1
             chunk = self._detok.step(token_id)
             if chunk:
@@ -62,7 +64,7 @@ class OutputStream:
             else:
                 pieces.append(self._stops.flush())
         text, reasoning = self._split("".join(pieces), finish is not None)
-        tokens = self._token_infos(step) if self._details else None
+        tokens = self._token_infos(step, consumed) if self._details else None
         self.finished = finish is not None
         if not (text or reasoning or tokens or finish):
             return None
@@ -78,12 +80,13 @@ class OutputStream:
             answer, reasoning = answer + more_answer, reasoning + more_reasoning
         return answer, reasoning
 
-    def _token_infos(self, step: EngineStep) -> list[TokenInfo] | None:
-        if not step.token_ids:
+    def _token_infos(self, step: EngineStep, consumed: int) -> list[TokenInfo] | None:
+        """TokenInfo for the tokens this step used (none past a stop string)."""
+        if not consumed:
             return None
         text_of = self._pipeline.token_text
         infos = []
-        for n, token_id in enumerate(step.token_ids):
+        for n, token_id in enumerate(step.token_ids[:consumed]):
             top = None
             if step.top_logprobs is not None and n < len(step.top_logprobs):
                 top = [TopToken(int(i), text_of(int(i)), float(lp)) for i, lp in step.top_logprobs[n]]
