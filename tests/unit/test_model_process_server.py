@@ -235,3 +235,18 @@ def test_engine_rejection_fails_before_accepted(pipeline: TextPipeline, tmp_path
 
     engine = FakeEngine([9], reject=InvalidRequest("temperature must be >= 0"))
     serve(pipeline, engine, tmp_path, test)
+
+
+def test_drain_refuses_new_work_and_aborts_what_outlives_it(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        engine.gate = asyncio.Event()
+        await client.send(gen("slow", sampling=SamplingParams(max_new_tokens=50)))
+        await client.until(lambda e: isinstance(e, Accepted))
+        await server.drain(0.05)
+        assert (await client.until(finished("slow"))).finish_reason == "abort"
+        await client.send(gen("late"))
+        late = await client.until(finished("late"))
+        assert isinstance(late, Failure) and late.error_type == "overloaded"
+
+    engine = FakeEngine(pipeline.encode("a", False))
+    serve(pipeline, engine, tmp_path, test)
