@@ -250,3 +250,27 @@ def test_drain_refuses_new_work_and_aborts_what_outlives_it(pipeline: TextPipeli
 
     engine = FakeEngine(pipeline.encode("a", False))
     serve(pipeline, engine, tmp_path, test)
+
+
+def test_a_vanished_peer_has_its_requests_aborted(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        engine.gate = asyncio.Event()
+        await client.send(gen("orphan", sampling=SamplingParams(max_new_tokens=200)))
+        await client.until(lambda e: isinstance(e, Accepted))
+        client.socket.close(linger=0)  # the worker died; the ROUTER forgets its identity
+        engine.gate.set()  # tokens flow again, to nobody: sends fail with EHOSTUNREACH
+        other = Client(zmq.asyncio.Context.instance(), server.address)
+        try:
+            for _ in range(200):  # bounded poll of the counters (no event to wait on from outside)
+                await other.send(ipc.StatsQuery(request_id="s"))
+                stats = await other.until(lambda e: isinstance(e, ipc.ModelStats))
+                if stats.aborted_total == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert (stats.aborted_total, stats.finished_total, server.generating()) == (1, 0, 0)
+            assert "orphan" in engine.closed
+        finally:
+            other.socket.close(linger=0)
+
+    engine = FakeEngine(pipeline.encode("a b", False))
+    serve(pipeline, engine, tmp_path, test)
