@@ -26,7 +26,7 @@ from berth_server.engines.base import Engine, EngineLoadInfo
 from berth_server.errors import BerthError, InvalidRequest
 from berth_server.model_process.server import ModelServer
 from berth_server.models.launch import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
-from berth_server.settings import Settings
+from berth_server.settings import Settings, SettingsError
 
 log = logging.getLogger("berth_server.model_process")
 
@@ -185,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m berth_server.model_process")
     parser.add_argument("--config-json", required=True, help="ModelLaunchConfig as JSON")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # no runtime dir to report to: the launcher sees the exit code
+        logging.basicConfig()
+        log.error("bad settings: %s", exc)
+        return EXIT_BAD_ARGUMENTS
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s [model %(process)d] %(name)s: %(message)s")
     try:
