@@ -264,3 +264,19 @@ def test_shutdown_ends_running_requests(tiny_dir: Path) -> None:
     seen, during, after = _run(scenario())
     assert during is not None and seen < 2000
     assert after is not None
+
+
+def test_dtype_from_the_launch_config(tiny_dir: Path) -> None:
+    config = ModelLaunchConfig(uid="tiny", source=str(tiny_dir), model_name="tiny", dtype="bfloat16")
+    engine = TransformersEngine(tiny_dir, config, Settings(device="cpu", dtype="float32"))
+
+    async def scenario() -> tuple[str, list[EngineStep]]:
+        info = await engine.start()
+        try:
+            return info.dtype, await _collect(engine, _req("bf", PROMPTS[0], SamplingParams(logprobs=1), n=4))
+        finally:
+            await engine.shutdown()
+
+    dtype, steps = _run(scenario())
+    assert dtype == "bfloat16"
+    assert len(steps) == 4 and steps[-1].finish == "length"

@@ -123,6 +123,8 @@ class TransformersEngine(Engine):
         model = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=dtype, trust_remote_code=self.config.trust_remote_code,
         )
+        if dtype == "auto" and self.device.type == "cpu" and model.dtype == torch.float16:
+            model = model.float()  # CPU kernels for fp16 are slow or missing; bf16 and fp32 are fine
         self.model = model.to(self.device).eval()
         text_config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
