@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # vLLM's CPU attention kernels reject smaller heads (FINDINGS.md).
 MIN_CPU_HEAD_SIZE = 32
+SHUTDOWN_TIMEOUT_S = 3.0
 _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
 
 
@@ -103,6 +104,7 @@ class VllmEngine(Engine):
         # Creation blocks for the whole load (~20 s on this CPU); a thread keeps the model process's
         # loop free to report status. AsyncLLM starts its output handler on the first generate().
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        await self._warm_up()
         vllm_config = self._llm.vllm_config
         self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         model_config = vllm_config.model_config
@@ -114,6 +116,15 @@ class VllmEngine(Engine):
             max_batch_size=self._max_num_seqs,
             extra={"tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size},
         )
+
+    async def _warm_up(self) -> None:
+        """One 1-token request before reporting ready: starts vLLM's output handler on this loop
+        and proves the engine generates, so the first user request pays neither."""
+        from berth_server.canonical import SamplingParams
+
+        warm = EngineRequest("berth-warm-up", [0], SamplingParams(greedy=True), frozenset(), 1)
+        async for _ in self.generate(warm):
+            pass
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
         """Queue the request in vLLM and yield its token deltas; closing early aborts it."""
@@ -163,7 +174,9 @@ class VllmEngine(Engine):
         """Stop vLLM's engine-core process."""
         if self._llm is not None:
             llm, self._llm = self._llm, None
-            await asyncio.to_thread(llm.shutdown)
+            # vLLM waits 5 s for its engine core before killing it; the model process gives the
+            # whole engine shutdown 5 s, so ask for less.
+            await asyncio.to_thread(llm.shutdown, SHUTDOWN_TIMEOUT_S)
 
 
 def _token_logprobs(completion: Any, top_n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
