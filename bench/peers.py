@@ -229,13 +229,19 @@ def start_xinference(model_dir: Path, port: int, timeout_s: float = 600.0) -> Pe
 # --- vLLM's own OpenAI server -----------------------------------------------------------------
 
 def start_vllm_server(model_dir: Path, port: int, timeout_s: float = 300.0) -> Peer:
-    """vLLM's own OpenAI server (main venv, CPU recipe from FINDINGS.md), eager mode."""
+    """vLLM's own OpenAI server via bench/vllm_peer.py (same CPU env as Berth's vLLM engine), eager mode.
+
+    Falls back to running the api_server module directly when bench/vllm_peer.py is absent.
+    """
     env = dict(os.environ)
     for key, value in VLLM_CPU_ENV.items():
         env.setdefault(key, value)
-    argv = [str(MAIN_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-            "--max-model-len", "2048"]
+    peer_script = REPO / "bench" / "vllm_peer.py"
+    if peer_script.exists():
+        argv = [str(MAIN_PY), str(peer_script), "--model", str(model_dir), "--port", str(port), "--name", "bench"]
+    else:
+        argv = [str(MAIN_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
     proc, log_path = _spawn(f"vllm-server-{port}", argv, env)
     base = f"http://127.0.0.1:{port}"
     try:
