@@ -74,6 +74,11 @@ def _load(peer: peers.Peer, concurrency: int, requests: int, max_tokens: int, ti
     return asyncio.run(asyncio.wait_for(run_load(cfg), timeout=timeout_s * max(1, requests // concurrency) + 60))
 
 
+def _warm(peer: peers.Peer, args: argparse.Namespace) -> None:
+    """Two short unmeasured requests, so lazy initialisation does not land in the first measured run."""
+    _load(peer, 2, 2, 8, args.request_timeout)
+
+
 def _with_peer(out: dict[str, Any], start: Callable[[], peers.Peer],
                body: Callable[[peers.Peer, dict[str, Any]], None]) -> dict[str, Any]:
     """Start a peer, run body(peer, out) (it fills out as it goes), always stop the peer.
@@ -132,11 +137,13 @@ def stage_xinference(model: Path, args: argparse.Namespace, res: dict[str, Any])
     n, t = args.requests, args.max_tokens
 
     def berth_body(p: peers.Peer, out: dict[str, Any]) -> None:
+        _warm(p, args)
         out["c16"] = _load(p, 16, n, t, args.request_timeout).to_dict()
         out["worker_rss_mb"] = peers.gunicorn_worker_rss_mb(p)
         out["c1"] = _load(p, 1, max(4, n // 8), t, args.request_timeout).to_dict()
 
     def xinf_body(p: peers.Peer, out: dict[str, Any]) -> None:
+        _warm(p, args)
         out["c16"] = _load(p, 16, n, t, args.request_timeout).to_dict()
 
     _with_peer(res.setdefault("berth", {}),
@@ -178,6 +185,7 @@ def stage_vllm(model: Path, args: argparse.Namespace, res: dict[str, Any]) -> No
     t = args.max_tokens
 
     def body(p: peers.Peer, out: dict[str, Any]) -> None:
+        _warm(p, args)
         for c, n in _vllm_levels(args):
             out[f"c{c}"] = _load(p, c, n, t, args.request_timeout).to_dict()
 
