@@ -273,16 +273,17 @@ class Gateway:
             return False
         return pid is None or (status.get("description") or {}).get("pid") == pid
 
-    def _call(self, uid: str, message: Any, reply_type: type) -> Any:
+    def _call(self, uid: str, message: Any, reply_type: type, timeout_s: float | None = None) -> Any:
         """One request/reply exchange with a model process (tokenize, stats, embed, rerank)."""
+        timeout = self.call_timeout_s if timeout_s is None else timeout_s
         client = self.client(uid)
         queue = client.register(message.request_id)
         try:
             client.send(message)
             try:
-                event = queue.get(timeout=self.call_timeout_s)
+                event = queue.get(timeout=timeout)
             except Empty:
-                raise NotReady(f"model '{uid}' did not answer within {self.call_timeout_s:.0f} s") from None
+                raise NotReady(f"model '{uid}' did not answer within {timeout:.0f} s") from None
         finally:
             client.unregister(message.request_id)
         if isinstance(event, Failure):
@@ -306,9 +307,9 @@ class Gateway:
         """Score documents against a query with a rerank model."""
         return self._call(uid, ipc.Rerank(request_id=new_request_id(), query=query, documents=documents), ipc.Reranked)
 
-    def stats(self, uid: str) -> ipc.ModelStats:
-        """The model process's counters (for /metrics)."""
-        return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats)
+    def stats(self, uid: str, timeout_s: float = 2.0) -> ipc.ModelStats:
+        """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
+        return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s)
 
     # -- facts from the launcher -----------------------------------------------------------
     def statuses(self, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
