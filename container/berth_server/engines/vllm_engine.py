@@ -149,7 +149,9 @@ class VllmEngine(Engine):
                 first = False
                 if output.finished:
                     finished = True
-                    step.finish = _FINISH.get(str(completion.finish_reason), "abort")
+                    if str(completion.finish_reason) not in _FINISH:  # vLLM's "error": the request failed
+                        raise errors.GenerationFailed(f"vLLM ended the request with {completion.finish_reason!r}")
+                    step.finish = _FINISH[str(completion.finish_reason)]
                 yield step
         except ValueError as exc:  # vLLM's request validation (VLLMValidationError is a ValueError)
             raise errors.InvalidRequest(f"vLLM rejected the request: {exc}") from exc
