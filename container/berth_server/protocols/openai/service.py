@@ -136,7 +136,11 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
 
 def coalesced(stream: GenerationStream) -> Iterator[Delta]:
     """The stream's deltas, merging those already queued into one (FINDINGS: halves the relay cost)."""
-    for batch in stream.batches():
+    batches = getattr(stream, "batches", None)
+    if batches is None:  # a stand-in stream without batching (tests): plain deltas
+        yield from stream
+        return
+    for batch in batches():
         if len(batch) == 1:
             yield batch[0]
             continue
