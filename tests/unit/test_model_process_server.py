@@ -33,6 +33,7 @@ class FakeEngine(Engine):
         self.script = script
         self.reject = reject
         self.gate = gate
+        self.step_delay_s = 0.0  # > 0 paces the steps like a real engine
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.closed: list[str] = []
@@ -56,7 +57,7 @@ class FakeEngine(Engine):
                                  prompt_logprobs=prompt if request.sampling.prompt_logprobs else None)
                 if finish:
                     return
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.step_delay_s)
         finally:
             self.running.discard(request.request_id)
             self.closed.append(request.request_id)
@@ -255,7 +256,9 @@ def test_drain_refuses_new_work_and_aborts_what_outlives_it(pipeline: TextPipeli
 def test_a_vanished_peer_has_its_requests_aborted(pipeline: TextPipeline, tmp_path: Path) -> None:
     async def test(server: ModelServer, client: Client) -> None:
         engine.gate = asyncio.Event()
-        await client.send(gen("orphan", sampling=SamplingParams(max_new_tokens=200)))
+        # Paced and long, so the generation is still running when the ROUTER notices the peer is gone.
+        engine.step_delay_s = 0.02
+        await client.send(gen("orphan", sampling=SamplingParams(max_new_tokens=240)))
         await client.until(lambda e: isinstance(e, Accepted))
         client.socket.close(linger=0)  # the worker died; the ROUTER forgets its identity
         engine.gate.set()  # tokens flow again, to nobody: sends fail with EHOSTUNREACH

@@ -124,6 +124,8 @@ def test_sagemaker_predictor_needs_the_sdk(monkeypatch: pytest.MonkeyPatch) -> N
     from berth.errors import BerthError
     from berth.predictor import RuntimePredictor
 
-    monkeypatch.setitem(sys.modules, "sagemaker", None)
+    # None in sys.modules makes an import fail; submodules imported by earlier tests must be hidden too.
+    for name in [m for m in sys.modules if m == "sagemaker" or m.startswith("sagemaker.")] + ["sagemaker"]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(BerthError, match=r"pip install 'berth\[sagemaker\]'"):
         RuntimePredictor("ep", object()).sagemaker_predictor()
