@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq.asyncio
-
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -18,6 +20,20 @@ FAKE = (sys.executable, "-m", "tests.unit.fakes.model_process")
 REPO = Path(__file__).resolve().parents[2]
 
 
+@contextlib.asynccontextmanager
+async def running_supervisor(runtime_dir: Path, **settings: Any) -> AsyncIterator[Supervisor]:
+    """A started supervisor whose model processes are fakes; everything is stopped afterwards."""
+    context = zmq.asyncio.Context()
+    supervisor = Supervisor(Settings(runtime_dir=runtime_dir, model_load_timeout_s=30, **settings), context,
+                            model_command=FAKE)
+    await supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        await supervisor.shutdown()
+        context.term()
+
+
 def config(uid: str, behaviour: str = "ready") -> ModelLaunchConfig:
     return ModelLaunchConfig(uid=uid, source="/weights/" + uid, model_name=uid,
                              engine_args={"fake_behaviour": behaviour})
@@ -25,11 +41,7 @@ def config(uid: str, behaviour: str = "ready") -> ModelLaunchConfig:
 
 def test_launch_waits_until_ready_and_reports_description(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        monkeypatch.chdir(REPO)
-        context = zmq.asyncio.Context()
-        sup = Supervisor(Settings(runtime_dir=tmp_path, model_load_timeout_s=30), context, model_command=FAKE)
-        await sup.start()
-        try:
+        async with running_supervisor(tmp_path) as sup:
             await sup.launch(config("a"), wait_ready=True)
             status = sup.statuses()["a"]
             assert status.state == "ready"
@@ -40,40 +52,27 @@ def test_launch_waits_until_ready_and_reports_description(tmp_path: Path, monkey
             assert "a" not in sup.statuses()
             with pytest.raises(NotFound):
                 await sup.terminate("a")
-        finally:
-            await sup.shutdown()
-            context.term()
 
+    monkeypatch.chdir(REPO)
     asyncio.run(scenario())
 
 
 def test_load_failure_is_typed_and_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        monkeypatch.chdir(REPO)
-        context = zmq.asyncio.Context()
-        sup = Supervisor(Settings(runtime_dir=tmp_path, model_load_timeout_s=30), context, model_command=FAKE)
-        await sup.start()
-        try:
+        async with running_supervisor(tmp_path) as sup:
             with pytest.raises(InvalidRequest, match="/weights/bad"):
                 await sup.launch(config("bad", "fail"), wait_ready=True)
             assert sup.statuses()["bad"].state == "failed"
             # A failed uid may be launched again (e.g. after fixing the weights).
             await sup.launch(config("bad", "ready"), wait_ready=True)
-        finally:
-            await sup.shutdown()
-            context.term()
 
+    monkeypatch.chdir(REPO)
     asyncio.run(scenario())
 
 
 def test_crash_after_ready_restarts_then_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        monkeypatch.chdir(REPO)
-        context = zmq.asyncio.Context()
-        settings = Settings(runtime_dir=tmp_path, max_model_restarts=1, model_load_timeout_s=30)
-        sup = Supervisor(settings, context, model_command=FAKE)
-        await sup.start()
-        try:
+        async with running_supervisor(tmp_path, max_model_restarts=1) as sup:
             await sup.launch(config("c", "crash"), wait_ready=True)
             for _ in range(200):  # crash, one restart after 1 s, crash again, give up
                 if sup.statuses()["c"].state == "failed":
@@ -82,8 +81,6 @@ def test_crash_after_ready_restarts_then_gives_up(tmp_path: Path, monkeypatch: p
             status = sup.statuses()["c"]
             assert status.state == "failed"
             assert "restarted 1 times" in (status.reason or "")
-        finally:
-            await sup.shutdown()
-            context.term()
 
+    monkeypatch.chdir(REPO)
     asyncio.run(scenario())

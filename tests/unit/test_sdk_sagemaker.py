@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -18,23 +16,10 @@ ROLE = "arn:aws:iam::123456789012:role/BerthExecution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/berth:0.1.0"
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch):
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     """Point boto3 (and so the SDK and CLI) at moto; return a sagemaker client for checks."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
-from berth_server.errors import InvalidRequest
+from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 M = TypeVar("M", bound="OpenAIBase")
 
@@ -16,18 +16,6 @@ class OpenAIBase(BaseModel):
     """Every OpenAI schema: unknown keys are ignored (xinference-client merges its own at top level)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-def parse(model: type[M], body: dict[str, Any]) -> M:
-    """Validate a body; the first problem becomes an InvalidRequest naming the field."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first.get("loc", ()))
-        message = first.get("msg", "invalid value")
-        message = message.removeprefix("Value error, ")
-        raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
 
 
 class ChatMessage(OpenAIBase):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.errors import InvalidRequest
+from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 # TGI's router default when a body leaves max_new_tokens out.
 DEFAULT_MAX_NEW_TOKENS = 100
@@ -17,26 +17,12 @@ DEFAULT_MAX_NEW_TOKENS = 100
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N_TOKENS = 5
 
-_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class TgiModel(BaseModel):
     """Base of every TGI wire model: unknown keys are ignored, as TGI's serde structs do."""
 
     model_config = ConfigDict(extra="ignore")
-
-
-def parse(model: type[_Model], body: Any) -> _Model:
-    """Validate a JSON body into a wire model; a malformed body becomes InvalidRequest (422 on TGI)."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or None
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        raise InvalidRequest(f"Failed to deserialize the JSON body: {message}", param=where) from None
 
 
 class Parameters(TgiModel):

@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth_server.errors import InvalidRequest
-
-_Model = TypeVar("_Model", bound=BaseModel)
+from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 
 class XinferenceModel(BaseModel):
     """Base of every wire model here: unknown keys are ignored (clients send extras)."""
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
-
-
-def parse(model: type[_Model], body: Any) -> _Model:
-    """Validate a JSON body; a malformed one becomes InvalidRequest naming the field."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or None
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        raise InvalidRequest(f"invalid request: {message}", param=where) from None
 
 
 class RegisterBody(XinferenceModel):
