@@ -45,34 +45,54 @@ def test_prompt_plus_new_tokens_over_max_total_tokens(limited: RunningServer) ->
     assert chat.status_code == 400 and "64" in chat.json()["error"]["message"]
 
 
-def test_past_max_concurrent_requests_is_429_overloaded_with_retry_after(limited: RunningServer) -> None:
-    started = threading.Barrier(3)
-    first_events: list[int] = []
+@pytest.fixture(scope="module")
+def crowded(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Two slots only, and no token limits, so long generations can hold both."""
+    server = launch_serve(tiny_model, tmp_path_factory.mktemp("crowded"),
+                          env={"MAX_CONCURRENT_REQUESTS": "2", "BERTH_MODEL_UID": "tiny"})
+    yield server
+    server.stop()
+
+
+def test_past_max_concurrent_requests_is_429_overloaded_with_retry_after(crowded: RunningServer) -> None:
+    holding = threading.Barrier(3)
+    release = threading.Event()
+    statuses: list[int] = []
 
     def hold_a_slot() -> None:
-        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 25}, "stream": True}
-        with httpx.stream("POST", limited.url("/generate_stream"), json=body, timeout=60) as reply:
+        body = {"messages": [{"role": "user", "content": "Go"}], "max_tokens": 1900, "ignore_eos": True,
+                "stream": True}
+        with httpx.stream("POST", crowded.url("/v1/chat/completions"), json=body, timeout=60) as reply:
+            statuses.append(reply.status_code)
+            # Keep the iterator referenced: a discarded httpx line iterator closes the response,
+            # which the server (rightly) treats as a disconnect and aborts.
             lines = reply.iter_lines()
-            first_events.append(reply.status_code)
-            next(lines)  # the first token: the slot is taken
-            started.wait(timeout=30)
-            time.sleep(1.0)  # keep the slot while the third request arrives
-            for _ in lines:
-                pass
+            for line in lines:
+                if line.startswith("data:"):  # generating now
+                    break
+            holding.wait(timeout=30)
+            release.wait(timeout=30)  # leaving the block disconnects, which aborts the generation
 
     holders = [threading.Thread(target=hold_a_slot) for _ in range(2)]
     for holder in holders:
         holder.start()
-    started.wait(timeout=30)
-    reply = _post(limited, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
-    for holder in holders:
-        holder.join(timeout=60)
-    assert first_events == [200, 200]
-    assert reply.status_code == 429
+    try:
+        holding.wait(timeout=30)
+        reply = _post(crowded, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(timeout=60)
+    assert statuses == [200, 200]
+    assert reply.status_code == 429, reply.text
     assert reply.json()["error_type"] == "overloaded"
     assert int(reply.headers["Retry-After"]) >= 1
-    # The slots are free again: the server keeps serving.
-    assert _post(limited, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}).status_code == 200
+    # The disconnects freed both slots: the server keeps serving.
+    deadline = time.monotonic() + 15
+    while (status := _post(crowded, "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}).status_code) \
+            == 429 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200
 
 
 def test_body_over_6_mib_is_413(limited: RunningServer) -> None:
