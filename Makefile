@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 run: venv
 	HF_MODEL_ID=$${HF_MODEL_ID:-demo://tiny} PORT=$(PORT) $(VENV)/bin/python ./serve
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q -rs tests
 
 test-unit: venv

@@ -7,7 +7,7 @@ with Accepted, then Deltas, each possibly carrying a finish_reason, or a Failure
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -110,4 +110,4 @@ class Failure(msgspec.Struct, tag="failure", kw_only=True):
     param: str | None = None
 
 
-ModelEvent = Union[Accepted, Delta, Failure]
+ModelEvent = Accepted | Delta | Failure

@@ -68,7 +68,13 @@ RECIPES: dict[str, DemoRecipe] = {
 
 def _corpus() -> list[str]:
     """Local English text to train the tokenizer on: the standard library's docstrings."""
-    import collections, json as _json, os, pathlib, re, string, textwrap  # noqa: E401
+    import collections
+    import json as _json
+    import os
+    import pathlib
+    import re
+    import string
+    import textwrap
 
     texts: list[str] = []
     for module in (collections, _json, os, pathlib, re, string, textwrap, argparse, hashlib):
@@ -134,7 +140,7 @@ def _save_llama(recipe: DemoRecipe, vocab: int, tokenizer, target: Path) -> None
         num_key_value_heads=recipe.num_key_value_heads,
         max_position_embeddings=recipe.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, torch_dtype="float32",
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
@@ -150,8 +156,9 @@ def _save_encoder(recipe: DemoRecipe, vocab: int, tokenizer, target: Path) -> No
     config = BertConfig(
         vocab_size=vocab, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
         num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, num_labels=1,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
     )
+    config.num_labels = 1  # a reranker scores one relevance logit
     model = BertForSequenceClassification(config) if recipe.kind == "reranker" else BertModel(config)
     model.save_pretrained(target, safe_serialization=True)
 

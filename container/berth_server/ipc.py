@@ -8,7 +8,7 @@ model process batches every pending event for one worker into a single EventBatc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -103,8 +103,8 @@ class Reranked(msgspec.Struct, tag="reranked"):
     prompt_tokens: int
 
 
-FrontendMessage = Union[Generate, Abort, Tokenize, StatsQuery, Embed, Rerank]
-ModelMessage = Union[Accepted, Delta, Failure, Tokenized, ModelStats, Embedded, Reranked]
+FrontendMessage = Generate | Abort | Tokenize | StatsQuery | Embed | Rerank
+ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked
 
 
 class EventBatch(msgspec.Struct, tag="batch"):

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.integration.conftest import RunningServer
 
@@ -115,7 +114,7 @@ def test_crashed_model_process_is_restarted(start_server, tiny_model: Path) -> N
 
 def _aborted_total(server: RunningServer) -> float:
     text = httpx.get(server.url("/metrics"), timeout=10).text
-    match = re.search(r'^berth_model_aborted_requests\{model="[^"]+"\} ([0-9.e+]+)$', text, re.M)
+    match = re.search(r'^berth_model_aborted_requests\{model="[^"]+"\} ([0-9.e+]+)$', text, re.MULTILINE)
     assert match, text
     return float(match.group(1))
 

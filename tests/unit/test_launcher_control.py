@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-
 from berth_server import control
 from berth_server.control import ControlCall
 from berth_server.control_server import ControlServer

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from berth_server.settings import Settings, SettingsError
 
 

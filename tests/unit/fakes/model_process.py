@@ -11,7 +11,6 @@ import sys
 import time
 
 import zmq
-
 from berth_server import control
 from berth_server.models.launch import ModelDescription, ModelStatus
 
