@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
-
 from berth_server.errors import InvalidRequest
-from berth_server.protocols.tgi.schemas import GenerateBody, Parameters, TgiModel
+from berth_server.protocols.tgi.schemas import GenerateBody, ParametersBody
 
 Shape = Literal["chat", "completion", "tgi"]
 
@@ -39,17 +37,10 @@ def shape_of(body: dict[str, Any], messages_api_enabled: bool) -> Shape:
     raise InvalidRequest(f"unrecognised /invocations body (keys: {keys}); send {ACCEPTED_SHAPES}")
 
 
-class InvocationTgiBody(TgiModel):
+class InvocationTgiBody(ParametersBody):
     """A TGI-shaped invocation: inputs may be one string or a batch of strings."""
 
     inputs: str | list[str]
-    parameters: Parameters = Parameters()
-    stream: bool = False
-
-    @field_validator("parameters", mode="before")
-    @classmethod
-    def _null_parameters(cls, value: Any) -> Any:
-        return {} if value is None else value
 
     def bodies(self) -> list[GenerateBody]:
         """One TGI GenerateBody per input, each validated."""

@@ -108,10 +108,9 @@ def _open_unit(value: float | None, name: str) -> None:
         raise InvalidRequest(f"`{name}` must be > 0.0 and < 1.0", param=name)
 
 
-class GenerateBody(TgiModel):
-    """TGI GenerateRequest / CompatGenerateRequest: inputs, parameters and (on POST /) stream."""
+class ParametersBody(TgiModel):
+    """A TGI body's parameters (null means none, as TGI's client sends) and stream flag."""
 
-    inputs: str
     parameters: Parameters = Parameters()
     stream: bool = False
 
@@ -119,6 +118,12 @@ class GenerateBody(TgiModel):
     @classmethod
     def _null_parameters(cls, value: Any) -> Any:
         return {} if value is None else value
+
+
+class GenerateBody(ParametersBody):
+    """TGI GenerateRequest / CompatGenerateRequest: inputs, parameters and (on POST /) stream."""
+
+    inputs: str
 
     def check(self) -> None:
         """Validate inputs and parameters."""
