@@ -54,6 +54,7 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
         revision=settings.hf_model_revision, engine=settings.engine, max_input_tokens=settings.max_input_tokens,
         max_total_tokens=settings.max_total_tokens, dtype=settings.dtype, quantization=settings.quantize,
         trust_remote_code=settings.trust_remote_code, tensor_parallel_size=settings.sm_num_gpus, is_default=True,
+        tool_call_parser=settings.tool_call_parser,
     )
     return _with_catalog_facts(config, settings)
 

@@ -16,6 +16,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
 VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
+# Berth's own name first, then vLLM's server option as vLLM and the AWS vLLM container spell it.
+TOOL_CALL_PARSER_VARS = ("BERTH_TOOL_CALL_PARSER", "BERTH_VLLM_TOOL_CALL_PARSER", "SM_VLLM_TOOL_CALL_PARSER")
 
 
 class SettingsError(ValueError):
@@ -62,9 +64,23 @@ def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
     args: dict[str, str] = {}
     for key, value in env.items():
         for prefix in VLLM_ARG_PREFIXES:
-            if key.startswith(prefix) and len(key) > len(prefix):
+            if key.startswith(prefix) and len(key) > len(prefix) and key not in TOOL_CALL_PARSER_VARS:
                 args[key[len(prefix):].lower()] = value
     return args
+
+
+def _tool_call_parser(env: Mapping[str, str]) -> str | None:
+    """The first of TOOL_CALL_PARSER_VARS that is set, checked against the known parsers."""
+    from berth_server.protocols.openai.tool_calls import check_parser_name  # pure text, no heavy imports
+
+    for name in TOOL_CALL_PARSER_VARS:
+        raw = (env.get(name) or "").strip()
+        if raw:
+            try:
+                return check_parser_name(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class Settings:
     vllm_args: Mapping[str, str] = field(default_factory=dict)
     s3_endpoint_url: str | None = None
     download_workers: int = 8
+    tool_call_parser: str | None = None  # the default model's (protocols/openai/tool_calls.py)
 
     @property
     def default_model_uid(self) -> str:
@@ -153,6 +170,7 @@ class Settings:
             "BERTH_GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
             "BERTH_KV_CACHE_GB": self.kv_cache_gb,
             "BERTH_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "BERTH_TOOL_CALL_PARSER": self.tool_call_parser,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
@@ -203,6 +221,7 @@ class Settings:
             vllm_args=_vllm_args(env),
             s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
             download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
+            tool_call_parser=_tool_call_parser(env),
         )
 
     def child_environment(self, **extra: str) -> dict[str, str]:

@@ -122,6 +122,8 @@ class LLMRegistration(_RegistrationBase):
     reasoning_end_tag: str | None = None
     # The chat-template variable that switches thinking (Qwen3: enable_thinking; DeepSeek V3.1: thinking).
     thinking_variable: str | None = None
+    # Berth's name of the model's tool-call format ("hermes", "llama3_json"); None: tool calls stay text.
+    tool_call_parser: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMRegistration:

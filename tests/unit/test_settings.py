@@ -38,8 +38,8 @@ def test_tgi_names() -> None:
 
 
 def test_vllm_pass_through_from_both_prefixes() -> None:
-    settings = Settings.from_env({"BERTH_VLLM_TOOL_CALL_PARSER": "hermes", "SM_VLLM_MAX_NUM_SEQS": "8"})
-    assert settings.vllm_args == {"tool_call_parser": "hermes", "max_num_seqs": "8"}
+    settings = Settings.from_env({"BERTH_VLLM_ENFORCE_EAGER": "true", "SM_VLLM_MAX_NUM_SEQS": "8"})
+    assert settings.vllm_args == {"enforce_eager": "true", "max_num_seqs": "8"}
 
 
 @pytest.mark.parametrize("env, name", [

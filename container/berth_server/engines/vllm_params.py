@@ -133,6 +133,8 @@ def passthrough_args(raw_args: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in raw_args.items():
         name = key.strip().lower().replace("-", "_")
+        if name == "tool_call_parser":  # Berth's own frontend parses tool calls (Settings.tool_call_parser)
+            continue
         if name in server_only:
             # vLLM's HTTP-server options (tool_call_parser, chat_template, ...) configure vLLM's own
             # frontend, which Berth replaces; AWS vLLM images set them, so warn instead of failing.

@@ -150,7 +150,7 @@ class ModelProcess:
             max_input_tokens=limits[0], max_total_tokens=limits[1], context_length=info.max_model_len,
             max_batch_size=info.max_batch_size, pid=os.getpid(),
             reasoning=bool(config.reasoning_start_tag and config.reasoning_end_tag),
-            dimensions=info.extra.get("dimensions", config.dimensions))
+            dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser)
         return server, description
 
     async def _load_encoder(self, model_dir: Path, address: str) -> tuple[EngineLoadInfo, ModelServer]:

@@ -38,6 +38,8 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     tensor_parallel_size: int = 1
     is_default: bool = False
     dimensions: int | None = None  # embedding models
+    # How the OpenAI frontend reads tool calls out of the output (protocols/openai/tool_calls.py).
+    tool_call_parser: str | None = None
 
 
 class ModelDescription(msgspec.Struct, kw_only=True):
@@ -58,6 +60,7 @@ class ModelDescription(msgspec.Struct, kw_only=True):
     pid: int
     reasoning: bool = False
     dimensions: int | None = None
+    tool_call_parser: str | None = None
 
 
 class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):

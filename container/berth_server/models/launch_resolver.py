@@ -14,6 +14,7 @@ from berth.registration import LLMRegistration, Registration, size_key
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.registry import check_chat_template, local_dir
+from berth_server.protocols.openai.tool_calls import check_parser_name
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class LaunchRequest:
     model_path: str | None = None
     enable_thinking: bool | None = None
     n_gpu: int | None = None
+    tool_call_parser: str | None = None
     wait_ready: bool = True
     engine_args: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
@@ -82,6 +84,7 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
     thinking = body.pop("enable_thinking", None)
     request.enable_thinking = None if thinking is None else as_bool(thinking, "enable_thinking")
     request.wait_ready = as_bool(body.pop("wait_ready", True), "wait_ready")
+    request.tool_call_parser = body.pop("tool_call_parser", None)
     n_gpu = body.pop("n_gpu", "auto")
     if n_gpu not in (None, "auto"):
         if not isinstance(n_gpu, int) or n_gpu < 1:
@@ -186,7 +189,18 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         thinking_variable=thinking_variable, default_enable_thinking=request.enable_thinking,
         context_length=registration.context_length,
         max_input_tokens=settings.max_input_tokens, max_total_tokens=settings.max_total_tokens,
+        tool_call_parser=_tool_call_parser(request.tool_call_parser or registration.tool_call_parser),
     )
+
+
+def _tool_call_parser(name: object) -> str | None:
+    """The launch body's (else the family's) tool-call parser; InvalidRequest when Berth has none by that name."""
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest(f"tool_call_parser must be a string, not {name!r}", param="tool_call_parser")
+    try:
+        return check_parser_name(name)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="tool_call_parser") from None
 
 
 def _check_thinking(registration: LLMRegistration, variable: str | None, enable: bool | None) -> None:

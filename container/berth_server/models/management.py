@@ -53,6 +53,7 @@ def enrich_default_config(config: ModelLaunchConfig, settings: Settings) -> Mode
                 reasoning_start_tag=registration.reasoning_start_tag,
                 reasoning_end_tag=registration.reasoning_end_tag, thinking_variable=thinking,
                 context_length=config.context_length or registration.context_length,
+                tool_call_parser=config.tool_call_parser or registration.tool_call_parser,
             )
     return config
 

@@ -14,6 +14,7 @@ from berth_server.canonical import Delta, TokenInfo
 from berth_server.frontend.gateway import GenerationStream
 from berth_server.frontend.sse import sse_event, sse_response
 from berth_server.frontend.state import FrontendState
+from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 SYSTEM_FINGERPRINT = "berth"
@@ -109,9 +110,10 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
     requests = body.to_generate_requests(uid, uuid.uuid4().hex)
     streams = start(state, body, requests)
     model = body.model or uid
+    parser = tool_calls.parser_for(state.gateway, uid, body.tools, body.tool_choice)
     if body.stream:
         # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
-        return sse_response(_chat_chunks(state, body, uid, model, streams), on_close=lambda: close_all(streams),
+        return sse_response(_chat_chunks(state, body, uid, model, streams, parser), on_close=lambda: close_all(streams),
                             done=body.model != "tgi")
     try:
         folded = [_fold(stream) for stream in streams]
@@ -121,15 +123,12 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
     completion_tokens = sum(f.completion_tokens for f in folded)
     _count(state, uid, prompt_tokens, completion_tokens)
     reply = _header("chat.completion", model)
-    reply["choices"] = [
-        {
-            "index": index,
-            "message": _message(f),
-            "logprobs": chat_logprobs(f.tokens) if body.logprobs else None,
-            "finish_reason": f.finish_reason or "stop",
-        }
-        for index, f in enumerate(folded)
-    ]
+    reply["choices"] = []
+    for index, f in enumerate(folded):
+        message, finish = tool_calls.fold_message(parser, _message(f), f.finish_reason or "stop")
+        reply["choices"].append({"index": index, "message": message,
+                                 "logprobs": chat_logprobs(f.tokens) if body.logprobs else None,
+                                 "finish_reason": finish})
     reply["usage"] = usage(prompt_tokens, completion_tokens)
     return jsonify(reply)
 
@@ -167,7 +166,7 @@ def _message(folded: Folded) -> dict[str, Any]:
 
 
 def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, model: str,
-                 streams: list[GenerationStream]) -> Iterator[str]:
+                 streams: list[GenerationStream], parser: tool_calls.ToolCallParser | None) -> Iterator[str]:
     """Chat chunks; every delta carries role and tool_calls (TGI's client needs them)."""
     header = _header("chat.completion.chunk", model)
     completion_tokens = 0
@@ -175,15 +174,21 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
         yield sse_event({**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
                                                                            "tool_calls": None},
                                                  "logprobs": None, "finish_reason": None}]})
+        tools = tool_calls.ChoiceToolStream(parser) if parser is not None else None
         for delta in coalesced(stream):
-            choice_delta: dict[str, Any] = {"role": "assistant", "content": delta.text, "tool_calls": None}
+            text, calls = delta.text, None
+            if tools is not None:
+                text, calls = tools.step(delta.text, delta.finish_reason is not None)
+            choice_delta: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": calls}
             if delta.reasoning:
                 choice_delta["reasoning_content"] = delta.reasoning
             logprobs = chat_logprobs(delta.tokens) if body.logprobs and delta.tokens else None
             finish = _FINISH.get(delta.finish_reason, "stop") if delta.finish_reason else None
+            if tools is not None:
+                finish = tools.finish_reason(finish)
             if delta.finish_reason is not None:
                 completion_tokens += delta.completion_tokens
-            if not delta.text and not delta.reasoning and finish is None and logprobs is None:
+            if not text and not calls and not delta.reasoning and finish is None and logprobs is None:
                 continue
             yield sse_event({**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
                                                     "finish_reason": finish}]})
