@@ -24,16 +24,19 @@ class SettingsError(ValueError):
     """A setting has a value Berth cannot use; the message names the variable."""
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
+def parse_bool(name: str, raw: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); SettingsError naming `name` otherwise."""
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    return default if raw is None else parse_bool(name, raw)
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:

@@ -19,12 +19,10 @@ from typing import Any
 from berth_server import errors
 from berth_server.engines.base import EngineRequest
 from berth_server.models.launch import ModelLaunchConfig
-from berth_server.settings import Settings
+from berth_server.settings import Settings, SettingsError, parse_bool
 
 log = logging.getLogger(__name__)
-_TRUE = {"1", "true", "yes", "on"}
 _TGI_QUANTIZE = {"bitsandbytes-nf4": "bitsandbytes", "bitsandbytes-fp4": "bitsandbytes"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class VllmArgError(ValueError):
@@ -73,12 +71,10 @@ def sampling_params(request: EngineRequest) -> Any:
 
 
 def _parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise VllmArgError(f"vLLM argument {name}={raw!r} is not a boolean (use true or false)")
+    try:
+        return parse_bool(f"vLLM argument {name}", raw)
+    except SettingsError as exc:
+        raise VllmArgError(str(exc)) from None
 
 
 def _coerce(name: str, raw: str, annotation: Any) -> Any:

@@ -115,13 +115,7 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
         # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
         return sse_response(_chat_chunks(state, body, uid, model, streams, parser), on_close=lambda: close_all(streams),
                             done=body.model != "tgi")
-    try:
-        folded = [_fold(stream) for stream in streams]
-    finally:
-        close_all(streams)
-    prompt_tokens = streams[0].accepted.prompt_tokens
-    completion_tokens = sum(f.completion_tokens for f in folded)
-    _count(state, uid, prompt_tokens, completion_tokens)
+    folded, prompt_tokens, completion_tokens = _fold_all(state, uid, streams)
     reply = _header("chat.completion", model)
     reply["choices"] = []
     for index, f in enumerate(folded):
@@ -149,6 +143,18 @@ def coalesced(stream: GenerationStream) -> Iterator[Delta]:
                     reasoning="".join(d.reasoning for d in batch), tokens=tokens or None,
                     completion_tokens=last.completion_tokens, finish_reason=last.finish_reason,
                     stop_sequence=last.stop_sequence)
+
+
+def _fold_all(state: FrontendState, uid: str, streams: list[GenerationStream]) -> tuple[list[Folded], int, int]:
+    """Fold every choice's stream (non-streaming replies), close them, count the tokens once."""
+    try:
+        folded = [_fold(stream) for stream in streams]
+    finally:
+        close_all(streams)
+    prompt_tokens = streams[0].accepted.prompt_tokens
+    completion_tokens = sum(f.completion_tokens for f in folded)
+    _count(state, uid, prompt_tokens, completion_tokens)
+    return folded, prompt_tokens, completion_tokens
 
 
 def _fold(stream: GenerationStream) -> Folded:
@@ -208,13 +214,7 @@ def completion(state: FrontendState, body: CompletionRequest) -> Response:
     if body.stream:
         return sse_response(_completion_chunks(state, body, uid, model, streams),
                             on_close=lambda: close_all(streams), done=True)
-    try:
-        folded = [_fold(stream) for stream in streams]
-    finally:
-        close_all(streams)
-    prompt_tokens = streams[0].accepted.prompt_tokens
-    completion_tokens = sum(f.completion_tokens for f in folded)
-    _count(state, uid, prompt_tokens, completion_tokens)
+    folded, prompt_tokens, completion_tokens = _fold_all(state, uid, streams)
     prefix = _echo(body, streams[0])
     reply = _header("text_completion", model)
     reply["choices"] = [
