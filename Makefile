@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 run: venv
-	HF_MODEL_ID=$${HF_MODEL_ID:-demo://tiny} PORT=$(PORT) $(VENV)/bin/python ./serve
+	HF_MODEL_ID=$${HF_MODEL_ID:-demo://smollm2} PORT=$(PORT) $(VENV)/bin/python ./serve
 
 test: venv lint
 	$(PY) -m pytest -q -rs tests

