@@ -280,3 +280,29 @@ def test_dtype_from_the_launch_config(tiny_dir: Path) -> None:
     dtype, steps = _run(scenario())
     assert dtype == "bfloat16"
     assert len(steps) == 4 and steps[-1].finish == "length"
+
+
+def test_the_scheduler_batches_on_its_own(model: Any) -> None:
+    """BatchScheduler needs only a model and its limits: slots, lock and thread are its own."""
+    import queue as queue_mod
+
+    from berth_server.engines.transformers_rows import Slot
+    from berth_server.engines.transformers_scheduler import BatchLimits, BatchScheduler
+
+    scheduler = BatchScheduler(model, torch.device("cpu"), BatchLimits(max_batch_size=2, max_model_len=512,
+                                                                        vocab_size=model.config.vocab_size))
+    scheduler.start()
+    outputs: list[queue_mod.Queue[Any]] = []
+    try:
+        for i, prompt in enumerate(PROMPTS):
+            out: queue_mod.Queue[Any] = queue_mod.Queue()
+            outputs.append(out)
+            scheduler.submit(Slot(request=_req(f"s{i}", prompt, n=5), emit=out.put, stop_ids=frozenset()))
+        for prompt, out in zip(PROMPTS, outputs, strict=True):
+            steps = [out.get(timeout=60) for _ in range(5)]
+            assert _ids(steps) == _reference(model, prompt, 5) and steps[-1].finish == "length"
+        assert scheduler.counts() == (0, 0)
+    finally:
+        scheduler.stop()
+    with pytest.raises(BerthError):
+        scheduler.submit(Slot(request=_req("late", PROMPTS[0]), emit=print, stop_ids=frozenset()))

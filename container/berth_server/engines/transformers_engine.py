@@ -1,9 +1,8 @@
-"""The transformers engine: an AutoModelForCausalLM behind our own continuous-batching loop.
+"""The transformers engine: an AutoModelForCausalLM behind our own continuous-batching scheduler.
 
-A dedicated thread owns the model and one left-padded KV cache (transformers_batch.KVBatch).
-Each iteration decodes one token for every running row, then prefills the newcomers as one batch
-and merges them into the running cache, so a request never waits for the batch to drain.
-Steps reach each request's asyncio.Queue through loop.call_soon_threadsafe.
+The engine loads the model and validates requests; transformers_scheduler.BatchScheduler owns the
+slots, their lock and the batching thread. Steps reach each request's asyncio.Queue through
+loop.call_soon_threadsafe.
 """
 
 from __future__ import annotations
@@ -11,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
-from collections import deque
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
 from berth_server.errors import GenerationFailed, InvalidRequest
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -30,34 +26,6 @@ _DTYPES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
 }
-
-Emit = Callable[[EngineStep | BaseException], None]
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One request inside the engine thread."""
-
-    request: EngineRequest
-    emit: Emit
-    stop_ids: frozenset[int]
-    sampler: Any = None  # sampling.RowSampler, built on the engine thread
-    generated: int = 0
-    last_token: int = 0
-    finish: EngineFinish | None = None
-    cancel: EngineFinish | None = None  # set from any thread: 'abort' emits a final step
-    silent: bool = False  # the consumer has gone: emit nothing more
-
-    def send(self, item: EngineStep | BaseException) -> None:
-        """Deliver to the request's queue; a closed event loop only loses this request's messages."""
-        if self.silent:
-            return
-        try:
-            self.emit(item)
-        except RuntimeError:
-            self.silent = True
-            self.cancel = "abort"
-
 
 class TransformersEngine(Engine):
     """Continuous batching around model.forward, with per-request sampling, seeds and logprobs."""
@@ -74,12 +42,7 @@ class TransformersEngine(Engine):
         self.model: Any = None
         self.device: Any = None
         self.cpu_threads = 0  # intra-op threads of the loop thread on CPU; 0 leaves torch's default
-        self._cond = threading.Condition()
-        self._waiting: deque[_Slot] = deque()
-        self._running: list[_Slot] = []
-        self._by_id: dict[str, _Slot] = {}
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self.scheduler: Any = None  # transformers_scheduler.BatchScheduler once started
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -143,10 +106,19 @@ class TransformersEngine(Engine):
     async def start(self) -> EngineLoadInfo:
         """Load the model off the event loop, then start the batching thread."""
         info = await asyncio.to_thread(self._load)
-        from berth_server.engines.transformers_loop import run_loop
+        from berth_server.engines.transformers_scheduler import (
+            DEFAULT_PREFILL_TOKENS,
+            BatchLimits,
+            BatchScheduler,
+        )
 
-        self._thread = threading.Thread(target=run_loop, args=(self,), name="berth-transformers", daemon=True)
-        self._thread.start()
+        limits = BatchLimits(
+            max_batch_size=self.max_batch_size, max_model_len=self.max_model_len, vocab_size=self.vocab_size,
+            prefill_tokens=self.settings.max_batch_prefill_tokens or DEFAULT_PREFILL_TOKENS,
+            cpu_threads=self.cpu_threads,
+        )
+        self.scheduler = BatchScheduler(self.model, self.device, limits)
+        self.scheduler.start()
         return info
 
     # ---- requests ------------------------------------------------------------------------------
@@ -155,7 +127,7 @@ class TransformersEngine(Engine):
         """Reject what would break the loop, before it reaches the batch."""
         from berth_server.engines.sampling import validate_sampling
 
-        if self.model is None or self._stopping:
+        if self.scheduler is None or not self.scheduler.running:
             raise GenerationFailed("the transformers engine is not running")
         prompt = request.prompt_token_ids
         if not prompt:
@@ -170,11 +142,11 @@ class TransformersEngine(Engine):
         if request.max_new_tokens < 1:
             raise InvalidRequest("max_new_tokens must be at least 1", param="max_new_tokens")
         validate_sampling(request.sampling, self.vocab_size)
-        if request.request_id in self._by_id:
-            raise InvalidRequest(f"request id {request.request_id!r} is already running", param="request_id")
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineStep, None]:
         """Queue the request and yield its steps; closing early aborts it and frees its slot."""
+        from berth_server.engines.transformers_rows import Slot
+
         self._validate(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineStep | BaseException] = asyncio.Queue()
@@ -185,11 +157,7 @@ class TransformersEngine(Engine):
         stops = set(request.sampling.stop_token_ids)
         if not request.sampling.ignore_eos:
             stops |= request.stop_token_ids
-        slot = _Slot(request=request, emit=emit, stop_ids=frozenset(stops))
-        with self._cond:
-            self._by_id[request.request_id] = slot
-            self._waiting.append(slot)
-            self._cond.notify()
+        self.scheduler.submit(Slot(request=request, emit=emit, stop_ids=frozenset(stops)))
         finished = False
         try:
             while True:
@@ -204,41 +172,21 @@ class TransformersEngine(Engine):
                     return
         finally:
             if not finished:
-                self._cancel(request.request_id, silent=True)
-
-    def _cancel(self, request_id: str, silent: bool) -> None:
-        """Mark a request for removal at the next step (the engine thread frees its row)."""
-        with self._cond:
-            slot = self._by_id.get(request_id)
-            if slot is None:
-                return
-            slot.cancel = "abort"
-            slot.silent = slot.silent or silent
-            self._cond.notify()
+                self.scheduler.cancel(request.request_id, silent=True)
 
     async def abort(self, request_id: str) -> None:
         """Stop a request now; its iterator ends with finish='abort'."""
-        self._cancel(request_id, silent=False)
+        if self.scheduler is not None:
+            self.scheduler.cancel(request_id, silent=False)
 
     def counts(self) -> tuple[int, int]:
         """(running, waiting)."""
-        with self._cond:
-            return len(self._running), len(self._waiting)
+        return (0, 0) if self.scheduler is None else self.scheduler.counts()
 
     async def shutdown(self) -> None:
         """Stop the loop, end every request with an error, and free the model."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30.0)
-        with self._cond:
-            pending = list(self._by_id.values())
-            self._by_id.clear()
-            self._waiting.clear()
-            self._running = []
-        for slot in pending:
-            slot.send(GenerationFailed("the engine shut down"))
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop, 30.0)
         self.model = None
         import torch
 
