@@ -7,6 +7,7 @@ model process batches every pending event for one worker into a single EventBatc
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,13 @@ def decode_event_batch(frame: bytes) -> EventBatch:
 
 
 def model_socket_address(runtime_dir: Path, uid: str) -> str:
-    """The ROUTER address of the model process serving `uid` (deterministic, so no lookup is needed)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)
-    return f"ipc://{runtime_dir}/model-{safe}.sock"
+    """The ROUTER address of the model process serving `uid` (deterministic, so no lookup is needed).
+
+    Named by a hash of the uid: a unix socket path must stay under ~100 bytes whatever the uid's
+    length, and uids that differ only in characters a file name cannot hold must not collide.
+    """
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:20]
+    return f"ipc://{runtime_dir}/m-{digest}.sock"
 
 
 def control_socket_address(runtime_dir: Path) -> str:

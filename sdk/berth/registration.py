@@ -192,6 +192,8 @@ def parse_registration(model_type: str, model: str | dict[str, Any], *, builtin:
             data = json.loads(model)
         except json.JSONDecodeError as exc:
             raise RegistrationError(f"the model registration is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise RegistrationError("the model registration nests too deeply to be a registration") from None
     else:
         data = model
     if not isinstance(data, dict):

@@ -59,13 +59,13 @@ def test_launch_builtin_from_model_path(env: tuple[dict[str, Any], FakeSuperviso
     handlers, supervisor, weights = env
     body = {"model_name": "qwen3", "model_engine": "Transformers", "model_path": str(weights),
             "model_uid": None, "replica": 1, "n_gpu": "auto", "peft_model_config": None, "worker_ip": None,
-            "gpu_idx": None, "enable_thinking": False, "max_num_seqs": 4, "envs": None}
+            "gpu_idx": None, "enable_thinking": False, "num_threads": 1, "envs": None}
     assert call(handlers, "models.launch", **body) == {"model_uid": "qwen3"}
     config, wait = supervisor.launched[-1]
     assert wait and config.source == str(weights) and config.engine == "transformers"
     assert (config.reasoning_start_tag, config.reasoning_end_tag) == ("<think>", "</think>")
     assert config.thinking_variable == "enable_thinking" and config.default_enable_thinking is False
-    assert config.engine_args == {"max_num_seqs": 4} and config.context_length == 40960
+    assert config.engine_args == {"num_threads": 1} and config.context_length == 40960
     assert {"chat", "reasoning", "hybrid"} <= set(config.abilities)
     # The name is taken now: a second launch gets a fresh uid; an explicit duplicate is a conflict.
     second = call(handlers, "models.launch", model_name="qwen3", model_path=str(weights))["model_uid"]

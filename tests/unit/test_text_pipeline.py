@@ -201,3 +201,15 @@ def test_tokenize_returns_spans_with_offsets(pipeline: TextPipeline) -> None:
     assert spans[0].start == 0 and spans[-1].stop == len(text)
     chat = pipeline.tokenize(Tokenize(request_id="t", messages=[{"role": "user", "content": "hi"}]))
     assert chat[0].text == "<|im_start|>"
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_the_engine(pipeline: TextPipeline) -> None:
+    vocab = pipeline.vocab_size
+    assert pipeline.prepare(request(prompt_token_ids=[0, vocab - 1])).prompt_ids == [0, vocab - 1]
+    for bad in (-1, vocab, 2**40):
+        with pytest.raises(InvalidRequest, match=f"token id {bad} is out of range") as caught:
+            pipeline.prepare(request(prompt_token_ids=[1, bad]))
+        assert caught.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as caught:
+        pipeline.prepare(request(prompt="hi", sampling=SamplingParams(stop_token_ids=(vocab,))))
+    assert caught.value.param == "stop_token_ids"

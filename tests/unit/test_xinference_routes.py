@@ -106,10 +106,10 @@ def test_launch_describe_terminate(tmp_path: Path) -> None:
     client, control, weights = _client(tmp_path)
     response = client.post("/v1/models?wait_ready=false", json={
         "model_name": "llama-3.2-instruct", "model_path": str(weights), "model_uid": "l1", "replica": 1,
-        "n_gpu": "auto", "enable_thinking": None, "temperature_default": 0.1})
+        "n_gpu": "auto", "enable_thinking": None, "max_num_seqs": 4})
     assert response.get_json() == {"model_uid": "l1"}
     config, wait_ready = control.supervisor.launched[-1]
-    assert wait_ready is False and config.engine_args == {"temperature_default": 0.1}
+    assert wait_ready is False and config.engine_args == {"max_num_seqs": 4}
     described = client.get("/v1/models/l1").get_json()
     assert described["model_type"] == "LLM" and "chat" in described["model_ability"]
     assert client.get("/v1/models/l1/progress").get_json() == {"progress": 0.5}

@@ -7,6 +7,7 @@ errors, the status (400 on OpenAI routes, 422 on TGI routes).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from berth_server.errors import (
     Unauthorized,
     from_failure,
 )
+from berth_server.protocols.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 
 Family = Literal["openai", "tgi", "xinference"]
 log = logging.getLogger(__name__)
@@ -168,13 +170,24 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(GenerationFailed(f"internal error: {type(exc).__name__}"))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def request_json() -> dict[str, Any]:
-    """The request body as a JSON object; malformed JSON is an InvalidRequest (400 /v1, 422 TGI)."""
+    """The request body as a JSON object; malformed, NaN-carrying or too deeply nested JSON is an InvalidRequest."""
     data = request.get_data(cache=True)
     try:
-        body = current_app.json.loads(data) if data else None
+        body = json.loads(data, parse_constant=_no_constant) if data else None
+    except RecursionError:
+        body = None
+        too_deep = True
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    else:
+        too_deep = json_depth_exceeds(body)
+    if too_deep:
+        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body

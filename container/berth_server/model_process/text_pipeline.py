@@ -126,11 +126,13 @@ class TextPipeline:
             ids = self.encode(prompt_text, request.add_special_tokens is not False)
         elif request.prompt_token_ids is not None:
             ids = [int(i) for i in request.prompt_token_ids]
+            self._check_ids(ids, "prompt")
             prompt_text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
         else:
             raise InvalidRequest("a request needs messages, prompt or prompt_token_ids", param="prompt")
         if request.truncate is not None and 0 < request.truncate < len(ids):
             ids = ids[-request.truncate:]
+        self._check_ids(request.sampling.stop_token_ids, "stop_token_ids")
         max_new = self._check_limits(len(ids), request.sampling.max_new_tokens)
         in_reasoning = bool(request.split_reasoning and self.reasoning and ReasoningSplitter.opened_in_prompt(
             prompt_text, self.config.reasoning_start_tag or "", self.config.reasoning_end_tag or ""))
@@ -138,6 +140,18 @@ class TextPipeline:
             request_id=request.request_id, prompt_token_ids=ids, sampling=request.sampling,
             stop_token_ids=self.stop_ids(request), max_new_tokens=max_new)
         return PreparedRequest(engine_request, prompt_text, ids, in_reasoning)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the tokenizer knows (added tokens included)."""
+        return max(len(self.tokenizer), int(getattr(self.tokenizer, "vocab_size", 0) or 0))
+
+    def _check_ids(self, ids: Any, param: str) -> None:
+        """Token ids from a request must lie in [0, vocab size): refused here, before the engine sees them."""
+        vocab = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is out of range: ids must be in [0, {vocab})", param=param)
 
     def _check_limits(self, prompt_len: int, max_new_tokens: int | None) -> int:
         limits = self.limits

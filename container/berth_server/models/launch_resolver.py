@@ -13,6 +13,7 @@ from berth.registration import LLMRegistration, Registration, size_key
 
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.launch import ModelLaunchConfig
+from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
 from berth_server.protocols.openai.tool_calls import check_parser_name
 from berth_server.settings import Settings
@@ -20,11 +21,6 @@ from berth_server.settings import Settings
 log = logging.getLogger(__name__)
 
 _ENGINES = {"vllm": "vllm", "transformers": "transformers", "auto": "auto"}
-# Xinference launch keys Berth reads or deliberately ignores; any other key becomes an engine argument.
-_IGNORED_KEYS = (
-    "worker_ip", "gpu_idx", "replica_config", "enable_virtual_env", "virtual_env_packages",
-    "virtual_env_find_links", "envs", "request_limits", "n_worker",
-)
 # Quantized weight formats the engines load natively (Xinference's model_format -> engine quantization).
 _FORMAT_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bnb": "bitsandbytes"}
 _UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -60,7 +56,7 @@ def as_bool(value: Any, name: str) -> bool:
 
 
 def parse_launch(params: dict[str, Any]) -> LaunchRequest:
-    """Validate Xinference's launch keys; unknown non-null keys become engine arguments."""
+    """Validate Xinference's launch keys; the other non-null keys must be allowed engine arguments."""
     body = dict(params)
     name = body.pop("model_name", None)
     if not isinstance(name, str) or not name:
@@ -96,10 +92,11 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
                              "instances behind the endpoint", param="replica")
     if body.pop("peft_model_config", None):
         raise InvalidRequest("peft_model_config (LoRA adapters) is not supported", param="peft_model_config")
-    for key in _IGNORED_KEYS:
+    for key in IGNORED_KEYS:
         if body.pop(key, None) not in (None, 1, [], {}):
             request.ignored.append(key)
-    request.engine_args = {k: v for k, v in body.items() if v is not None}
+    # The rest are engine arguments: each must be on the engine's allowlist (models/launch_keys.py).
+    request.engine_args = check_engine_args(engine, {k: v for k, v in body.items() if v is not None})
     return request
 
 

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
+from berth_server.protocols import bounds
+from berth_server.protocols.bounds import (
+    ChoiceCount,
+    LogitBias,
+    Name,
+    PositiveTokenCount,
+    PromptTokenIds,
+    Seed,
+    StopList,
+    StopString,
+    StopTokenIds,
+    TokenCount,
+    Tools,
+    TopK,
+)
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 M = TypeVar("M", bound="OpenAIBase")
@@ -15,7 +30,7 @@ M = TypeVar("M", bound="OpenAIBase")
 class OpenAIBase(BaseModel):
     """Every OpenAI schema: unknown keys are ignored (xinference-client merges its own at top level)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class ChatMessage(OpenAIBase):
@@ -23,9 +38,9 @@ class ChatMessage(OpenAIBase):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    name: Name | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=bounds.MAX_TOOLS)
+    tool_call_id: Name | None = None
     reasoning_content: str | None = None
 
     @field_validator("content")
@@ -70,26 +85,26 @@ class ResponseFormat(OpenAIBase):
 class SamplingFields(OpenAIBase):
     """Fields chat and completions share."""
 
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: Name | None = None
+    max_tokens: PositiveTokenCount | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: TopK | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    n: int | None = Field(default=None, ge=1, le=64)
+    seed: Seed | None = None
+    stop: StopString | StopList | None = None
+    stop_token_ids: StopTokenIds | None = None
+    n: ChoiceCount | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = False
-    min_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: TokenCount | None = None
     skip_special_tokens: bool | None = True
-    logit_bias: dict[str, float] | list[float] | None = None
-    user: str | None = None
+    logit_bias: LogitBias | Annotated[list[float], Field(max_length=bounds.MAX_LOGIT_BIAS)] | None = None
+    user: Name | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -112,7 +127,7 @@ class SamplingFields(OpenAIBase):
         """SamplingParams for choice `index` (seeds differ per choice so n>1 gives n samples)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         temperature = 1.0 if self.temperature is None else self.temperature
-        seed = None if self.seed is None else self.seed + index
+        seed = None if self.seed is None else bounds.wrap_seed(self.seed + index)
         return SamplingParams(
             max_new_tokens=max_new_tokens,
             greedy=temperature == 0.0,
@@ -136,13 +151,13 @@ class SamplingFields(OpenAIBase):
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=bounds.MAX_MESSAGES)
+    max_completion_tokens: PositiveTokenCount | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Tools | None = None
     tool_choice: Any = None
     response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True
@@ -191,11 +206,11 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | PromptTokenIds | list[PromptTokenIds]
     echo: bool | None = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: ChoiceCount | None = None
 
     @field_validator("suffix")
     @classmethod

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.errors import InvalidRequest
+from berth_server.protocols import bounds
+from berth_server.protocols.bounds import Name, StopString
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 # TGI's router default when a body leaves max_new_tokens out.
@@ -16,37 +18,40 @@ DEFAULT_MAX_NEW_TOKENS = 100
 # What /info advertises and validation enforces (TGI's --max-stop-sequences default).
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N_TOKENS = 5
-
+# Upper walls only: the lower bounds are TGI's own rules in Parameters.check(), with TGI's messages.
+_Count = Annotated[int, Field(le=bounds.MAX_TOKEN_COUNT)]
+_Seed = Annotated[int, Field(le=bounds.MAX_SEED)]
+_TopK = Annotated[int, Field(le=bounds.MAX_TOP_K)]
 
 
 class TgiModel(BaseModel):
     """Base of every TGI wire model: unknown keys are ignored, as TGI's serde structs do."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Parameters(TgiModel):
     """TGI GenerateParameters: every key is accepted, null meaning unset (the TGI client sends them all)."""
 
     do_sample: bool | None = None
-    max_new_tokens: int | None = None
+    max_new_tokens: _Count | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
     return_full_text: bool | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[list[StopString], Field(max_length=bounds.MAX_STOP_STRINGS)] | None = None
+    seed: _Seed | None = None
     temperature: float | None = None
-    top_k: int | None = None
+    top_k: _TopK | None = None
     top_p: float | None = None
-    truncate: int | None = None
+    truncate: _Count | None = None
     typical_p: float | None = None
-    best_of: int | None = None
+    best_of: Annotated[int, Field(le=bounds.MAX_N)] | None = None
     watermark: bool | None = None
     details: bool | None = None
     decoder_input_details: bool | None = None
-    top_n_tokens: int | None = None
+    top_n_tokens: Annotated[int, Field(le=bounds.MAX_TOP_K)] | None = None
     grammar: Any = None
-    adapter_id: str | None = None
+    adapter_id: Name | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

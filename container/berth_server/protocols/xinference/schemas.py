@@ -7,13 +7,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth_server.errors import InvalidRequest
+from berth_server.protocols import bounds
+from berth_server.protocols.bounds import Name, TextBatch
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 
 class XinferenceModel(BaseModel):
     """Base of every wire model here: unknown keys are ignored (clients send extras)."""
 
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), allow_inf_nan=False)
 
 
 class RegisterBody(XinferenceModel):
@@ -27,11 +29,11 @@ class RegisterBody(XinferenceModel):
 class EmbeddingRequest(XinferenceModel):
     """POST /v1/embeddings (OpenAI shape)."""
 
-    model: str
-    input: str | list[str] = Field(min_length=1)
+    model: Name
+    input: str | TextBatch
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=1_000_000)
+    user: Name | None = None
 
     def texts(self) -> list[str]:
         """The inputs as a list; empty strings are refused as OpenAI does."""
@@ -44,10 +46,10 @@ class EmbeddingRequest(XinferenceModel):
 class RerankRequest(XinferenceModel):
     """POST /v1/rerank (Xinference/Cohere shape)."""
 
-    model: str
+    model: Name
     query: str = Field(min_length=1)
-    documents: list[str] = Field(min_length=1)
-    top_n: int | None = Field(None, ge=1)
+    documents: TextBatch
+    top_n: int | None = Field(None, ge=1, le=bounds.MAX_BATCH_TEXTS)
     return_documents: bool | None = False
     return_len: bool | None = False
 
