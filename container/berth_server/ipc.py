@@ -77,7 +77,8 @@ class Embed(msgspec.Struct, tag="embed", kw_only=True):
 
     request_id: str
     texts: list[str]
-    normalize: bool = True
+    normalize: bool | None = None  # None: as the model's sentence-transformers modules say
+    dimensions: int | None = None  # Matryoshka: keep the first N, then re-normalise
 
 
 class Embedded(msgspec.Struct, tag="embedded"):

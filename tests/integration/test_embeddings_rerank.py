@@ -60,3 +60,41 @@ def test_embeddings_and_rerank(server: RunningServer, tiny_embedding_model: Path
         client.terminate_model(rr)
         client.unregister_model("embedding", "emb-tiny")
         client.unregister_model("rerank", "rr-tiny")
+
+
+def test_minilm_matches_sentence_transformers(server: RunningServer, minilm_model: Path) -> None:
+    """Real all-MiniLM-L6-v2, registered and launched: vectors equal sentence-transformers' own."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["The capital of France is Paris.", "A man is playing a guitar.",
+             "Continuous batching keeps the accelerator busy. " * 40, "x"]  # the long one passes 256 tokens
+    client = RESTfulClient(server.base_url)
+    registration = json.loads(_encoder_registration("embedding", "minilm-custom", minilm_model))
+    registration.update(dimensions=384, max_tokens=512)
+    client.register_model("embedding", json.dumps(registration), False)
+    uid = client.launch_model("minilm-custom", model_type="embedding", model_uid="minilm")
+    try:
+        reference = SentenceTransformer(str(minilm_model), device="cpu").encode(texts, convert_to_numpy=True)
+        oai = openai.OpenAI(base_url=server.url("/v1"), api_key="none", max_retries=0)
+        got = oai.embeddings.create(model=uid, input=texts, encoding_format="float")
+        assert [len(d.embedding) for d in got.data] == [384] * len(texts)
+        for item, expected in zip(got.data, reference, strict=True):
+            assert _cosine(item.embedding, list(expected)) >= 0.999
+            assert sum(v * v for v in item.embedding) == pytest.approx(1.0, rel=1e-4)  # its Normalize module
+        short = oai.embeddings.create(model=uid, input=texts[:2], dimensions=64)
+        for item, expected in zip(short.data, reference, strict=False):
+            truncated = list(expected[:64])
+            assert len(item.embedding) == 64
+            assert sum(v * v for v in item.embedding) == pytest.approx(1.0, rel=1e-4)
+            assert _cosine(item.embedding, truncated) >= 0.999
+        too_many = httpx.post(server.url("/v1/embeddings"), json={"model": uid, "input": "x", "dimensions": 385},
+                              timeout=30)
+        assert too_many.status_code == 400 and "dimensions" in too_many.json()["detail"]
+    finally:
+        client.terminate_model(uid)
+        client.unregister_model("embedding", "minilm-custom")
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return float(dot / ((sum(x * x for x in a) ** 0.5) * (sum(y * y for y in b) ** 0.5)))

@@ -80,3 +80,20 @@ def test_rerank_scores_in_input_order(rerank_dir: Path, tmp_path: Path) -> None:
         await service.shutdown()
 
     asyncio.run(run())
+
+
+def test_pipeline_read_from_sentence_transformers_files(minilm_model: Path, tmp_path: Path) -> None:
+    from berth_server.model_process.encoder_service import read_pipeline
+
+    minilm = read_pipeline(minilm_model)
+    assert (minilm.pooling, minilm.normalize, minilm.max_seq_length) == (("mean",), True, 256)
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    (tmp_path / "modules.json").write_text(
+        '[{"type": "sentence_transformers.models.Transformer", "path": ""},'
+        ' {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"}]')
+    bare = read_pipeline(tmp_path)
+    assert (bare.pooling, bare.normalize) == (("cls",), False)  # no Normalize module: raw vectors
+    (tmp_path / "modules.json").write_text('[{"type": "sentence_transformers.models.Dense", "path": "2_Dense"}]')
+    with pytest.raises(InvalidRequest, match="Dense"):
+        read_pipeline(tmp_path)

@@ -121,9 +121,10 @@ class Gateway:
                                add_special_tokens=add_special_tokens)
         return self._call(uid, message, ipc.Tokenized).tokens
 
-    def embed(self, uid: str, texts: list[str]) -> ipc.Embedded:
-        """Embed texts with an embedding model."""
-        return self._call(uid, ipc.Embed(request_id=new_request_id(), texts=texts), ipc.Embedded)
+    def embed(self, uid: str, texts: list[str], dimensions: int | None = None) -> ipc.Embedded:
+        """Embed texts with an embedding model (truncated to `dimensions` and re-normalised when given)."""
+        message = ipc.Embed(request_id=new_request_id(), texts=texts, dimensions=dimensions)
+        return self._call(uid, message, ipc.Embedded)
 
     def rerank(self, uid: str, query: str, documents: list[str]) -> ipc.Reranked:
         """Score documents against a query with a rerank model."""

@@ -91,7 +91,7 @@ def embeddings(state: FrontendState, request: EmbeddingRequest) -> dict[str, Any
     """OpenAI's embeddings response, with usage counted by the model process."""
     texts = request.texts()
     uid = state.gateway.resolve_model(request.model)
-    result = state.gateway.embed(uid, texts)
+    result = state.gateway.embed(uid, texts, request.dimensions)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, request.encoding_format)}
             for i, v in enumerate(result.vectors)]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
