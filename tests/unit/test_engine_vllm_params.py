@@ -74,6 +74,17 @@ def test_settings_map_to_engine_args(tmp_path: Path) -> None:
                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
+def test_server_wide_limit_is_capped_by_the_model_context(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 512, "text_config": null}')
+    big = vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(max_total_tokens=2048), cpu=True)
+    assert big["max_model_len"] == 512  # vLLM would refuse 2048 with a ValidationError
+    small = vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(max_total_tokens=300), cpu=True)
+    assert small["max_model_len"] == 300
+    assert "max_model_len" not in vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(), cpu=True)
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 256}')
+    assert vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(max_total_tokens=2048), cpu=True)["max_model_len"] == 256
+
+
 def test_passthrough_coerces_types_from_the_dataclass() -> None:
     args = vllm_params.passthrough_args({
         "enable_prefix_caching": "false", "max_num_seqs": "8", "block_size": "16",

@@ -16,6 +16,7 @@ from typing import Any
 
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
 from berth_server.errors import GenerationFailed, InvalidRequest
+from berth_server.models.context import capped_length
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -91,10 +92,10 @@ class TransformersEngine(Engine):
         self.model = model.to(self.device).eval()
         text_config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
-        self.max_model_len = int(
-            self.config.context_length or self.config.max_total_tokens or self.settings.max_total_tokens
-            or getattr(text_config, "max_position_embeddings", None) or 2048
-        )
+        # A server-wide MAX_TOTAL_TOKENS past the checkpoint's own context is capped by it.
+        wanted = self.config.context_length or self.config.max_total_tokens or self.settings.max_total_tokens
+        self.max_model_len = int(capped_length(wanted, self.model_dir)[0]
+                                 or getattr(text_config, "max_position_embeddings", None) or 2048)
         if self.device.type == "cpu":
             self.cpu_threads = _cpu_threads(self.config.engine_args.get("num_threads"))
         return EngineLoadInfo(

@@ -18,6 +18,7 @@ from typing import Any
 
 from berth_server import errors
 from berth_server.engines.base import EngineRequest
+from berth_server.models.context import capped_length
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError, parse_bool
 
@@ -183,7 +184,10 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
     if quantization:
         # TGI's bitsandbytes variants are one method in vLLM (4-bit is chosen by the checkpoint).
         kwargs["quantization"] = _TGI_QUANTIZE.get(quantization, quantization)
-    max_len = config.max_total_tokens or settings.max_total_tokens or config.context_length
+    wanted = config.max_total_tokens or settings.max_total_tokens or config.context_length
+    max_len, own = capped_length(wanted, model_dir) if wanted else (None, None)  # None: vLLM derives it
+    if wanted and max_len and max_len < wanted:
+        log.warning("max_model_len %d capped to the model's own context (%d)", wanted, own)
     if max_len:
         kwargs["max_model_len"] = max_len
     if settings.max_batch_prefill_tokens:
