@@ -45,7 +45,7 @@ class FakeGateway:
             return name
         raise NotFound(f"model '{name}' not found")
 
-    def embed(self, uid: str, texts: list[str]) -> ipc.Embedded:
+    def embed(self, uid: str, texts: list[str], dimensions: int | None = None) -> ipc.Embedded:
         return ipc.Embedded("r", [[float(len(t)), 0.5] for t in texts], sum(len(t.split()) for t in texts))
 
     def rerank(self, uid: str, query: str, documents: list[str]) -> ipc.Reranked:

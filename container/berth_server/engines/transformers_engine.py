@@ -93,8 +93,8 @@ class TransformersEngine(Engine):
         text_config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
         # A server-wide MAX_TOTAL_TOKENS past the checkpoint's own context is capped by it.
-        wanted = self.config.context_length or self.config.max_total_tokens or self.settings.max_total_tokens
-        self.max_model_len = int(capped_length(wanted, self.model_dir)[0]
+        requested = self.config.context_length or self.config.max_total_tokens or self.settings.max_total_tokens
+        self.max_model_len = int(capped_length(requested, self.model_dir)[0]
                                  or getattr(text_config, "max_position_embeddings", None) or 2048)
         if self.device.type == "cpu":
             self.cpu_threads = _cpu_threads(self.config.engine_args.get("num_threads"))

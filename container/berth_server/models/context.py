@@ -27,7 +27,8 @@ def model_context_length(model_dir: Path) -> int | None:
     shorter than vLLM would allow, never longer (which vLLM refuses and transformers gets wrong).
     """
     config = _read(Path(model_dir) / "config.json")
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nested = config.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else config
     lengths = [int(v) for key in _LENGTH_KEYS if isinstance(v := text.get(key), int | float) and v > 0]
     tokenizer_limit = _read(Path(model_dir) / "tokenizer_config.json").get("model_max_length")
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 10**9:  # huge values mean "unset"
