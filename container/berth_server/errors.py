@@ -119,6 +119,23 @@ class IncompleteGeneration(BerthError):
     openai_type = "server_error"
 
 
+class ModelTimeout(BerthError):
+    """The model did not answer within the request budget (BERTH_REQUEST_TIMEOUT), or stopped mid-request."""
+
+    status = 504
+    tgi_status = 424  # TGI's status for a failed dependency (the model)
+    error_type = "incomplete_generation"
+    openai_type = "server_error"
+
+
+class ClientDisconnected(BerthError):
+    """The client hung up before its reply was ready; its generation was aborted (nobody reads the reply)."""
+
+    status = 499
+    error_type = "incomplete_generation"
+    openai_type = "invalid_request_error"
+
+
 # How a model-process Failure.error_type becomes an exception on the frontend.
 FAILURE_TYPES: dict[str, type[BerthError]] = {
     "validation": InvalidRequest,

@@ -127,6 +127,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     download_workers: int = 8
     tool_call_parser: str | None = None  # the default model's (protocols/openai/tool_calls.py)
+    request_timeout_s: float | None = None  # BERTH_REQUEST_TIMEOUT: a request's whole budget in its model
+    stream_buffer_events: int = 8192  # BERTH_STREAM_BUFFER: events one request may have waiting in a worker
 
     @property
     def default_model_uid(self) -> str:
@@ -158,6 +160,7 @@ class Settings:
             "HF_MODEL_TRUST_REMOTE_CODE": "true" if self.trust_remote_code else "false",
             "SM_NUM_GPUS": str(self.sm_num_gpus),
             "BERTH_DOWNLOAD_WORKERS": str(self.download_workers),
+            "BERTH_STREAM_BUFFER": str(self.stream_buffer_events),
         }
         optional = {
             "HF_MODEL_ID": self.hf_model_id,
@@ -174,6 +177,7 @@ class Settings:
             "BERTH_KV_CACHE_GB": self.kv_cache_gb,
             "BERTH_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "BERTH_TOOL_CALL_PARSER": self.tool_call_parser,
+            "BERTH_REQUEST_TIMEOUT": self.request_timeout_s,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
@@ -225,6 +229,8 @@ class Settings:
             s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
             download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
             tool_call_parser=_tool_call_parser(env),
+            request_timeout_s=_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
+            stream_buffer_events=_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
         )
 
     def child_environment(self, **extra: str) -> dict[str, str]:

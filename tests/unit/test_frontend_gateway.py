@@ -11,7 +11,14 @@ import pytest
 import zmq.green as zmq
 from berth_server import control, ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.errors import Conflict, IncompleteGeneration, InvalidRequest, NotFound, NotReady
+from berth_server.errors import (
+    Conflict,
+    IncompleteGeneration,
+    InvalidRequest,
+    ModelTimeout,
+    NotFound,
+    NotReady,
+)
 from berth_server.frontend.control_client import ControlClient
 from berth_server.frontend.gateway import Gateway
 from berth_server.settings import Settings
@@ -123,12 +130,57 @@ def test_close_aborts_an_unfinished_generation(runtime: tuple[Gateway, FakeModel
     assert list(stream) == []
 
 
-def test_silent_model_gives_incomplete_generation(runtime: tuple[Gateway, FakeModel]) -> None:
+def test_silent_model_gives_a_timeout(runtime: tuple[Gateway, FakeModel]) -> None:
     gateway, _ = runtime
     stream = gateway.generate(request("hang"))
     assert stream.accepted.prompt_tokens == 1
-    with pytest.raises(IncompleteGeneration, match="stopped sending tokens"):
+    with pytest.raises(ModelTimeout, match="stopped sending tokens") as caught:
         list(stream)
+    assert caught.value.status_for("openai") == 504 and caught.value.status_for("tgi") == 424
+
+
+def _flood(message: Any) -> list[Any]:
+    """Accept, then send far more deltas at once than a worker may buffer for one request."""
+    if isinstance(message, ipc.Generate):
+        rid = message.request.request_id
+        return [Accepted(request_id=rid, prompt_tokens=1)] + [
+            Delta(request_id=rid, text="x", completion_tokens=i + 1) for i in range(100)]
+    return []
+
+
+def _gateway(tmp_path: Path, script: Script, **settings: Any) -> tuple[Gateway, FakeModel]:
+    statuses = {"m": {"uid": "m", "state": "ready"}}
+    gateway = Gateway(Settings(runtime_dir=tmp_path, model_uid="m", **settings), StaticControl(statuses), tmp_path,
+                      accept_timeout_s=5, event_timeout_s=5, status_ttl_s=0.0, liveness_check_s=0.05)
+    return gateway, FakeModel(tmp_path, "m", script)
+
+
+def test_request_budget_ends_a_request_whose_model_keeps_it_waiting(tmp_path: Path) -> None:
+    gateway, model = _gateway(tmp_path, scripted, request_timeout_s=0.3)
+    try:
+        stream = gateway.generate(request("hang"))
+        with gevent.Timeout(3), pytest.raises(ModelTimeout, match="BERTH_REQUEST_TIMEOUT"):
+            list(stream)
+        gevent.sleep(0.05)
+        assert any(isinstance(m, ipc.Abort) for m in model.received)
+    finally:
+        gateway.close()
+        model.close()
+
+
+def test_a_reader_that_falls_behind_is_ended_not_buffered_without_bound(tmp_path: Path) -> None:
+    gateway, model = _gateway(tmp_path, _flood, stream_buffer_events=16)
+    try:
+        stream = gateway.generate(request("flood"))
+        assert stream.accepted.prompt_tokens == 1
+        gevent.sleep(0.2)  # every delta has arrived while nobody read
+        with gevent.Timeout(3), pytest.raises(IncompleteGeneration, match="BERTH_STREAM_BUFFER"):
+            for _ in stream:
+                pass
+        assert any(isinstance(m, ipc.Abort) for m in model.received)
+    finally:
+        gateway.close()
+        model.close()
 
 
 def test_missing_model_process_is_not_ready(runtime: tuple[Gateway, FakeModel]) -> None:

@@ -40,6 +40,11 @@ class FakeStream:
                 raise self._mid_failure
             yield delta
 
+    def batches(self) -> Iterator[list[Delta]]:
+        """One delta per batch (GenerationStream groups those already waiting)."""
+        for delta in self:
+            yield [delta]
+
     def close(self) -> None:
         self.closed = True
 

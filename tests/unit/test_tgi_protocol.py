@@ -171,15 +171,16 @@ def test_generated_tokens_are_counted_in_metrics(app: Flask, client: FlaskClient
     assert counted == [("tiny", 2, 3), ("tiny", 2, 3)]
 
 
-def test_tokens_that_arrive_together_are_written_in_one_chunk(gateway: FakeGateway) -> None:
+def test_tokens_that_arrive_together_are_written_in_one_chunk(app: Flask, gateway: FakeGateway) -> None:
     from berth_server.canonical import Delta, TokenInfo
-    from berth_server.protocols.tgi.service import TgiGeneration
+    from berth_server.frontend.state import get_state
+    from berth_server.protocols.tgi import service
 
-    generation = TgiGeneration(gateway, parse(GenerateBody, body()), "tiny")
-    pair = [TokenInfo(id=1, text="a", logprob=-0.1), TokenInfo(id=2, text="b", logprob=-0.2)]
-    generation.stream._script = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
-                                       finish_reason="length")]
-    (chunk,) = list(generation.sse_chunks())
-    events = sse_events(chunk.encode())
+    with app.test_request_context():
+        batch = service.TgiRequests(get_state(), [parse(GenerateBody, body())], "tiny")
+        generation = batch.start()
+        pair = [TokenInfo(id=1, text="a", logprob=-0.1), TokenInfo(id=2, text="b", logprob=-0.2)]
+        generation.streams[0]._script = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
+                                               finish_reason="length")]
+        (events,) = list(service.event_batches(batch, generation))
     assert [e["index"] for e in events] == [1, 2] and events[1]["generated_text"] == "ab"
-    assert gateway.streams[-1].closed

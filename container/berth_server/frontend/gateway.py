@@ -59,7 +59,7 @@ class Gateway:
         if client is None:
             assert self._context is not None
             address = ipc.model_socket_address(self.runtime_dir, uid)
-            client = ModelClient(uid, address, self._context, self.send_timeout_s)
+            client = ModelClient(uid, address, self._context, self.send_timeout_s, self.settings.stream_buffer_events)
             self._clients[uid] = client
         return client
 
@@ -75,7 +75,7 @@ class Gateway:
         pid = self._model_pid(request.model)
         return GenerationStream(client, request, queue, self.accept_timeout_s, self.event_timeout_s,
                                 alive=lambda: self._still_serving(request.model, pid),
-                                check_every_s=self.liveness_check_s)
+                                check_every_s=self.liveness_check_s, budget_s=self.settings.request_timeout_s)
 
     def _model_pid(self, uid: str) -> int | None:
         """The pid serving uid per the launcher (cached), to notice a restart mid-request."""

@@ -21,10 +21,20 @@ from gevent.queue import Empty, Queue
 
 from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.errors import BerthError, GenerationFailed, IncompleteGeneration, NotReady, from_failure
+from berth_server.errors import (
+    BerthError,
+    GenerationFailed,
+    IncompleteGeneration,
+    ModelTimeout,
+    NotReady,
+    from_failure,
+)
 
 log = logging.getLogger(__name__)
 _CLOSED = object()  # put in a request queue to wake a reader after close()
+_OVERFLOW = object()  # put in a request queue whose reader fell too far behind (backpressure)
+# Events one request may have waiting in a worker before it is ended (BERTH_STREAM_BUFFER overrides).
+DEFAULT_STREAM_BUFFER = 8192
 
 
 def new_request_id() -> str:
@@ -35,10 +45,12 @@ def new_request_id() -> str:
 class ModelClient:
     """One worker's connection to one model process: a DEALER plus its demultiplexing greenlet."""
 
-    def __init__(self, uid: str, address: str, context: zmq.Context, send_timeout_s: float) -> None:
+    def __init__(self, uid: str, address: str, context: zmq.Context, send_timeout_s: float,
+                 buffer_events: int = DEFAULT_STREAM_BUFFER) -> None:
         self.uid = uid
         self.pid = os.getpid()
         self._send_timeout_s = send_timeout_s
+        self._buffer_events = buffer_events
         self._queues: dict[str, Queue] = {}
         self._socket = context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -90,8 +102,21 @@ class ModelClient:
                 continue
             for event in batch.events:
                 queue = self._queues.get(event.request_id)
-                if queue is not None:
-                    queue.put(event)
+                if queue is None:
+                    continue
+                if queue.qsize() >= self._buffer_events:
+                    self._overflow(event.request_id, queue)
+                    continue
+                queue.put(event)
+
+    def _overflow(self, request_id: str, queue: Queue) -> None:
+        """A reader fell `buffer_events` behind (a slow client): end its request rather than buffer without bound."""
+        self._queues.pop(request_id, None)
+        queue.put(_OVERFLOW)
+        try:
+            self.send(ipc.Abort(request_id=request_id))
+        except BerthError:
+            pass  # the model process is gone: nothing to abort
 
     def close(self) -> None:
         """Stop the reader and close the socket (tests and shutdown)."""
@@ -104,7 +129,8 @@ class GenerationStream:
 
     def __init__(self, client: ModelClient, request: GenerateRequest, queue: Queue,
                  accept_timeout_s: float, event_timeout_s: float,
-                 alive: Callable[[], bool] | None = None, check_every_s: float = 2.0) -> None:
+                 alive: Callable[[], bool] | None = None, check_every_s: float = 2.0,
+                 budget_s: float | None = None) -> None:
         self.request = request
         self.request_id = request.request_id
         self._client = client
@@ -116,10 +142,15 @@ class GenerationStream:
         self._check_every_s = check_every_s
         self.finished = False
         self.closed = False
+        # BERTH_REQUEST_TIMEOUT: the whole request's budget, however steadily tokens arrive.
+        self._budget_s = budget_s
+        self._deadline = None if budget_s is None else time.monotonic() + budget_s
 
     def _next_event(self, timeout_s: float, first: bool) -> Any:
         """Wait a bounded time for the next event, failing early if the model process went away."""
         deadline = time.monotonic() + timeout_s
+        if self._deadline is not None and self._deadline < deadline:
+            deadline, timeout_s = self._deadline, max(self._deadline - time.monotonic(), 0.0)
         while True:
             try:
                 event = self._queue.get(timeout=min(self._check_every_s, max(deadline - time.monotonic(), 0.0)))
@@ -132,10 +163,19 @@ class GenerationStream:
                 if time.monotonic() < deadline:
                     continue
             self.close()
+            uid = self._client.uid
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise ModelTimeout(f"model '{uid}' did not finish the request within its budget of "
+                                   f"{self._budget_s:g} s (BERTH_REQUEST_TIMEOUT); it was aborted") from None
             if first:
-                raise NotReady(f"model '{self._client.uid}' did not answer within {timeout_s:.0f} s") from None
+                raise ModelTimeout(f"model '{uid}' did not accept the request within {timeout_s:g} s") from None
+            raise ModelTimeout(f"model '{uid}' stopped sending tokens for {timeout_s:g} s") from None
+        if event is _OVERFLOW:
+            self.finished = True  # the demultiplexer already aborted it
+            self.close()
             raise IncompleteGeneration(
-                f"model '{self._client.uid}' stopped sending tokens for {timeout_s:.0f} s") from None
+                f"the client read too slowly: more than {self._client._buffer_events} events waited for it "
+                "(BERTH_STREAM_BUFFER); the generation was ended")
         if isinstance(event, Failure):
             self.finished = True  # the model process already dropped it: no Abort needed
             self.close()

@@ -5,61 +5,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
 
-from berth_server.canonical import Delta, TokenInfo
-from berth_server.frontend.gateway import GenerationStream
+from berth_server.canonical import Accepted, TokenInfo
+from berth_server.frontend.generation import Folded, Generation, start_generation, wire_finish_reason
 from berth_server.frontend.sse import sse_event, sse_response
 from berth_server.frontend.state import FrontendState
 from berth_server.protocols.openai import tool_calls
-from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 
 SYSTEM_FINGERPRINT = "berth"
-_FINISH = {"length": "length", "eos": "stop", "stop": "stop", "abort": "abort", "error": "error"}
 
 
-@dataclass
-class Folded:
-    """One choice's whole output, folded from its deltas."""
-
-    text: str = ""
-    reasoning: str = ""
-    tokens: list[TokenInfo] = field(default_factory=list)
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-
-    def add(self, delta: Delta) -> None:
-        """Fold one delta in."""
-        self.text += delta.text
-        self.reasoning += delta.reasoning
-        if delta.tokens:
-            self.tokens.extend(delta.tokens)
-        self.completion_tokens = max(self.completion_tokens, delta.completion_tokens)
-        if delta.finish_reason is not None:
-            self.finish_reason = _FINISH.get(delta.finish_reason, "stop")
-
-
-def start(state: FrontendState, body: SamplingFields, requests: list[Any]) -> list[GenerationStream]:
-    """Send every choice's request, then wait until each is accepted (so errors are still HTTP errors)."""
-    streams: list[GenerationStream] = []
-    try:
-        for request in requests:
-            streams.append(state.gateway.generate(request))
-        for stream in streams:
-            stream.accepted  # noqa: B018 - raises the typed error of a rejected request
-    except BaseException:
-        close_all(streams)
-        raise
-    return streams
-
-
-def close_all(streams: list[GenerationStream]) -> None:
-    """Close every stream (abort the unfinished ones)."""
-    for stream in streams:
-        stream.close()
+def start(state: FrontendState, requests: list[Any]) -> Generation:
+    """Start every choice's request and await their acceptance (a rejection is still an HTTP error)."""
+    return start_generation(state.gateway, requests, request.environ if has_request_context() else None)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -107,61 +69,30 @@ def _count(state: FrontendState, uid: str, prompt_tokens: int, completion_tokens
 def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Response:
     """Serve POST /v1/chat/completions."""
     uid = state.gateway.resolve_model(body.model)
-    requests = body.to_generate_requests(uid, uuid.uuid4().hex)
-    streams = start(state, body, requests)
+    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex))
     model = body.model or uid
     parser = tool_calls.parser_for(state.gateway, uid, body.tools, body.tool_choice)
     if body.stream:
         # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
-        return sse_response(_chat_chunks(state, body, uid, model, streams, parser), on_close=lambda: close_all(streams),
+        return sse_response(_chat_chunks(state, body, uid, model, generation, parser), on_close=generation.close,
                             done=body.model != "tgi")
-    folded, prompt_tokens, completion_tokens = _fold_all(state, uid, streams)
+    folded = generation.fold()
     reply = _header("chat.completion", model)
     reply["choices"] = []
     for index, f in enumerate(folded):
-        message, finish = tool_calls.fold_message(parser, _message(f), f.finish_reason or "stop")
+        message, finish = tool_calls.fold_message(parser, _message(f), wire_finish_reason(f.finish_reason, "openai"))
         reply["choices"].append({"index": index, "message": message,
                                  "logprobs": chat_logprobs(f.tokens) if body.logprobs else None,
                                  "finish_reason": finish})
-    reply["usage"] = usage(prompt_tokens, completion_tokens)
+    reply["usage"] = _usage(state, uid, generation, folded)
     return jsonify(reply)
 
 
-def coalesced(stream: GenerationStream) -> Iterator[Delta]:
-    """The stream's deltas, merging those already queued into one (FINDINGS: halves the relay cost)."""
-    batches = getattr(stream, "batches", None)
-    if batches is None:  # a stand-in stream without batching (tests): plain deltas
-        yield from stream
-        return
-    for batch in batches():
-        if len(batch) == 1:
-            yield batch[0]
-            continue
-        last = batch[-1]
-        tokens = [token for delta in batch for token in delta.tokens or ()]
-        yield Delta(request_id=last.request_id, text="".join(d.text for d in batch),
-                    reasoning="".join(d.reasoning for d in batch), tokens=tokens or None,
-                    completion_tokens=last.completion_tokens, finish_reason=last.finish_reason,
-                    stop_sequence=last.stop_sequence)
-
-
-def _fold_all(state: FrontendState, uid: str, streams: list[GenerationStream]) -> tuple[list[Folded], int, int]:
-    """Fold every choice's stream (non-streaming replies), close them, count the tokens once."""
-    try:
-        folded = [_fold(stream) for stream in streams]
-    finally:
-        close_all(streams)
-    prompt_tokens = streams[0].accepted.prompt_tokens
+def _usage(state: FrontendState, uid: str, generation: Generation, folded: list[Folded]) -> dict[str, int]:
+    """Count a folded request's tokens once (metrics) and return its usage object."""
     completion_tokens = sum(f.completion_tokens for f in folded)
-    _count(state, uid, prompt_tokens, completion_tokens)
-    return folded, prompt_tokens, completion_tokens
-
-
-def _fold(stream: GenerationStream) -> Folded:
-    folded = Folded()
-    for delta in stream:
-        folded.add(delta)
-    return folded
+    _count(state, uid, generation.prompt_tokens, completion_tokens)
+    return usage(generation.prompt_tokens, completion_tokens)
 
 
 def _message(folded: Folded) -> dict[str, Any]:
@@ -172,16 +103,16 @@ def _message(folded: Folded) -> dict[str, Any]:
 
 
 def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, model: str,
-                 streams: list[GenerationStream], parser: tool_calls.ToolCallParser | None) -> Iterator[str]:
+                 generation: Generation, parser: tool_calls.ToolCallParser | None) -> Iterator[str]:
     """Chat chunks; every delta carries role and tool_calls (TGI's client needs them)."""
     header = _header("chat.completion.chunk", model)
     completion_tokens = 0
-    for index, stream in enumerate(streams):
+    for index in range(len(generation.streams)):
         yield sse_event({**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
                                                                            "tool_calls": None},
                                                  "logprobs": None, "finish_reason": None}]})
         tools = tool_calls.ChoiceToolStream(parser) if parser is not None else None
-        for delta in coalesced(stream):
+        for delta in generation.deltas(index):
             text, calls = delta.text, None
             if tools is not None:
                 text, calls = tools.step(delta.text, delta.finish_reason is not None)
@@ -189,7 +120,7 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
             if delta.reasoning:
                 choice_delta["reasoning_content"] = delta.reasoning
             logprobs = chat_logprobs(delta.tokens) if body.logprobs and delta.tokens else None
-            finish = _FINISH.get(delta.finish_reason, "stop") if delta.finish_reason else None
+            finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
             if tools is not None:
                 finish = tools.finish_reason(finish)
             if delta.finish_reason is not None:
@@ -198,7 +129,7 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
                 continue
             yield sse_event({**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
                                                     "finish_reason": finish}]})
-    prompt_tokens = streams[0].accepted.prompt_tokens
+    prompt_tokens = generation.prompt_tokens
     _count(state, uid, prompt_tokens, completion_tokens)
     if body.include_usage:
         yield sse_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
@@ -208,60 +139,59 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
 def completion(state: FrontendState, body: CompletionRequest) -> Response:
     """Serve POST /v1/completions."""
     uid = state.gateway.resolve_model(body.model)
-    requests = body.to_generate_requests(uid, uuid.uuid4().hex)
-    streams = start(state, body, requests)
+    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex))
     model = body.model or uid
     if body.stream:
-        return sse_response(_completion_chunks(state, body, uid, model, streams),
-                            on_close=lambda: close_all(streams), done=True)
-    folded, prompt_tokens, completion_tokens = _fold_all(state, uid, streams)
-    prefix = _echo(body, streams[0])
+        return sse_response(_completion_chunks(state, body, uid, model, generation), on_close=generation.close,
+                            done=True)
+    folded = generation.fold()
+    prefix = _echo(body, generation.accepted[0])
     reply = _header("text_completion", model)
     reply["choices"] = [
         {
             "index": index,
             "text": prefix + f.text,
             "logprobs": completion_logprobs(f.tokens, len(prefix)) if body.logprobs is not None else None,
-            "finish_reason": f.finish_reason or "stop",
+            "finish_reason": wire_finish_reason(f.finish_reason, "openai"),
         }
         for index, f in enumerate(folded)
     ]
-    reply["usage"] = usage(prompt_tokens, completion_tokens)
+    reply["usage"] = _usage(state, uid, generation, folded)
     return jsonify(reply)
 
 
-def _echo(body: CompletionRequest, stream: GenerationStream) -> str:
+def _echo(body: CompletionRequest, accepted: Accepted) -> str:
     """The prompt text to put in front of the completion when echo is asked."""
     if not body.echo:
         return ""
     if isinstance(body.prompt, str):
         return body.prompt
-    return stream.accepted.prompt_text or ""
+    return accepted.prompt_text or ""
 
 
 def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, model: str,
-                       streams: list[GenerationStream]) -> Iterator[str]:
+                       generation: Generation) -> Iterator[str]:
     header = _header("text_completion", model)
     completion_tokens = 0
-    for index, stream in enumerate(streams):
-        prefix = _echo(body, stream)
+    for index, accepted in enumerate(generation.accepted):
+        prefix = _echo(body, accepted)
         offset = len(prefix)
         if prefix:
             yield sse_event({**header, "choices": [{"index": index, "text": prefix, "logprobs": None,
                                                     "finish_reason": None}]})
-        for delta in coalesced(stream):
+        for delta in generation.deltas(index):
             logprobs = None
             if body.logprobs is not None and delta.tokens:
                 logprobs = completion_logprobs(delta.tokens, offset)
             offset += len(delta.text)
-            finish = _FINISH.get(delta.finish_reason, "stop") if delta.finish_reason else None
+            finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
             if delta.finish_reason is not None:
                 completion_tokens += delta.completion_tokens
             if not delta.text and finish is None and logprobs is None:
                 continue
             yield sse_event({**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
                                                     "finish_reason": finish}]})
-    prompt_tokens = streams[0].accepted.prompt_tokens
+    prompt_tokens = generation.prompt_tokens
     _count(state, uid, prompt_tokens, completion_tokens)
     if body.include_usage:
         yield sse_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

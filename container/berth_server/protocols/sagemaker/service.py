@@ -11,11 +11,10 @@ from typing import Any
 from flask import Response, jsonify
 
 from berth_server.errors import NotFound
-from berth_server.frontend.sse import sse_response
 from berth_server.frontend.state import FrontendState
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
+from berth_server.protocols.tgi import service as tgi_service
 from berth_server.protocols.tgi.schemas import parse
-from berth_server.protocols.tgi.service import TgiGeneration
 
 
 def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> Response:
@@ -23,17 +22,9 @@ def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> Response
     invocation = parse(InvocationTgiBody, body)
     bodies = invocation.bodies()
     if invocation.stream:
-        generation = TgiGeneration(state.gateway, bodies[0], uid, state.metrics)
-        return sse_response(generation.sse_chunks(), on_close=generation.stream.close)
-    generations: list[TgiGeneration] = []
-    try:
-        # Start every prompt before folding any, so the model batches them.
-        for item in bodies:
-            generations.append(TgiGeneration(state.gateway, item, uid, state.metrics))
-        return jsonify([generation.reply() for generation in generations])
-    finally:
-        for generation in generations:
-            generation.stream.close()
+        return tgi_service.stream(state, bodies[0], uid)
+    # Every prompt is started before any is folded, so the model batches them.
+    return jsonify(tgi_service.replies(state, bodies, uid))
 
 
 def endpoint_model(gateway: Any, body: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from flask import Blueprint, Response, jsonify
 
 from berth_server import __version__
 from berth_server.frontend.errors import request_json
-from berth_server.frontend.sse import sse_response
 from berth_server.frontend.state import get_state
 from berth_server.protocols.tgi import service
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody, parse
@@ -17,39 +16,31 @@ tgi_bp = Blueprint("tgi", __name__)
 tgi_bp.berth_family = "tgi"  # type: ignore[attr-defined]  # read by frontend/errors.py
 
 
-def start_generation(body: GenerateBody) -> service.TgiGeneration:
-    """Start a TGI generation on the default model (TGI serves one model)."""
-    state = get_state()
-    uid = state.gateway.resolve_model(None)
-    return service.TgiGeneration(state.gateway, body, uid, state.metrics)
-
-
-def stream_reply(generation: service.TgiGeneration) -> Response:
-    """TGI token events as SSE; no [DONE] (TGI's stream ends when the connection closes)."""
-    return sse_response(generation.sse_chunks(), on_close=generation.stream.close)
+def _default_model() -> str:
+    """TGI serves one model: the default."""
+    return get_state().gateway.resolve_model(None)
 
 
 @tgi_bp.post("/")
 def compat_generate() -> Any:
     """TGI's POST /: a list [{generated_text, details}], or token events when "stream" is true."""
     body = parse(GenerateBody, request_json())
-    generation = start_generation(body)
     if body.stream:
-        return stream_reply(generation)
-    return jsonify([generation.reply()])
+        return service.stream(get_state(), body, _default_model())
+    return jsonify(service.replies(get_state(), [body], _default_model()))
 
 
 @tgi_bp.post("/generate")
 def generate() -> Any:
     """TGI's POST /generate: one {generated_text, details?} object."""
-    generation = start_generation(parse(GenerateBody, request_json()))
-    return jsonify(generation.reply())
+    body = parse(GenerateBody, request_json())
+    return jsonify(service.replies(get_state(), [body], _default_model())[0])
 
 
 @tgi_bp.post("/generate_stream")
 def generate_stream() -> Response:
     """TGI's POST /generate_stream: SSE token events; the last carries generated_text and details."""
-    return stream_reply(start_generation(parse(GenerateBody, request_json())))
+    return service.stream(get_state(), parse(GenerateBody, request_json()), _default_model())
 
 
 @tgi_bp.post("/tokenize")

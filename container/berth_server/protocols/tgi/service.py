@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from berth_server.canonical import Accepted, Delta, TokenInfo
-from berth_server.errors import GenerationFailed, InvalidRequest
-from berth_server.frontend.gateway import new_request_id
-from berth_server.frontend.sse import sse_event
+from flask import Response, has_request_context, request
+
+from berth_server.canonical import Accepted, TokenInfo
+from berth_server.errors import InvalidRequest
+from berth_server.frontend.generation import Folded, Generation, start_generation, wire_finish_reason
+from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.state import FrontendState
+from berth_server.frontend.streams import new_request_id
 from berth_server.protocols.tgi.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
@@ -17,15 +20,6 @@ from berth_server.protocols.tgi.schemas import (
     GenerateBody,
     TokenizeBody,
 )
-
-_FINISH = {"length": "length", "eos": "eos_token", "stop": "stop_sequence", "abort": "length"}
-
-
-def finish_reason_tgi(reason: str | None) -> str:
-    """Canonical finish reason -> TGI's (length | eos_token | stop_sequence)."""
-    if reason == "error":
-        raise GenerationFailed("generation ended with an error")
-    return _FINISH.get(reason or "length", "length")
 
 
 def token_json(token: TokenInfo) -> dict[str, Any]:
@@ -43,130 +37,105 @@ def prefill_json(accepted: Accepted) -> list[dict[str, Any]]:
     return [{"id": t.id, "text": t.text, "logprob": t.logprob} for t in accepted.prefill or []]
 
 
-@dataclass
-class Fold:
-    """What a finished canonical stream adds up to."""
-
-    text: str = ""
-    tokens: list[TokenInfo] = field(default_factory=list)
-    finish_reason: str = "length"
-    generated_tokens: int = 0
-
-    def add(self, delta: Delta) -> None:
-        """Fold one delta in."""
-        self.text += delta.text
-        self.tokens.extend(delta.tokens or [])
-        self.generated_tokens = max(self.generated_tokens, delta.completion_tokens, len(self.tokens))
-        if delta.finish_reason is not None:
-            self.finish_reason = finish_reason_tgi(delta.finish_reason)
-            # TGI keeps the matched stop sequence in generated_text.
-            if delta.stop_sequence and not self.text.endswith(delta.stop_sequence):
-                self.text += delta.stop_sequence
+def generated_text(body: GenerateBody, folded: Folded) -> str:
+    """TGI's generated_text: the matched stop sequence kept, the prompt in front when return_full_text."""
+    text = folded.text
+    if folded.stop_sequence and not text.endswith(folded.stop_sequence):
+        text += folded.stop_sequence
+    return body.inputs + text if body.parameters.return_full_text else text
 
 
-class TgiGeneration:
-    """One TGI generation over a gateway stream: fold it (non-streaming) or relay it as token events."""
+class TgiRequests:
+    """TGI bodies turned into canonical requests on one model, and the metrics that count them."""
 
-    def __init__(self, gateway: Any, body: GenerateBody, uid: str, metrics: Any = None) -> None:
-        body.check()
-        self.body = body
+    def __init__(self, state: FrontendState, bodies: list[GenerateBody], uid: str) -> None:
+        for body in bodies:
+            body.check()
+        self.state = state
+        self.bodies = bodies
         self.uid = uid
-        self.metrics = metrics  # frontend.metrics.FrontendMetrics, or None
-        self.request = body.to_canonical(new_request_id(), uid)
-        self.stream = gateway.generate(self.request)
-        try:
-            # Blocks for the model's verdict on the prompt so validation errors are HTTP errors.
-            self.accepted: Accepted = self.stream.accepted
-        except BaseException:
-            self.stream.close()
-            raise
+        self.requests = [body.to_canonical(new_request_id(), uid) for body in bodies]
 
-    def _count(self, fold: Fold) -> None:
-        if self.metrics is not None:
-            self.metrics.count_tokens(self.uid, self.accepted.prompt_tokens, fold.generated_tokens)
+    def start(self) -> Generation:
+        """Start them all and await acceptance (so validation errors are HTTP errors)."""
+        environ = request.environ if has_request_context() else None
+        return start_generation(self.state.gateway, self.requests, environ)
 
-    def _full_text(self, text: str) -> str:
-        return self.body.inputs + text if self.body.parameters.return_full_text else text
+    def count(self, generation: Generation, folded: Folded) -> None:
+        """Count one finished generation's tokens."""
+        self.state.metrics.count_tokens(self.uid, generation.prompt_tokens, folded.completion_tokens)
 
-    def _seed(self) -> int | None:
-        return self.request.sampling.seed if not self.request.sampling.greedy else None
+    def seed(self, index: int) -> int | None:
+        """The seed TGI reports: the one sampled with, None when greedy."""
+        sampling = self.requests[index].sampling
+        return sampling.seed if not sampling.greedy else None
 
-    def reply(self) -> dict[str, Any]:
-        """Fold the whole stream into TGI's GenerateResponse {generated_text, details?}."""
-        fold = Fold()
-        try:
-            for delta in self.stream:
-                fold.add(delta)
-        finally:
-            self.stream.close()
-        self._count(fold)
-        out: dict[str, Any] = {"generated_text": self._full_text(fold.text)}
-        if self.body.parameters.details:
+
+def replies(state: FrontendState, bodies: list[GenerateBody], uid: str) -> list[dict[str, Any]]:
+    """Fold each body's generation into TGI's GenerateResponse {generated_text, details?} (started together)."""
+    batch = TgiRequests(state, bodies, uid)
+    generation = batch.start()
+    out = []
+    for index, (body, folded, accepted) in enumerate(zip(bodies, generation.fold(), generation.accepted,
+                                                         strict=True)):
+        batch.count(generation, folded)
+        reply: dict[str, Any] = {"generated_text": generated_text(body, folded)}
+        if body.parameters.details:
             details: dict[str, Any] = {
-                "finish_reason": fold.finish_reason,
-                "generated_tokens": fold.generated_tokens,
-                "seed": self._seed(),
-                "prefill": prefill_json(self.accepted),
-                "tokens": [token_json(t) for t in fold.tokens],
+                "finish_reason": wire_finish_reason(folded.finish_reason, "tgi"),
+                "generated_tokens": folded.completion_tokens,
+                "seed": batch.seed(index),
+                "prefill": prefill_json(accepted),
+                "tokens": [token_json(t) for t in folded.tokens],
                 "best_of_sequences": None,
             }
-            if self.body.parameters.top_n_tokens:
-                details["top_tokens"] = [top_tokens_json(t) for t in fold.tokens]
-            out["details"] = details
-        return out
+            if body.parameters.top_n_tokens:
+                details["top_tokens"] = [top_tokens_json(t) for t in folded.tokens]
+            reply["details"] = details
+        out.append(reply)
+    return out
 
-    def event_batches(self) -> Iterator[list[dict[str, Any]]]:
-        """TGI StreamResponse events, grouped per delta; the last carries generated_text and details.
 
-        Grouping lets the view write all tokens that arrived together in one chunk (FINDINGS: half the cost).
-        Closes the stream when done, failed or abandoned.
-        """
-        fold = Fold()
-        index = 0
-        want_top = bool(self.body.parameters.top_n_tokens)
-        try:
-            for delta in self.stream:
-                fold.add(delta)
-                tokens = list(delta.tokens or [])
-                if not tokens and delta.finish_reason is None:
-                    continue
-                if not tokens:
-                    # The final delta brought no token (a stop sequence was cut): close with an empty special one.
-                    tokens = [TokenInfo(id=0, text="", logprob=None, special=True)]
-                batch = []
-                for position, token in enumerate(tokens):
-                    index += 1
-                    last = delta.finish_reason is not None and position == len(tokens) - 1
-                    if last:
-                        self._count(fold)
-                    batch.append({
-                        "index": index,
-                        "token": token_json(token),
-                        "top_tokens": top_tokens_json(token) if want_top else None,
-                        "generated_text": self._full_text(fold.text) if last else None,
-                        "details": self._stream_details(fold) if last else None,
-                    })
-                yield batch
-        finally:
-            self.stream.close()
+def stream(state: FrontendState, body: GenerateBody, uid: str) -> Response:
+    """TGI token events as SSE, one chunk per group of deltas; no [DONE] (TGI's stream ends at close)."""
+    batch = TgiRequests(state, [body], uid)
+    generation = batch.start()
+    chunks = ("".join(sse_event(event) for event in events) for events in event_batches(batch, generation))
+    return sse_response(chunks, on_close=generation.close)
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """TGI StreamResponse events one by one."""
-        for batch in self.event_batches():
-            yield from batch
 
-    def sse_chunks(self) -> Iterator[str]:
-        """Framed SSE text, one chunk per delta (no [DONE]: TGI streams end when the connection closes)."""
-        for batch in self.event_batches():
-            yield "".join(sse_event(event) for event in batch)
-
-    def _stream_details(self, fold: Fold) -> dict[str, Any]:
-        return {
-            "finish_reason": fold.finish_reason,
-            "generated_tokens": fold.generated_tokens,
-            "seed": self._seed(),
-            "input_length": self.accepted.prompt_tokens,
-        }
+def event_batches(batch: TgiRequests, generation: Generation) -> Iterator[list[dict[str, Any]]]:
+    """TGI StreamResponse events, grouped per delta; the last carries generated_text and details."""
+    body = batch.bodies[0]
+    folded = Folded()
+    index = 0
+    want_top = bool(body.parameters.top_n_tokens)
+    for delta in generation.deltas():
+        folded.add(delta)
+        tokens = list(delta.tokens or [])
+        if not tokens and delta.finish_reason is None:
+            continue
+        if not tokens:
+            # The final delta brought no token (a stop sequence was cut): close with an empty special one.
+            tokens = [TokenInfo(id=0, text="", logprob=None, special=True)]
+        events = []
+        for position, token in enumerate(tokens):
+            index += 1
+            last = delta.finish_reason is not None and position == len(tokens) - 1
+            details = None
+            if last:
+                batch.count(generation, folded)
+                details = {"finish_reason": wire_finish_reason(folded.finish_reason, "tgi"),
+                           "generated_tokens": folded.completion_tokens, "seed": batch.seed(0),
+                           "input_length": generation.prompt_tokens}
+            events.append({
+                "index": index,
+                "token": token_json(token),
+                "top_tokens": top_tokens_json(token) if want_top else None,
+                "generated_text": generated_text(body, folded) if last else None,
+                "details": details,
+            })
+        yield events
 
 
 def tokenize(gateway: Any, uid: str, body: TokenizeBody) -> list[dict[str, Any]]:

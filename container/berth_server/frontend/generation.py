@@ -1,0 +1,146 @@
+"""The one way a protocol service runs generations: start, await acceptance, relay or fold, and always close.
+
+OpenAI, TGI and SageMaker services all call start_generation(): it sends every request (one per
+choice or per batched prompt), waits until each is accepted (so a rejection is still an HTTP 4xx,
+before any stream starts), and closes them all if anything fails. A non-streaming reply folds
+the deltas with Generation.fold(), which watches the client's socket meanwhile: a client that
+hangs up aborts its generation. A streaming reply iterates Generation.deltas() inside
+frontend/sse.py's sse_response(on_close=generation.close). Canonical finish reasons become wire
+ones through the one table, FINISH_REASONS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from berth_server.canonical import Accepted, Delta, GenerateRequest, TokenInfo
+from berth_server.errors import ClientDisconnected, GenerationFailed
+from berth_server.frontend.sse import start_disconnect_watcher
+
+WireFamily = Literal["openai", "tgi"]
+# Canonical finish reason -> each wire's. OpenAI has no word for an aborted or failed request; TGI
+# has only length/eos_token/stop_sequence, and a failed generation is an error, not a reason.
+FINISH_REASONS: dict[WireFamily, dict[str, str]] = {
+    "openai": {"length": "length", "eos": "stop", "stop": "stop", "abort": "abort", "error": "error"},
+    "tgi": {"length": "length", "eos": "eos_token", "stop": "stop_sequence", "abort": "length"},
+}
+
+
+def wire_finish_reason(reason: str | None, family: WireFamily) -> str:
+    """A canonical finish reason in `family`'s words; on TGI an 'error' finish raises GenerationFailed."""
+    table = FINISH_REASONS[family]
+    if reason is None:
+        return "length" if family == "tgi" else "stop"
+    if reason not in table:
+        raise GenerationFailed("generation ended with an error")
+    return table[reason]
+
+
+@dataclass
+class Folded:
+    """One choice's whole output, folded from its deltas (the one fold every protocol uses)."""
+
+    text: str = ""
+    reasoning: str = ""
+    tokens: list[TokenInfo] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # canonical
+    stop_sequence: str | None = None
+
+    def add(self, delta: Delta) -> None:
+        """Fold one delta in."""
+        self.text += delta.text
+        self.reasoning += delta.reasoning
+        if delta.tokens:
+            self.tokens.extend(delta.tokens)
+        self.completion_tokens = max(self.completion_tokens, delta.completion_tokens, len(self.tokens))
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            self.stop_sequence = delta.stop_sequence
+
+
+def coalesce(batch: Sequence[Delta]) -> Delta:
+    """Deltas that arrived together as one (FINDINGS: fewer, larger writes halve the relay cost)."""
+    if len(batch) == 1:
+        return batch[0]
+    last = batch[-1]
+    tokens = [token for delta in batch for token in delta.tokens or ()]
+    return Delta(request_id=last.request_id, text="".join(d.text for d in batch),
+                 reasoning="".join(d.reasoning for d in batch), tokens=tokens or None,
+                 completion_tokens=last.completion_tokens, finish_reason=last.finish_reason,
+                 stop_sequence=last.stop_sequence)
+
+
+class Generation:
+    """Started, accepted generations of one HTTP request (one stream per choice or prompt)."""
+
+    def __init__(self, streams: list[Any], environ: dict[str, Any] | None = None) -> None:
+        self.streams = streams
+        self._environ = environ
+        self.client_gone = False
+
+    @property
+    def accepted(self) -> list[Accepted]:
+        """Each stream's Accepted, in request order."""
+        return [stream.accepted for stream in self.streams]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of the request (every choice shares the prompt)."""
+        return self.streams[0].accepted.prompt_tokens
+
+    def deltas(self, index: int = 0) -> Iterator[Delta]:
+        """Stream `index`'s deltas, those already waiting merged into one."""
+        for batch in self.streams[index].batches():
+            yield coalesce(batch)
+
+    def fold(self) -> list[Folded]:
+        """Fold every stream (non-streaming replies), aborting all if the client hangs up; always closes."""
+        watcher = start_disconnect_watcher(self._environ, self._client_left) if self._environ else None
+        try:
+            folded = []
+            for stream in self.streams:
+                one = Folded()
+                for delta in stream:
+                    one.add(delta)
+                folded.append(one)
+            if self.client_gone:
+                raise ClientDisconnected("the client disconnected; its generation was aborted")
+            return folded
+        finally:
+            if watcher is not None:
+                watcher.kill(block=True)
+            self.close()
+
+    def _client_left(self) -> None:
+        self.client_gone = True
+        self.close()
+
+    def close(self) -> None:
+        """Close every stream (aborting unfinished ones); idempotent."""
+        for stream in self.streams:
+            stream.close()
+
+
+def start_generation(gateway: Any, requests: Sequence[GenerateRequest],
+                     environ: dict[str, Any] | None = None) -> Generation:
+    """Send every request, then wait until each is accepted; on any failure close them all and re-raise.
+
+    Args:
+        gateway: frontend.gateway.Gateway (or a test double with generate()).
+        requests: canonical requests, sent before any is awaited so the model batches them.
+        environ: the WSGI environ, to notice a client that disconnects while a reply is folded.
+    """
+    streams: list[Any] = []
+    try:
+        for request in requests:
+            streams.append(gateway.generate(request))
+        for stream in streams:
+            stream.accepted  # noqa: B018 - raises the typed error of a rejected request
+    except BaseException:
+        for stream in streams:
+            stream.close()
+        raise
+    return Generation(streams, environ)

@@ -1,0 +1,65 @@
+"""frontend/generation.py over the real gateway and zmq.green stand-ins: start, accept, fold, close, disconnect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gevent
+import gevent.socket
+import pytest
+from berth_server import ipc
+from berth_server.errors import ClientDisconnected, GenerationFailed, InvalidRequest
+from berth_server.frontend.gateway import Gateway
+from berth_server.frontend.generation import FINISH_REASONS, start_generation, wire_finish_reason
+
+from tests.unit.test_frontend_gateway import FakeModel, request, runtime  # noqa: F401 - fixture
+
+
+def test_start_folds_every_choice_and_closes(runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
+    gateway, model = runtime
+    generation = start_generation(gateway, [request("go"), request("go2")])
+    folded = generation.fold()
+    assert [f.text for f in folded] == ["ab", "ab"] and [f.finish_reason for f in folded] == ["length"] * 2
+    assert generation.prompt_tokens == 2 and all(s.closed for s in generation.streams)
+    assert not any(isinstance(m, ipc.Abort) for m in model.received)  # finished: nothing to abort
+
+
+def test_one_rejected_choice_closes_the_others(runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
+    gateway, model = runtime
+    with pytest.raises(InvalidRequest, match="too long"):
+        start_generation(gateway, [request("hang"), request("reject")])
+    with gevent.Timeout(2):
+        while not any(isinstance(m, ipc.Abort) and m.request_id == "r-hang" for m in model.received):
+            gevent.sleep(0.01)
+
+
+def test_a_client_that_hangs_up_aborts_a_non_streaming_generation(
+        runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
+    gateway, model = runtime
+    server_side, client_side = gevent.socket.socketpair()
+    try:
+        generation = start_generation(gateway, [request("hang")], {"gunicorn.socket": server_side})
+        gevent.spawn_later(0.05, client_side.close)
+        with gevent.Timeout(3), pytest.raises(ClientDisconnected):
+            generation.fold()
+        with gevent.Timeout(2):
+            while not any(isinstance(m, ipc.Abort) and m.request_id == "r-hang" for m in model.received):
+                gevent.sleep(0.01)
+    finally:
+        server_side.close()
+
+
+def test_one_finish_reason_table() -> None:
+    assert [wire_finish_reason(r, "openai") for r in ("length", "eos", "stop")] == ["length", "stop", "stop"]
+    assert [wire_finish_reason(r, "tgi") for r in ("length", "eos", "stop")] == ["length", "eos_token",
+                                                                                  "stop_sequence"]
+    with pytest.raises(GenerationFailed):
+        wire_finish_reason("error", "tgi")
+    assert set(FINISH_REASONS) == {"openai", "tgi"}
+
+
+def test_no_module_folds_or_maps_finish_reasons_on_its_own() -> None:
+    root = Path(__file__).resolve().parents[2] / "container" / "berth_server" / "protocols"
+    for path in root.rglob("service.py"):
+        text = path.read_text()
+        assert "_FINISH" not in text and "class Fold" not in text, path
