@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,12 @@ def moto_endpoint() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_adapters(smollm2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Four random, non-zero peft LoRA adapters for SmolLM2 and peft's reference output (tests/lora_reference.py)."""
+    from tests.lora_reference import PeftReference, make_adapters
+
+    folders = make_adapters(smollm2_model, tmp_path_factory.mktemp("adapters"))
+    return PeftReference(smollm2_model, folders)

@@ -60,6 +60,7 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     add_special_tokens: bool | None = None  # None: True for prompts, False for rendered chat
     token_details: bool = False  # per-token TokenInfo in every Delta (TGI streams/details, logprobs)
     split_reasoning: bool = False  # chat: route text between reasoning tags to Delta.reasoning
+    adapter: str | None = None  # a LoRA adapter registered on `model`; None: the base model
 
 
 class TopToken(msgspec.Struct, array_like=True, frozen=True):

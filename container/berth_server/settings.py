@@ -86,6 +86,60 @@ def _tool_call_parser(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _first_int(env: Mapping[str, str], names: tuple[str, ...], default: int | None) -> int | None:
+    for name in names:
+        value = _int(env, name, None, 1)
+        if value is not None:
+            return value
+    return default
+
+
+def _lora_settings(env: Mapping[str, str]) -> LoraSettings:
+    """BERTH_* names first, then the AWS vLLM (SM_VLLM_*) and LMI (OPTION_*) spellings; TGI's LORA_ADAPTERS."""
+    from berth_server.errors import InvalidRequest
+    from berth_server.models.adapters import parse_lora_adapters
+
+    try:
+        adapters = tuple((a.name, a.src) for a in parse_lora_adapters(env.get("LORA_ADAPTERS", "")))
+    except InvalidRequest as exc:
+        raise SettingsError(f"LORA_ADAPTERS: {exc.message}") from None
+    enabled = False
+    for name in ("BERTH_ENABLE_LORA", "SM_VLLM_ENABLE_LORA", "OPTION_ENABLE_LORA"):
+        if env.get(name) is not None:
+            enabled = parse_bool(name, env[name])
+            break
+    return LoraSettings(
+        enabled=enabled,
+        max_loras=_first_int(env, ("BERTH_MAX_LORAS", "SM_VLLM_MAX_LORAS", "OPTION_MAX_LORAS"), 4) or 4,
+        max_lora_rank=_first_int(env, ("BERTH_MAX_LORA_RANK", "SM_VLLM_MAX_LORA_RANK", "OPTION_MAX_LORA_RANK"),
+                                 16) or 16,
+        max_cpu_loras=_first_int(env, ("BERTH_MAX_CPU_LORAS", "SM_VLLM_MAX_CPU_LORAS", "OPTION_MAX_CPU_LORAS"),
+                                 None),
+        adapters=adapters,
+    )
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters: on/off for vLLM, sizing (vLLM's meanings), and TGI's LORA_ADAPTERS preload list."""
+
+    enabled: bool = False  # vLLM: LoRA on even with no adapter configured at start
+    max_loras: int = 4  # adapters resident on the device at once (an LRU; pinned ones stay)
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # host copies kept; None: max_loras
+    adapters: tuple[tuple[str, str], ...] = ()  # (name, src) loaded at start
+
+    def to_env(self) -> dict[str, str]:
+        """The BERTH_* names that rebuild these settings."""
+        env = {"BERTH_ENABLE_LORA": "true" if self.enabled else "false", "BERTH_MAX_LORAS": str(self.max_loras),
+               "BERTH_MAX_LORA_RANK": str(self.max_lora_rank)}
+        if self.max_cpu_loras is not None:
+            env["BERTH_MAX_CPU_LORAS"] = str(self.max_cpu_loras)
+        if self.adapters:
+            env["LORA_ADAPTERS"] = ",".join(f"{name}={src}" for name, src in self.adapters)
+        return env
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, read once. Tests construct it directly."""
@@ -129,6 +183,7 @@ class Settings:
     tool_call_parser: str | None = None  # the default model's (protocols/openai/tool_calls.py)
     request_timeout_s: float | None = None  # BERTH_REQUEST_TIMEOUT: a request's whole budget in its model
     stream_buffer_events: int = 8192  # BERTH_STREAM_BUFFER: events one request may have waiting in a worker
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     @property
     def default_model_uid(self) -> str:
@@ -181,6 +236,7 @@ class Settings:
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
+        env.update(self.lora.to_env())
         return env
 
     @classmethod
@@ -231,6 +287,7 @@ class Settings:
             tool_call_parser=_tool_call_parser(env),
             request_timeout_s=_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
             stream_buffer_events=_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
+            lora=_lora_settings(env),
         )
 
     def child_environment(self, **extra: str) -> dict[str, str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from berth_server.canonical import SamplingParams
+from berth_server.errors import InvalidRequest, NotFound
 
 EngineFinish = Literal["length", "eos", "abort"]
 
@@ -27,6 +29,7 @@ class EngineRequest:
     # EOS ids of the model (generation_config + tokenizer) plus the request's and spec's stop ids.
     stop_token_ids: frozenset[int] = frozenset()
     max_new_tokens: int = 16  # already resolved against the context length
+    adapter: str | None = None  # a registered LoRA adapter's name; None: the base model
 
 
 @dataclass
@@ -84,3 +87,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self) -> None:
         """Stop the batching loop and release the device."""
+
+    # LoRA adapters: engines that serve them override these three.
+    async def add_adapter(self, name: str, src: str, folder: Path, pin: bool = False) -> dict[str, Any]:
+        """Register a LoRA adapter from a local folder; return its description."""
+        raise InvalidRequest(f"the {self.name} engine does not serve LoRA adapters", param="adapter")
+
+    async def remove_adapter(self, name: str) -> None:
+        """Forget a LoRA adapter."""
+        raise NotFound(f"adapter '{name}' not found")
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The registered adapters: name, src, rank, pinned, loaded."""
+        return []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
-from berth_server.errors import GenerationFailed, InvalidRequest
+from berth_server.errors import GenerationFailed, InvalidRequest, NotFound
 from berth_server.models.context import capped_length
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -44,6 +44,7 @@ class TransformersEngine(Engine):
         self.device: Any = None
         self.cpu_threads = 0  # intra-op threads of the loop thread on CPU; 0 leaves torch's default
         self.scheduler: Any = None  # transformers_scheduler.BatchScheduler once started
+        self.lora: Any = None  # lora_bank.LoraBank once started
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -118,7 +119,11 @@ class TransformersEngine(Engine):
             prefill_tokens=self.settings.max_batch_prefill_tokens or DEFAULT_PREFILL_TOKENS,
             cpu_threads=self.cpu_threads,
         )
-        self.scheduler = BatchScheduler(self.model, self.device, limits)
+        from berth_server.engines.lora_bank import LoraBank
+
+        lora = self.settings.lora
+        self.lora = LoraBank(self.model, lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras)
+        self.scheduler = BatchScheduler(self.model, self.device, limits, self.lora)
         self.scheduler.start()
         return info
 
@@ -143,6 +148,8 @@ class TransformersEngine(Engine):
         if request.max_new_tokens < 1:
             raise InvalidRequest("max_new_tokens must be at least 1", param="max_new_tokens")
         validate_sampling(request.sampling, self.vocab_size)
+        if request.adapter is not None:
+            self.lora.check(request.adapter)
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineStep, None]:
         """Queue the request and yield its steps; closing early aborts it and frees its slot."""
@@ -183,6 +190,22 @@ class TransformersEngine(Engine):
     def counts(self) -> tuple[int, int]:
         """(running, waiting)."""
         return (0, 0) if self.scheduler is None else self.scheduler.counts()
+
+    async def add_adapter(self, name: str, src: str, folder: Path, pin: bool = False) -> dict[str, Any]:
+        """Read, check and register a peft LoRA adapter (placed on the device when pinned)."""
+        if self.lora is None:
+            raise GenerationFailed("the transformers engine is not running")
+        return await asyncio.to_thread(self.lora.register, name, src, Path(folder), pin=pin)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Forget an adapter; rows running with it finish with it."""
+        if self.lora is None:
+            raise NotFound(f"adapter '{name}' not found")
+        self.lora.remove(name)
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The registered adapters."""
+        return [] if self.lora is None else self.lora.describe()
 
     async def shutdown(self) -> None:
         """Stop the loop, end every request with an error, and free the model."""

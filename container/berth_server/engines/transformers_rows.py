@@ -27,6 +27,7 @@ class Slot:
     finish: EngineFinish | None = None
     cancel: EngineFinish | None = None  # set from any thread: 'abort' emits a final step
     silent: bool = False  # the consumer has gone: emit nothing more
+    lora_slot: int | None = None  # the LoRA bank slot of the request's adapter while it runs
 
     def send(self, item: EngineStep | BaseException) -> None:
         """Deliver to the request's queue; a closed event loop only loses this request's messages."""

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from berth_server.engines.base import EngineStep
+from berth_server.engines.lora_bank import LoraBank
 from berth_server.engines.sampling import sample
 from berth_server.engines.transformers_batch import KVBatch
 from berth_server.engines.transformers_rows import Slot, make_sampler, next_step, prompt_logprobs
-from berth_server.errors import GenerationFailed, InvalidRequest
+from berth_server.errors import BerthError, GenerationFailed, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ class BatchLimits:
 class BatchScheduler:
     """Continuous batching of Slots around model.forward, on one thread of its own."""
 
-    def __init__(self, model: Any, device: torch.device, limits: BatchLimits):
+    def __init__(self, model: Any, device: torch.device, limits: BatchLimits, lora: LoraBank | None = None):
         self.model = model
         self.device = device
         self.limits = limits
+        self.lora = lora  # per-row adapters (lora_bank.py); rows hold a slot from admission to finish
         self._cond = threading.Condition()
         self._waiting: deque[Slot] = deque()
         self._running: list[Slot] = []
@@ -149,12 +151,37 @@ class BatchScheduler:
             # Prompt logprobs need logits at every position ([B, L, V]): such a request prefills alone.
             if taken and (used + size > self.limits.prefill_tokens or slot.request.sampling.prompt_logprobs):
                 break
+            placed = self._place_adapter(slot)
+            if placed is None:  # every LoRA slot is busy with running rows: wait for one to free
+                break
             self._waiting.popleft()
+            if not placed:
+                continue
             taken.append(slot)
             used += size
             if slot.request.sampling.prompt_logprobs:
                 break
         return taken
+
+    def _place_adapter(self, slot: Slot) -> bool | None:
+        """Give a request its adapter's LoRA slot: True when placed (or none wanted), False when it
+        failed (the request has its error), None when it must wait for a slot."""
+        name = slot.request.adapter
+        if name is None:
+            return True
+        try:
+            if self.lora is None:
+                raise GenerationFailed(f"adapter '{name}' not found: LoRA is not enabled")
+            slot.lora_slot = self.lora.acquire(name)
+        except Exception as exc:  # noqa: BLE001 - removed meanwhile, or unreadable: this request only
+            self._fail(slot, exc)
+            return False
+        return None if slot.lora_slot is None else True
+
+    def _use_adapters(self, rows: list[Slot]) -> None:
+        """Tell the LoRA bank which adapter each row of the next forward uses."""
+        if self.lora is not None:
+            self.lora.set_rows([s.lora_slot for s in rows])
 
     def _drop(self, batch: KVBatch, keep: list[bool]) -> None:
         """Remove rows whose keep is False (aborting cancelled ones) and shrink the cache."""
@@ -170,6 +197,7 @@ class BatchScheduler:
     def _decode(self, batch: KVBatch) -> None:
         """One token for every running row."""
         tokens = torch.tensor([s.last_token for s in self._running], dtype=torch.long, device=self.device)
+        self._use_adapters(self._running)
         logits = batch.decode(tokens)
         for slot, choice in zip(self._running, sample(logits, [s.sampler for s in self._running]), strict=True):
             self._advance(slot, choice)
@@ -188,6 +216,7 @@ class BatchScheduler:
         prompts = [s.request.prompt_token_ids for s in ready]
         want_prompt = [s.request.sampling.prompt_logprobs for s in ready]
         try:
+            self._use_adapters(ready)
             fresh, logits = KVBatch.prefill(self.model, prompts, self.device, any(want_prompt))
         except Exception as exc:
             log.exception("prefill of %d requests failed", len(ready))
@@ -215,6 +244,9 @@ class BatchScheduler:
     def _finish(self, slot: Slot, item: EngineStep | BaseException) -> None:
         """Emit the last item of a request and forget it (the lock is reentrant: callers may hold it)."""
         slot.finish = item.finish if isinstance(item, EngineStep) and item.finish else "abort"
+        if slot.lora_slot is not None and self.lora is not None:
+            self.lora.release(slot.lora_slot)
+            slot.lora_slot = None
         with self._cond:
             if self._by_id.get(slot.request.request_id) is slot:
                 del self._by_id[slot.request.request_id]
@@ -222,5 +254,5 @@ class BatchScheduler:
 
     def _fail(self, slot: Slot, exc: BaseException) -> None:
         """End one request with an error its generator raises."""
-        error = exc if isinstance(exc, GenerationFailed) else GenerationFailed(f"generation failed: {exc}")
+        error = exc if isinstance(exc, BerthError) else GenerationFailed(f"generation failed: {exc}")
         self._finish(slot, error)

@@ -138,7 +138,7 @@ class TextPipeline:
             prompt_text, self.config.reasoning_start_tag or "", self.config.reasoning_end_tag or ""))
         engine_request = EngineRequest(
             request_id=request.request_id, prompt_token_ids=ids, sampling=request.sampling,
-            stop_token_ids=self.stop_ids(request), max_new_tokens=max_new)
+            stop_token_ids=self.stop_ids(request), max_new_tokens=max_new, adapter=request.adapter)
         return PreparedRequest(engine_request, prompt_text, ids, in_reasoning)
 
     @property

@@ -1,0 +1,214 @@
+"""LoRA adapters on the running model, each row of a batch with its own: a bank of device slots.
+
+How rows with different adapters share one forward pass: every adapted Linear keeps the A and B
+matrices of all resident adapters side by side (A_cat [in, S*R], B_cat [S*R, out]; S slots of the
+max rank R, smaller ranks zero-padded). Before a forward, the scheduler sets one scale vector per
+row, [B, S*R], holding the row's adapter scaling on its own slot's R columns and zero elsewhere.
+Each adapted layer then adds ((x @ A_cat) * scale) @ B_cat to the base output: two matmuls per
+layer whatever the mix of adapters, and a base row's delta is exactly zero, so nothing leaks
+between rows. Slots are an LRU with a bound (max_loras); pinned adapters are never evicted;
+registered adapters beyond the bound are kept on the host (up to max_cpu_loras) or re-read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from berth_server.engines.lora_weights import AdapterWeights, linear_shapes, read_adapter
+from berth_server.errors import Conflict, InvalidRequest, NotFound
+from berth_server.models.adapters import check_adapter_name
+
+
+class RowLoraLinear(torch.nn.Module):
+    """A Linear plus the per-row LoRA delta of whichever slot each row selects."""
+
+    def __init__(self, base: torch.nn.Linear, bank: LoraBank):
+        super().__init__()
+        self.base = base
+        self.bank = bank
+        width = bank.slots * bank.max_rank
+        self.a_cat = torch.zeros((base.in_features, width), dtype=base.weight.dtype, device=base.weight.device)
+        self.b_cat = torch.zeros((width, base.out_features), dtype=base.weight.dtype, device=base.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus ((x @ A_cat) * row scale) @ B_cat when any row has an adapter."""
+        out = self.base(x)
+        scale = self.bank.row_scale
+        if scale is None:
+            return out
+        width = scale.shape[-1]  # only up to the highest slot in use
+        low = (x @ self.a_cat[:, :width]) * scale.unsqueeze(1).to(x.dtype)
+        return out + low @ self.b_cat[:width]
+
+
+@dataclass
+class _Registered:
+    """A registered adapter: where it lives and how it is held."""
+
+    name: str
+    src: str
+    folder: Path
+    rank: int
+    pinned: bool = False
+
+
+class LoraBank:
+    """Registered adapters, their device slots (LRU, bounded, pinnable) and the rows' scale vectors."""
+
+    def __init__(self, model: Any, max_loras: int, max_rank: int, max_cpu_loras: int | None = None):
+        self.model = model
+        self.slots = max(1, max_loras)
+        self.max_rank = max(1, max_rank)
+        self.max_cpu_loras = max(self.slots, max_cpu_loras or 0)
+        self.row_scale: torch.Tensor | None = None  # [rows, slots*max_rank] for the next forward
+        self._shapes = linear_shapes(model)
+        self._dtype = next(model.parameters()).dtype
+        self._device = next(model.parameters()).device
+        self._layers: dict[str, RowLoraLinear] = {}
+        self._lock = threading.RLock()
+        self._registered: dict[str, _Registered] = {}
+        self._host: OrderedDict[str, AdapterWeights] = OrderedDict()  # LRU of host copies
+        self._slot_of: OrderedDict[str, int] = OrderedDict()  # resident adapters, least recent first
+        self._scaling = [0.0] * self.slots
+        self._users = [0] * self.slots  # running rows per slot
+
+    # ---- registration (any thread) -------------------------------------------------------------
+
+    def register(self, name: str, src: str, folder: Path, *, pin: bool = False) -> dict[str, Any]:
+        """Read and check an adapter, keep it on the host, and place it on the device when pinned."""
+        check_adapter_name(name)
+        weights = read_adapter(name, folder, self.max_rank, self._shapes, self._dtype)
+        with self._lock:
+            if name in self._registered:
+                raise Conflict(f"adapter '{name}' is already registered; remove it first")
+            if pin and sum(r.pinned for r in self._registered.values()) >= self.slots:
+                raise InvalidRequest(f"adapter '{name}': all {self.slots} LoRA slots are pinned", param="pin")
+            self._registered[name] = _Registered(name, src, folder, weights.config.rank, pin)
+            self._keep_on_host(weights)
+            if pin and self.acquire(name, claim=False) is None:
+                del self._registered[name]
+                raise InvalidRequest(f"adapter '{name}': no LoRA slot is free to pin it", param="pin")
+            return self._describe(self._registered[name])
+
+    def remove(self, name: str) -> None:
+        """Forget an adapter; rows already running with it finish with it, new requests get a 4xx."""
+        with self._lock:
+            if self._registered.pop(name, None) is None:
+                raise NotFound(f"adapter '{name}' not found")
+            self._host.pop(name, None)
+            slot = self._slot_of.get(name)
+            if slot is not None and self._users[slot] == 0:
+                with torch.inference_mode():
+                    self._free(name)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered adapter, for GET /adapters."""
+        with self._lock:
+            return [self._describe(r) for r in self._registered.values()]
+
+    def check(self, name: str) -> None:
+        """Raise NotFound unless the adapter is registered."""
+        if name not in self._registered:
+            raise NotFound(f"adapter '{name}' not found", param="adapter")
+
+    def _describe(self, reg: _Registered) -> dict[str, Any]:
+        return {"name": reg.name, "src": reg.src, "rank": reg.rank, "pinned": reg.pinned,
+                "loaded": reg.name in self._slot_of}
+
+    def _keep_on_host(self, weights: AdapterWeights) -> None:
+        self._host[weights.name] = weights
+        self._host.move_to_end(weights.name)
+        while len(self._host) > self.max_cpu_loras:
+            self._host.popitem(last=False)
+
+    # ---- slots (the batching thread) -----------------------------------------------------------
+
+    def acquire(self, name: str, claim: bool = True) -> int | None:
+        """The adapter's slot, loading it (evicting the least recent idle one) if needed.
+
+        None means every slot is busy or pinned: the request waits. claim counts one running row.
+        """
+        with self._lock, torch.inference_mode():  # the batching thread's tensors are inference tensors
+            reg = self._registered.get(name)
+            if reg is None:
+                raise NotFound(f"adapter '{name}' not found", param="adapter")
+            slot = self._slot_of.get(name)
+            if slot is None:
+                slot = self._free_slot()
+                if slot is None:
+                    return None
+                self._load(reg, slot)
+            self._slot_of.move_to_end(name)
+            if claim:
+                self._users[slot] += 1
+            return slot
+
+    def release(self, slot: int) -> None:
+        """One row using the slot has finished; free the slot if its adapter was removed meanwhile."""
+        with self._lock, torch.inference_mode():
+            self._users[slot] -= 1
+            name = next((n for n, s in self._slot_of.items() if s == slot), None)
+            if name is not None and name not in self._registered and self._users[slot] == 0:
+                self._free(name)
+
+    def set_rows(self, slots: list[int | None]) -> None:
+        """The scale vectors of the rows of the next forward (None: base model)."""
+        if all(s is None for s in slots):
+            self.row_scale = None
+            return
+        width = (max(s for s in slots if s is not None) + 1) * self.max_rank
+        scale = torch.zeros((len(slots), width), dtype=torch.float32)
+        for row, slot in enumerate(slots):
+            if slot is not None:
+                scale[row, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
+        self.row_scale = scale.to(self._device)
+
+    def _free_slot(self) -> int | None:
+        used = set(self._slot_of.values())
+        for slot in range(self.slots):
+            if slot not in used:
+                return slot
+        for name, slot in self._slot_of.items():  # least recently used first
+            reg = self._registered.get(name)
+            if self._users[slot] == 0 and (reg is None or not reg.pinned):
+                self._free(name)
+                return slot
+        return None
+
+    def _free(self, name: str) -> None:
+        slot = self._slot_of.pop(name)
+        self._scaling[slot] = 0.0
+        cols = slice(slot * self.max_rank, (slot + 1) * self.max_rank)
+        for layer in self._layers.values():
+            layer.a_cat[:, cols] = 0
+            layer.b_cat[cols, :] = 0
+
+    def _load(self, reg: _Registered, slot: int) -> None:
+        weights = self._host.get(reg.name)
+        if weights is None:  # dropped from the host LRU: read it again
+            weights = read_adapter(reg.name, reg.folder, self.max_rank, self._shapes, self._dtype)
+            self._keep_on_host(weights)
+        cols = slice(slot * self.max_rank, slot * self.max_rank + weights.config.rank)
+        for module, (a, b) in weights.pairs.items():
+            layer = self._layer(module)
+            layer.a_cat[:, cols] = a.t().to(layer.a_cat.device)
+            layer.b_cat[cols, :] = b.t().to(layer.b_cat.device)
+        self._scaling[slot] = weights.config.scaling
+        self._slot_of[reg.name] = slot
+
+    def _layer(self, module: str) -> RowLoraLinear:
+        """The module's RowLoraLinear, swapping it into the model on first use."""
+        layer = self._layers.get(module)
+        if layer is None:
+            parent_path, _, attr = module.rpartition(".")
+            parent = self.model.get_submodule(parent_path) if parent_path else self.model
+            layer = RowLoraLinear(getattr(parent, attr), self)
+            setattr(parent, attr, layer)
+            self._layers[module] = layer
+        return layer
