@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
+IMAGE ?= berth:cpu
 
-.PHONY: venv run test test-unit test-integration test-vllm bench lint clean
+.PHONY: venv run test test-unit test-integration test-vllm bench lint clean image test-image test-image-run
 
 venv: $(STAMP)
 
@@ -45,6 +46,23 @@ test-integration: venv
 test-vllm: venv
 	$(PY) -m pytest -q -rs -m vllm tests/unit
 	BERTH_TEST_ENGINES=vllm $(PY) -m pytest -q -rs -k vllm tests/integration
+
+# The CPU image ($(IMAGE)) from the one Dockerfile: `docker build` where a Docker engine answers, else
+# podman (installed from Debian's packages when missing; base image made with debootstrap when it
+# cannot be pulled; layers cached). README "The image".
+image:
+	IMAGE=$(IMAGE) infra/build-image.sh
+
+# Builds the image (cached), then test-image-run.
+test-image: image
+	$(MAKE) test-image-run
+
+# Against the built image: the integration contract tests (fixtures pointed at a container serving the
+# tiny model from a read-only /opt/ml/model; tests that start their own servers skip), then the image's
+# own tests (tests/image). test_local_deploy is left out: it runs `serve` from the checkout, not the image.
+test-image-run: venv
+	BERTH_TEST_IMAGE=$(IMAGE) BERTH_TEST_ENGINES=transformers $(PY) -m tests.image.contract -q -rs \
+		--ignore=tests/integration/test_local_deploy.py tests/integration tests/image
 
 bench: venv
 	$(PY) -m bench.run_all

@@ -3,6 +3,9 @@
 `berth_server` is one server per engine for the whole session (engines from BERTH_TEST_ENGINES,
 default: transformers, plus vllm when vllm is importable). `start_server` starts more, with any
 env, for tests that need their own (limits, restarts, failures); they are stopped at teardown.
+
+With BERTH_TEST_BASE_URL set (`make test-image`: the image running the tiny model), `berth_server`
+is the server already listening there, and tests that start their own servers are skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def available_engines() -> list[str]:
     configured = os.environ.get("BERTH_TEST_ENGINES")
     if configured:
         return [e.strip() for e in configured.split(",") if e.strip()]
+    if external_base_url():
+        return ["transformers"]  # one server is there; say its engine with BERTH_TEST_ENGINES
     engines = ["transformers"]
     if importlib.util.find_spec("vllm") is not None:
         engines.append("vllm")
@@ -102,9 +107,44 @@ class RunningServer:
         raise RuntimeError(f"serve did not become ready in {timeout_s:.0f} s:\n{self.logs()[-6000:]}")
 
 
+# BERTH_TEST_BASE_URL mode: a server someone else started serves the tiny model with this env
+# (tests/image/contract.py starts the image so).
+EXTERNAL_SERVER_ENV = {"HF_MODEL_ID": "/opt/ml/model", "BERTH_MODEL_UID": "tiny"}
+
+
+def external_base_url() -> str:
+    """BERTH_TEST_BASE_URL, read when asked (tests/image/contract.py sets it after importing us)."""
+    return os.environ.get("BERTH_TEST_BASE_URL", "").rstrip("/")
+
+
+@dataclass
+class ExternalServer:
+    """The server at BERTH_TEST_BASE_URL: tests talk to it; its owner starts and stops it."""
+
+    base_url: str
+    engine: str
+    model_uid: str = EXTERNAL_SERVER_ENV["BERTH_MODEL_UID"]
+    env: dict[str, str] = field(default_factory=lambda: dict(EXTERNAL_SERVER_ENV))
+
+    @property
+    def port(self) -> int:
+        return int(httpx.URL(self.base_url).port or 80)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def logs(self) -> str:
+        return f"(the server at {self.base_url} was started outside the tests; see its own log)"
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        return 0
+
+
 def launch_serve(model: str | Path | None, home: Path, *, engine: str = "transformers",
                  env: dict[str, str] | None = None, wait: bool = True) -> RunningServer:
     """Start `serve` on a free port with HF_MODEL_ID=model (None: leave it unset)."""
+    if external_base_url():
+        pytest.skip("starts its own serve process; BERTH_TEST_BASE_URL mode only talks to the server there")
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "HF_MODEL", "SM_VLLM_"))}
@@ -163,6 +203,9 @@ def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """The shared server on the tiny model, once per engine."""
     engine = request.param
+    if external_base_url():
+        yield ExternalServer(external_base_url(), engine)  # type: ignore[misc]  # duck-typed RunningServer
+        return
     server = launch_serve(tiny_model, tmp_path_factory.mktemp(f"berth-{engine}"), engine=engine,
                           env={"BERTH_MODEL_UID": "tiny"})
     yield server
