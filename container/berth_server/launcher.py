@@ -26,6 +26,7 @@ from berth_server.control_server import ControlServer, Handler, supervisor_handl
 from berth_server.errors import BerthError
 from berth_server.ipc import control_socket_address
 from berth_server.models.launch import ModelLaunchConfig
+from berth_server.models.sources import GGUF_QUANTIZATION, is_gguf
 from berth_server.settings import Settings, SettingsError
 from berth_server.supervisor import Supervisor
 
@@ -49,10 +50,14 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
         if not model_dir.is_dir() or not any(model_dir.iterdir()):
             raise StartupError(f"no model to serve: HF_MODEL_ID is not set and {model_dir} is missing or empty")
         source = str(model_dir)
+    gguf_file, quantization = settings.hf_model_gguf_file, settings.quantize
+    if gguf_file is None and quantization and GGUF_QUANTIZATION.match(quantization) and not is_gguf(source):
+        # HF_MODEL_QUANTIZE=Q4_K_M picks that file of a GGUF repo or folder, as Xinference's quantization does.
+        gguf_file, quantization = f"*{quantization}*.gguf", None
     config = ModelLaunchConfig(
         uid=settings.default_model_uid, source=source, model_name=settings.hf_model_id or source,
         revision=settings.hf_model_revision, engine=settings.engine, max_input_tokens=settings.max_input_tokens,
-        max_total_tokens=settings.max_total_tokens, dtype=settings.dtype, quantization=settings.quantize,
+        max_total_tokens=settings.max_total_tokens, dtype=settings.dtype, quantization=quantization, gguf_file=gguf_file,
         trust_remote_code=settings.trust_remote_code, tensor_parallel_size=settings.sm_num_gpus, is_default=True,
         tool_call_parser=settings.tool_call_parser,
     )

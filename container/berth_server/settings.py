@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-EngineChoice = Literal["auto", "vllm", "transformers"]
+EngineChoice = Literal["auto", "vllm", "transformers", "llama.cpp"]
+# Other spellings of engine names (Xinference writes "llama.cpp"; env files often avoid the dot).
+ENGINE_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp"}
+ENGINE_NAMES = ("auto", "vllm", "transformers", "llama.cpp")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -147,6 +150,7 @@ class Settings:
     # The default model (TGI / SageMaker names).
     hf_model_id: str | None = None
     hf_model_revision: str | None = None
+    hf_model_gguf_file: str | None = None  # the file to serve when HF_MODEL_ID is a GGUF repo or folder
     model_uid: str | None = None  # BERTH_MODEL_UID; else HF_MODEL_ID; else "default"
     trust_remote_code: bool = False
     quantize: str | None = None
@@ -177,6 +181,8 @@ class Settings:
     max_batch_size: int = 32
     gpu_memory_utilization: float | None = None
     kv_cache_gb: float | None = None
+    llamacpp_threads: int | None = None  # None: every core
+    n_gpu_layers: int | None = None  # llama.cpp layers on the GPU; None: all when one is visible
     vllm_args: Mapping[str, str] = field(default_factory=dict)
     s3_endpoint_url: str | None = None
     download_workers: int = 8
@@ -220,6 +226,9 @@ class Settings:
         optional = {
             "HF_MODEL_ID": self.hf_model_id,
             "HF_MODEL_REVISION": self.hf_model_revision,
+            "HF_MODEL_GGUF_FILE": self.hf_model_gguf_file,
+            "BERTH_LLAMACPP_THREADS": self.llamacpp_threads,
+            "BERTH_N_GPU_LAYERS": self.n_gpu_layers,
             "BERTH_MODEL_UID": self.model_uid,
             "HF_MODEL_QUANTIZE": self.quantize,
             "DTYPE": self.dtype,
@@ -244,8 +253,9 @@ class Settings:
         """Read the environment once (os.environ unless given) into a Settings."""
         env = os.environ if env is None else env
         engine = env.get("BERTH_ENGINE", "auto").strip().lower() or "auto"
-        if engine not in ("auto", "vllm", "transformers"):
-            raise SettingsError(f"BERTH_ENGINE={engine!r}: use auto, vllm or transformers")
+        engine = ENGINE_ALIASES.get(engine, engine)
+        if engine not in ENGINE_NAMES:
+            raise SettingsError(f"BERTH_ENGINE={engine!r}: use {', '.join(ENGINE_NAMES)}")
         # SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
         port = _int(env, "SAGEMAKER_BIND_TO_PORT", None, 1) or _int(env, "PORT", 8080, 1)
         home = env.get("BERTH_HOME") or str(Path.home() / ".berth")
@@ -254,6 +264,7 @@ class Settings:
         return cls(
             hf_model_id=env.get("HF_MODEL_ID") or env.get("MODEL_ID") or None,
             hf_model_revision=env.get("HF_MODEL_REVISION") or env.get("REVISION") or None,
+            hf_model_gguf_file=env.get("HF_MODEL_GGUF_FILE") or None,
             model_uid=env.get("BERTH_MODEL_UID") or None,
             trust_remote_code=_bool(env, "HF_MODEL_TRUST_REMOTE_CODE", _bool(env, "TRUST_REMOTE_CODE", False)),
             quantize=quantize,
@@ -281,6 +292,8 @@ class Settings:
             max_batch_size=_int(env, "BERTH_MAX_BATCH_SIZE", 32, 1) or 32,
             gpu_memory_utilization=_float(env, "BERTH_GPU_MEMORY_UTILIZATION", None),
             kv_cache_gb=_float(env, "BERTH_KV_CACHE_GB", None),
+            llamacpp_threads=_int(env, "BERTH_LLAMACPP_THREADS", None, 1),
+            n_gpu_layers=_int(env, "BERTH_N_GPU_LAYERS", None, -1),
             vllm_args=_vllm_args(env),
             s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
             download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,

@@ -127,7 +127,7 @@ def test_launch_embedding(env: tuple[dict[str, Any], FakeSupervisor, Path]) -> N
     ({"model_name": "qwen3", "model_type": "image"}, InvalidRequest, "model_type"),
     ({"model_name": "qwen3", "model_type": "embedding"}, NotFound, "qwen3"),
     ({}, InvalidRequest, "model_name"),
-    ({"model_name": "qwen3", "model_engine": "llama.cpp"}, InvalidRequest, "model_engine"),
+    ({"model_name": "qwen3", "model_engine": "SGLang"}, InvalidRequest, "model_engine"),
     ({"model_name": "qwen3", "model_uid": "bad uid/x"}, InvalidRequest, "model_uid"),
     ({"model_name": "qwen3", "model_path": "/definitely/missing"}, WeightsNotFound, "/definitely/missing"),
     ({"model_name": "qwen3", "replica": 2}, InvalidRequest, "replica"),

@@ -1,4 +1,4 @@
-"""Pick and build the engine for a model: an explicit choice, or `auto` (vLLM when it can serve).
+"""Pick and build the engine for a model: an explicit choice, or `auto` (llama.cpp for GGUF, else vLLM when it can serve).
 
 Engine classes are imported lazily so `import berth_server` works without torch or vllm. An engine
 class may expose `cannot_serve(config, model_dir, settings) -> str | None`, saying why it cannot
@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 ENGINES: dict[str, tuple[str, str]] = {
     "vllm": ("berth_server.engines.vllm_engine", "VllmEngine"),
     "transformers": ("berth_server.engines.transformers_engine", "TransformersEngine"),
+    "llama.cpp": ("berth_server.engines.llamacpp_engine", "LlamaCppEngine"),
 }
 # `auto` tries these in order; the last one is the fallback that serves anything it can load.
-AUTO_ORDER: tuple[str, ...] = ("vllm", "transformers")
+# llama.cpp comes first: it serves GGUF files only, and it is the fast way to serve them on a CPU.
+AUTO_ORDER: tuple[str, ...] = ("llama.cpp", "vllm", "transformers")
 # The package each engine needs at all; a missing one is a reason, not an import error.
-REQUIRED_PACKAGE: dict[str, str] = {"vllm": "vllm", "transformers": "transformers"}
+REQUIRED_PACKAGE: dict[str, str] = {"vllm": "vllm", "transformers": "transformers", "llama.cpp": "xllamacpp"}
 
 
 class EngineUnavailable(InvalidRequest):
@@ -68,7 +70,7 @@ def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings
         log.info("model %s: engine %s (explicitly chosen)", config.uid, choice)
         return choice
     reasons: list[str] = []
-    for name in AUTO_ORDER:
+    for name in (n for n in AUTO_ORDER if n in ENGINES):
         reason = why_not(name, config, model_dir, settings)
         if reason is None:
             skipped = f"; skipped {'; '.join(reasons)}" if reasons else ""

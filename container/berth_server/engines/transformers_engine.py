@@ -57,13 +57,18 @@ class TransformersEngine(Engine):
             return "it does not do tensor parallelism"
         if config.quantization or settings.quantize:
             return "it does not quantize at load time (pre-quantized checkpoints load as they are)"
-        if not (Path(model_dir) / "config.json").is_file():
+        gguf = _gguf_file(Path(model_dir))
+        if gguf is not None and "transformers" not in (config.engine, settings.engine):
+            # Dequantizing costs 4-8x the file's memory and decodes far slower than llama.cpp.
+            return "it loads GGUF files only when asked (BERTH_ENGINE=transformers), by dequantizing them"
+        if gguf is None and not (Path(model_dir) / "config.json").is_file():
             return f"{model_dir} has no config.json"
         from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         try:
-            hf = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
+            where, extra = _load_args(Path(model_dir))
+            hf = AutoConfig.from_pretrained(where, trust_remote_code=config.trust_remote_code, **extra)
         except Exception as exc:  # noqa: BLE001 - any failure here is the reason
             return f"cannot read its config: {exc}"
         remote = "AutoModelForCausalLM" in (getattr(hf, "auto_map", None) or {})
@@ -85,8 +90,11 @@ class TransformersEngine(Engine):
         self.device = torch.device(device)
         dtype_name = (self.config.dtype or self.settings.dtype or "auto").lower()
         dtype: Any = getattr(torch, _DTYPES[dtype_name]) if dtype_name in _DTYPES else "auto"
+        where, extra = _load_args(self.model_dir)
+        if extra and dtype == "auto":
+            dtype = torch.float32  # a GGUF file is dequantized: to float32 unless DTYPE says otherwise
         model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=dtype, trust_remote_code=self.config.trust_remote_code,
+            where, dtype=dtype, trust_remote_code=self.config.trust_remote_code, **extra,
         )
         if dtype == "auto" and self.device.type == "cpu" and model.dtype == torch.float16:
             model = model.float()  # CPU kernels for fp16 are slow or missing; bf16 and fp32 are fine
@@ -228,3 +236,14 @@ def _cpu_threads(requested: object) -> int:
     if requested:
         return max(1, int(str(requested)))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gguf_file(path: Path) -> Path | None:
+    """The path when it is a .gguf file (transformers then dequantizes it on load)."""
+    return path if path.is_file() and path.suffix.lower() == ".gguf" else None
+
+
+def _load_args(path: Path) -> tuple[str, dict[str, str]]:
+    """from_pretrained's arguments: the directory, or a GGUF file's folder plus {"gguf_file": name}."""
+    gguf = _gguf_file(path)
+    return (str(gguf.parent), {"gguf_file": gguf.name}) if gguf is not None else (str(path), {})

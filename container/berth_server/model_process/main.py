@@ -128,7 +128,7 @@ class ModelProcess:
 
         config, settings = self.config, self.settings
         model_dir = await asyncio.to_thread(resolve_source, config.source, settings, config.revision,
-                                            self._progress)
+                                            self._progress, config.gguf_file)
         self.status.push("loading")
         address = ipc.model_socket_address(self.runtime_dir, config.uid)
         if config.model_type in ("embedding", "rerank"):

@@ -72,10 +72,13 @@ class TextPipeline:
     @classmethod
     def load(cls, model_dir: Path, config: ModelLaunchConfig, settings: Settings,
              max_model_len: int) -> TextPipeline:
-        """Load the tokenizer from model_dir (config.chat_template overrides the tokenizer's)."""
+        """Load the tokenizer from model_dir, or from a GGUF file's metadata (config.chat_template overrides either's)."""
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+        if model_dir.is_file():  # a .gguf file: tokenizer, chat template and EOS come from its metadata
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir.parent), gguf_file=model_dir.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
         if config.chat_template:
             tokenizer.chat_template = config.chat_template
         eos = _model_eos_ids(model_dir, tokenizer)

@@ -18,7 +18,9 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     model_name: str  # family/registration name, or the source for ad-hoc models
     model_type: ModelType = "LLM"
     revision: str | None = None
-    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    # The GGUF file inside `source` (a folder, an s3:// prefix or a hub repo); may hold * wildcards.
+    gguf_file: str | None = None
+    engine: Literal["auto", "vllm", "transformers", "llama.cpp"] = "auto"
     engine_args: dict[str, Any] = {}
     abilities: list[str] = msgspec.field(default_factory=lambda: ["chat", "generate"])
     chat_template: str | None = None  # overrides the tokenizer's

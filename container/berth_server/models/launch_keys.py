@@ -24,6 +24,8 @@ ENGINE_KEYS: Mapping[str, frozenset[str]] = {
         "enforce_eager", "max_logprobs", "swap_space", "cpu_offload_gb", "seed",
     }),
     "transformers": frozenset({"num_threads"}),
+    # llama.cpp's own names, as Xinference's llama.cpp engine takes them (engines/llamacpp_params.py).
+    "llama.cpp": frozenset({"n_ctx", "n_parallel", "n_gpu_layers", "n_threads"}),
 }
 
 # Xinference launch keys Berth accepts and deliberately ignores (a non-default value is reported, not fatal).

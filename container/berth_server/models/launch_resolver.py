@@ -20,7 +20,8 @@ from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ENGINES = {"vllm": "vllm", "transformers": "transformers", "auto": "auto"}
+_ENGINES = {"vllm": "vllm", "transformers": "transformers", "auto": "auto", "llama.cpp": "llama.cpp",
+            "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp"}
 # Quantized weight formats the engines load natively (Xinference's model_format -> engine quantization).
 _FORMAT_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bnb": "bitsandbytes"}
 _UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -64,7 +65,7 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
     engine_name = body.pop("model_engine", None)
     engine = _ENGINES.get(str(engine_name).lower()) if engine_name else "auto"
     if engine is None:
-        raise InvalidRequest(f"model_engine {engine_name!r} is not available; use vLLM or Transformers",
+        raise InvalidRequest(f"model_engine {engine_name!r} is not available; use vLLM, Transformers or llama.cpp",
                              param="model_engine")
     uid = body.pop("model_uid", None)
     if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):

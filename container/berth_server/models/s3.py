@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import threading
 from collections.abc import Callable
@@ -57,11 +58,14 @@ def _list(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
     return objects
 
 
-def resolve_s3(uri: str, settings: Settings, progress: ProgressCallback) -> Path:
-    """Download s3://bucket/prefix/ (every object under it) or s3://bucket/…/model.tar.gz (then extract)."""
+def resolve_s3(uri: str, settings: Settings, progress: ProgressCallback, only: str | None = None) -> Path:
+    """Download s3://bucket/prefix/ (every object under it), s3://bucket/…/model.tar.gz (then extract),
+    or one .gguf file (s3://…/x.gguf, or the object under the prefix matching `only`); return its local path."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3_uri(uri)
+    if only or key.lower().endswith(".gguf"):
+        return _resolve_s3_file(uri, settings, progress, only)
     cache = settings.home / "cache" / "s3" / bucket
     client = _client(settings)
     try:
@@ -93,5 +97,31 @@ def resolve_s3(uri: str, settings: Settings, progress: ProgressCallback) -> Path
         with ThreadPoolExecutor(max_workers=settings.download_workers) as pool:
             list(pool.map(fetch, objects))
         return target_dir
+    except (ClientError, BotoCoreError) as exc:
+        raise _explain(uri, exc) from None
+
+
+def _resolve_s3_file(uri: str, settings: Settings, progress: ProgressCallback, only: str | None) -> Path:
+    """One object: the URI's own key (a .gguf file), or the one under the URI's prefix that matches `only`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    client = _client(settings)
+    try:
+        if only:
+            prefix = key.rstrip("/") + "/" if key else ""
+            names = [(name, size) for name, size in _list(client, bucket, prefix)
+                     if fnmatch.fnmatch(name[len(prefix):].lower(), only.lower())]
+            if len(names) != 1:
+                found = "no object" if not names else f"{len(names)} objects"
+                raise WeightsNotFound(f"model weights not found: {found} under {uri!r} match {only!r}")
+            key, size = names[0]
+        else:
+            size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        target = settings.home / "cache" / "s3" / bucket / key
+        progress(0.0, f"downloading s3://{bucket}/{key} ({size} bytes)")
+        _download(client, bucket, key, size, target)
+        progress(1.0, f"s3://{bucket}/{key} is at {target}")
+        return target
     except (ClientError, BotoCoreError) as exc:
         raise _explain(uri, exc) from None

@@ -1,0 +1,200 @@
+"""Translate Berth's request and settings into llama.cpp's: one completion body per request, one server config.
+
+Kept apart from the engine so the mapping can be tested without loading a model. xllamacpp is
+imported lazily (in `common_params` only); the GGUF metadata comes from the `gguf` package.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from berth_server import errors
+from berth_server.engines.base import EngineRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# llama.cpp's seed meaning "pick one at random" (LLAMA_DEFAULT_SEED).
+RANDOM_SEED = 0xFFFFFFFF
+# Without an explicit MAX_TOTAL_TOKENS, a slot's context is the model's, capped here: every slot
+# reserves its KV cache up front, and GGUF models often declare 32k-128k tokens.
+DEFAULT_SLOT_CONTEXT = 4096
+# On a CPU, with no BERTH_KV_CACHE_GB, the slots share this much KV cache (vLLM's CPU default too).
+DEFAULT_CPU_KV_CACHE_GB = 1.0
+KV_BYTES_PER_VALUE = 2  # llama.cpp's default f16 KV cache
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """What Berth needs from a GGUF file's metadata."""
+
+    path: Path
+    architecture: str
+    context_length: int
+    n_layer: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token costs across all layers (K and V, f16)."""
+        return max(1, 2 * self.n_layer * self.n_head_kv * self.head_dim * KV_BYTES_PER_VALUE)
+
+
+def _scalar(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode("utf-8", errors="replace")
+    return value.tolist()[0] if hasattr(value, "tolist") else value
+
+
+def read_gguf_facts(path: Path) -> GgufFacts:
+    """Read a GGUF file's header; InvalidRequest naming the file when it is not a readable GGUF."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path), "r")
+        arch = str(_scalar(reader, "general.architecture") or "")
+        if not arch:
+            raise ValueError("no general.architecture in its metadata")
+        n_head = int(_scalar(reader, f"{arch}.attention.head_count") or 0)
+        n_head_kv = int(_scalar(reader, f"{arch}.attention.head_count_kv") or n_head or 1)
+        embd = int(_scalar(reader, f"{arch}.embedding_length") or 0)
+        head_dim = int(_scalar(reader, f"{arch}.attention.key_length") or (embd // n_head if n_head else 128))
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        return GgufFacts(
+            path=path, architecture=arch,
+            context_length=int(_scalar(reader, f"{arch}.context_length") or 2048),
+            n_layer=int(_scalar(reader, f"{arch}.block_count") or 1), n_head_kv=n_head_kv, head_dim=head_dim,
+            n_vocab=len(tokens.data) if tokens is not None else 0,
+        )
+    except errors.BerthError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files fail in many ways inside gguf
+        raise errors.InvalidRequest(f"cannot read the GGUF file {str(path)!r}: {exc}", param="model") from None
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """llama.cpp server settings for one model, derived once from settings, launch config and GGUF facts."""
+
+    model_path: Path
+    threads: int
+    n_parallel: int
+    slot_context: int
+    n_ctx: int
+    kv_unified: bool
+    n_gpu_layers: int
+
+
+def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, settings: Settings,
+                   cpu_count: int, on_gpu: bool = False) -> ServerOptions:
+    """Threads, slots and context sizes: slots from MAX_CONCURRENT_REQUESTS, a slot's context from MAX_TOTAL_TOKENS."""
+    explicit = config.max_total_tokens or (settings.max_total_tokens if config.is_default else None)
+    slot_context = min(explicit or config.context_length or facts.context_length, facts.context_length)
+    if not explicit and slot_context > DEFAULT_SLOT_CONTEXT:
+        log.info("llama.cpp: %d-token context per slot (the model allows %d; set MAX_TOTAL_TOKENS for more)",
+                 DEFAULT_SLOT_CONTEXT, slot_context)
+        slot_context = DEFAULT_SLOT_CONTEXT
+    n_parallel = max(1, min(settings.max_concurrent_requests, settings.max_batch_size))
+    wanted = slot_context * n_parallel
+    budget_gb = settings.kv_cache_gb if settings.kv_cache_gb is not None else (
+        None if on_gpu else DEFAULT_CPU_KV_CACHE_GB)
+    n_ctx, unified = wanted, False
+    if budget_gb is not None:
+        budget = int(budget_gb * (1 << 30)) // facts.kv_bytes_per_token
+        if budget < wanted:
+            # The slots share one cache that still holds a whole slot's context; llama.cpp ends a
+            # request with an error if the shared cache fills up.
+            n_ctx, unified = max(slot_context, budget), True
+    threads = settings.llamacpp_threads or max(1, cpu_count)
+    gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else (-1 if on_gpu else 0)
+    return ServerOptions(model_path=path, threads=threads, n_parallel=n_parallel, slot_context=slot_context,
+                         n_ctx=n_ctx, kv_unified=unified, n_gpu_layers=gpu_layers)
+
+
+def common_params(options: ServerOptions, api_key: str) -> Any:
+    """xllamacpp.CommonParams for `options` (continuous batching, no prompt-cache RAM, a private HTTP key)."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(options.model_path)
+    params.n_parallel = options.n_parallel
+    params.n_ctx = options.n_ctx
+    params.kv_unified = options.kv_unified
+    params.cont_batching = True
+    params.n_gpu_layers = options.n_gpu_layers
+    params.cpuparams.n_threads = options.threads
+    params.cpuparams_batch.n_threads = options.threads
+    params.warmup = True
+    params.cache_ram_mib = 0  # Berth's requests rarely share long prefixes across slots
+    params.ctx_shift = False  # a full slot ends the request (Berth checks limits before) instead of dropping context
+    # xllamacpp always starts llama.cpp's HTTP server too (on 127.0.0.1, a free port); Berth calls
+    # the routes in-process, so lock that listener with a key nobody knows.
+    params.api_keys = [api_key]
+    params.port = 0
+    return params
+
+
+def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
+    """The body of llama.cpp's /v1/completions for one request: prompt ids in, every sampling knob explicit.
+
+    llama.cpp's own defaults (top_k 40, top_p 0.95, min_p 0.05, repeat_last_n 64) differ from
+    Berth's "off" defaults, so each knob is always sent. n_probs is at least 1: each streamed
+    chunk then names the id of the token it carries. Raises InvalidRequest for what llama.cpp
+    cannot honour. Constrained decoding (grammar / json_schema) belongs here too.
+    """
+    s = request.sampling
+    if s.prompt_logprobs:
+        raise errors.InvalidRequest("prompt logprobs (decoder_input_details) are not available on the llama.cpp "
+                                    "engine", param="decoder_input_details")
+    if s.min_new_tokens:
+        raise errors.InvalidRequest("min_new_tokens is not supported by the llama.cpp engine",
+                                    param="min_new_tokens")
+    _check(s.temperature >= 0.0 and math.isfinite(s.temperature), "temperature", s.temperature, "must be >= 0")
+    _check(0.0 < s.top_p <= 1.0, "top_p", s.top_p, "must be in (0, 1]")
+    _check(s.top_k >= 0, "top_k", s.top_k, "must be >= 0")
+    _check(0.0 <= s.min_p <= 1.0, "min_p", s.min_p, "must be in [0, 1]")
+    _check(0.0 < s.typical_p <= 1.0, "typical_p", s.typical_p, "must be in (0, 1]")
+    _check(s.repetition_penalty > 0.0 and math.isfinite(s.repetition_penalty), "repetition_penalty",
+           s.repetition_penalty, "must be > 0")
+    _check(-2.0 <= s.frequency_penalty <= 2.0, "frequency_penalty", s.frequency_penalty, "must be in [-2, 2]")
+    _check(-2.0 <= s.presence_penalty <= 2.0, "presence_penalty", s.presence_penalty, "must be in [-2, 2]")
+    _check(s.logprobs is None or 0 <= s.logprobs <= 100, "logprobs", s.logprobs, "must be in [0, 100] here")
+    bad = [t for t in request.prompt_token_ids if not 0 <= t < n_vocab]
+    _check(not bad, "prompt", bad[:3], f"token ids must be in [0, {n_vocab})")
+    greedy = s.greedy or s.temperature == 0.0
+    return {
+        "prompt": list(request.prompt_token_ids),
+        "stream": True,
+        "max_tokens": request.max_new_tokens,
+        "temperature": 0.0 if greedy else s.temperature,
+        "top_k": 0 if greedy else s.top_k,
+        "top_p": 1.0 if greedy else s.top_p,
+        "min_p": 0.0 if greedy else s.min_p,
+        "typical_p": 1.0 if greedy else s.typical_p,
+        "repeat_penalty": s.repetition_penalty,
+        "repeat_last_n": len(request.prompt_token_ids) + request.max_new_tokens,  # HF: the whole sequence
+        "frequency_penalty": s.frequency_penalty,
+        "presence_penalty": s.presence_penalty,
+        "seed": RANDOM_SEED if s.seed is None else s.seed % (1 << 32),
+        "ignore_eos": s.ignore_eos,
+        "n_probs": max(1, s.logprobs or 0),
+        "post_sampling_probs": False,  # logprobs of the raw distribution, as the other engines report
+        "timings_per_token": True,  # predicted_n per chunk: how many tokens the slot has made
+        "cache_prompt": True,
+    }
+
+
+def _check(ok: bool, name: str, value: object, why: str) -> None:
+    if not ok:
+        raise errors.InvalidRequest(f"{name}={value!r} {why}", param=name)

@@ -1,0 +1,120 @@
+"""SmolLM2-135M-Instruct Q4_1 served from its .gguf file on the llama.cpp engine, through the real openai client.
+
+One server for the module (HF_MODEL_ID=<file>.gguf, BERTH_ENGINE=auto must pick llama.cpp). The
+references are the model's own outputs sent alone, and token counts from the GGUF's tokenizer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import RunningServer, launch_serve
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp is not installed")
+UID = "smollm2-gguf"
+# SmolLM2's template adds its own system prompt when there is none; with it, llama.cpp's Q4_1 kernels
+# make the greedy answer "L'Étoile...", so the question comes with a plain system prompt.
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+PROMPTS = [
+    "What is the capital of France?", "Name three colours.", "What is 2 + 2?", "Say hello in Spanish.",
+    "What is the largest planet?", "Who wrote Hamlet?", "What do bees make?", "Name a fruit that is yellow.",
+]
+
+
+@pytest.fixture(scope="module")
+def gguf_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """serve with HF_MODEL_ID set to the .gguf file; auto picks llama.cpp."""
+    server = launch_serve(smollm2_gguf, tmp_path_factory.mktemp("gguf"), engine="auto",
+                          env={"BERTH_MODEL_UID": UID, "MAX_TOTAL_TOKENS": "1024", "MAX_CONCURRENT_REQUESTS": "16"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gguf_server: RunningServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gguf_server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_gguf: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+
+
+def _chat(client: openai.OpenAI, question: str, **kwargs: Any) -> Any:
+    return client.chat.completions.create(model=UID, messages=[SYSTEM, {"role": "user", "content": question}],
+                                          temperature=0, max_tokens=kwargs.pop("max_tokens", 24), **kwargs)
+
+
+def test_auto_picks_llamacpp_and_answers_paris(client: openai.OpenAI, gguf_server: RunningServer) -> None:
+    info = httpx.get(gguf_server.url("/info"), timeout=10).json()
+    assert "engine llama.cpp (auto" in gguf_server.logs()
+    assert info["max_total_tokens"] == 1024
+    reply = _chat(client, "What is the capital of France?")
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_stream_equals_non_stream(client: openai.OpenAI) -> None:
+    whole = _chat(client, "Tell me about the sea.", max_tokens=40)
+    chunks = list(_chat(client, "Tell me about the sea.", max_tokens=40, stream=True,
+                        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_concurrent_prompts_match_alone(client: openai.OpenAI) -> None:
+    alone = [_chat(client, q).choices[0].message.content for q in PROMPTS]
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(lambda q: _chat(client, q).choices[0].message.content, PROMPTS))
+    assert together == alone
+
+
+def test_usage_counts_are_exact(client: openai.OpenAI, tokenizer: Any) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Write a long poem about the sea."}]
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    reply = client.chat.completions.create(model=UID, messages=messages, temperature=0, max_tokens=9, logprobs=True)
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens == len(prompt_ids)
+    assert reply.choices[0].finish_reason == "length" and usage.completion_tokens == 9
+    assert reply.choices[0].logprobs is not None and len(reply.choices[0].logprobs.content or []) == 9
+    completion = client.completions.create(model=UID, prompt="The sea is", max_tokens=5, temperature=0)
+    assert completion.usage is not None and completion.usage.prompt_tokens == len(tokenizer.encode("The sea is"))
+    assert completion.usage.completion_tokens == 5
+
+
+def test_multibyte_tokens_keep_their_ids(client: openai.OpenAI, tokenizer: Any) -> None:
+    """llama.cpp streams a token that ends inside a UTF-8 character merged with the next one; none go missing."""
+    prompt = "Emoji party: 🎉🎉🎉🎉 🎉🎉"
+    reply = client.completions.create(model=UID, prompt=prompt, max_tokens=6, temperature=0)
+    text = reply.choices[0].text
+    assert reply.usage is not None and reply.usage.completion_tokens == 6
+    assert len(tokenizer.encode(text, add_special_tokens=False)) == 6 and "\ufffd" not in text
+
+
+def test_top_logprobs_and_sampling_knobs(client: openai.OpenAI) -> None:
+    reply = _chat(client, "Name a colour.", max_tokens=4, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
+    seeded = [client.chat.completions.create(model=UID, messages=[{"role": "user", "content": "Tell a story."}],
+                                             temperature=1.0, top_p=0.9, seed=11, max_tokens=12)
+              .choices[0].message.content for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_prompt_logprobs_are_a_clear_4xx(gguf_server: RunningServer) -> None:
+    reply = httpx.post(gguf_server.url("/generate"), timeout=60, json={
+        "inputs": "Hello", "parameters": {"max_new_tokens": 2, "decoder_input_details": True}})
+    assert reply.status_code == 422 and "llama.cpp" in reply.json()["error"]

@@ -1,0 +1,114 @@
+"""The llama.cpp engine's pure parts: request mapping, server sizing, GGUF facts, recovering merged token ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from berth_server.canonical import SamplingParams
+from berth_server.engines import llamacpp_params
+from berth_server.engines.base import EngineRequest
+from berth_server.engines.llamacpp_engine import LlamaCppEngine, gguf_path
+from berth_server.engines.llamacpp_tokens import TokenBytes, piece_bytes
+from berth_server.errors import InvalidRequest
+from berth_server.models.launch import ModelLaunchConfig
+from berth_server.settings import Settings, SettingsError
+
+CONFIG = ModelLaunchConfig(uid="m", source="x.gguf", model_name="m")
+
+
+def _request(**sampling: object) -> EngineRequest:
+    return EngineRequest("r", [1, 2, 3], SamplingParams(**sampling), frozenset({2}), 16)  # type: ignore[arg-type]
+
+
+def test_body_sends_every_knob_explicitly() -> None:
+    body = llamacpp_params.completion_body(_request(temperature=0.7, top_k=5, top_p=0.8, min_p=0.1, seed=3,
+                                                    repetition_penalty=1.2, logprobs=4), n_vocab=10)
+    assert body["prompt"] == [1, 2, 3] and body["stream"] is True and body["max_tokens"] == 16
+    assert (body["temperature"], body["top_k"], body["top_p"], body["min_p"]) == (0.7, 5, 0.8, 0.1)
+    assert body["seed"] == 3 and body["repeat_penalty"] == 1.2 and body["repeat_last_n"] == 19
+    assert body["n_probs"] == 4 and body["post_sampling_probs"] is False
+
+
+def test_greedy_turns_off_llamacpp_defaults_and_always_asks_for_ids() -> None:
+    body = llamacpp_params.completion_body(_request(greedy=True), n_vocab=10)
+    assert (body["temperature"], body["top_k"], body["top_p"], body["min_p"]) == (0.0, 0, 1.0, 0.0)
+    assert body["n_probs"] == 1 and body["seed"] == llamacpp_params.RANDOM_SEED
+
+
+@pytest.mark.parametrize(("sampling", "param"), [
+    ({"prompt_logprobs": True}, "decoder_input_details"), ({"min_new_tokens": 2}, "min_new_tokens"),
+    ({"top_p": 0.0}, "top_p"), ({"temperature": float("nan")}, "temperature"), ({"logprobs": 500}, "logprobs"),
+])
+def test_what_llamacpp_cannot_do_is_a_4xx_naming_the_field(sampling: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        llamacpp_params.completion_body(_request(**sampling), n_vocab=10)
+    assert caught.value.param == param
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="token ids must be in"):
+        llamacpp_params.completion_body(_request(), n_vocab=3)
+
+
+FACTS = llamacpp_params.GgufFacts(path=Path("m.gguf"), architecture="llama", context_length=8192, n_layer=30,
+                                  n_head_kv=3, head_dim=64, n_vocab=49152)
+
+
+def test_slots_and_context_come_from_the_limits() -> None:
+    settings = Settings(max_concurrent_requests=8, max_total_tokens=1024, llamacpp_threads=3, kv_cache_gb=4.0)
+    options = llamacpp_params.server_options(Path("m.gguf"), FACTS, ModelLaunchConfig(
+        uid="m", source="x", model_name="m", is_default=True), settings, cpu_count=2)
+    assert (options.n_parallel, options.slot_context, options.n_ctx, options.kv_unified) == (8, 1024, 8192, False)
+    assert options.threads == 3 and options.n_gpu_layers == 0
+
+
+def test_a_small_kv_budget_shares_one_cache_across_slots() -> None:
+    options = llamacpp_params.server_options(Path("m.gguf"), FACTS, CONFIG, Settings(), cpu_count=2)
+    assert options.slot_context == llamacpp_params.DEFAULT_SLOT_CONTEXT and options.n_parallel == 32
+    assert options.kv_unified and options.n_ctx == (1 << 30) // FACTS.kv_bytes_per_token
+    assert options.threads == 2
+
+
+def test_unreadable_gguf_is_a_4xx_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(InvalidRequest, match="broken.gguf"):
+        llamacpp_params.read_gguf_facts(bad)
+
+
+def test_truncated_real_gguf_is_a_4xx(smollm2_gguf: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_gguf.read_bytes()[: 4 << 20])
+    with pytest.raises(InvalidRequest, match="cut.gguf"):
+        llamacpp_params.read_gguf_facts(cut)
+    facts = llamacpp_params.read_gguf_facts(smollm2_gguf)
+    assert (facts.architecture, facts.context_length, facts.n_layer, facts.n_vocab) == ("llama", 8192, 30, 49152)
+
+
+def test_cannot_serve_says_why(tmp_path: Path) -> None:
+    assert "GGUF weights only" in (LlamaCppEngine.cannot_serve(CONFIG, tmp_path, Settings()) or "")
+    (tmp_path / "m.gguf").write_bytes(b"")
+    assert gguf_path(tmp_path) == tmp_path / "m.gguf"
+    assert LlamaCppEngine.cannot_serve(CONFIG, tmp_path / "m.gguf", Settings()) is None
+    embedding = ModelLaunchConfig(uid="e", source="x", model_name="e", model_type="embedding")
+    assert "LLM" in (LlamaCppEngine.cannot_serve(embedding, tmp_path / "m.gguf", Settings()) or "")
+
+
+def test_engine_name_spellings() -> None:
+    assert Settings.from_env({"BERTH_ENGINE": "llamacpp"}).engine == "llama.cpp"
+    assert Settings.from_env({"BERTH_ENGINE": "llama.cpp", "BERTH_N_GPU_LAYERS": "-1"}).n_gpu_layers == -1
+    with pytest.raises(SettingsError, match="llama.cpp"):
+        Settings.from_env({"BERTH_ENGINE": "ollama"})
+
+
+def test_piece_bytes_for_both_vocabulary_styles() -> None:
+    assert piece_bytes("Ġcat", "gpt2") == b" cat" and piece_bytes("ðŁİ", "gpt2") == b"\xf0\x9f\x8e"
+    assert piece_bytes("\u2581cat", "llama") == b" cat" and piece_bytes("<0xE4>", "llama") == b"\xe4"
+
+
+def test_merged_bytes_split_into_the_reported_number_of_tokens() -> None:
+    vocab = TokenBytes(["a", "ðŁİ", "ð", "Ł", "İ", "ĉ"], "gpt2", [True] * 6)
+    assert vocab.segment(b"\xf0\x9f\x8e", 1) == [1]
+    assert vocab.segment(b"\xf0\x9f\x8e", 3) == [2, 3, 4]
+    assert vocab.segment(b"\xf0\x9f\x8e", 2) is None and vocab.segment(b"", 0) == []
