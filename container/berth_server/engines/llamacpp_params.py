@@ -105,7 +105,10 @@ def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, sett
         log.info("llama.cpp: %d-token context per slot (the model allows %d; set MAX_TOTAL_TOKENS for more)",
                  DEFAULT_SLOT_CONTEXT, slot_context)
         slot_context = DEFAULT_SLOT_CONTEXT
-    n_parallel = max(1, min(settings.max_concurrent_requests, settings.max_batch_size))
+    args = config.engine_args  # launch-body keys, allowed by models/launch_keys.py
+    n_parallel = max(1, int(args.get("n_parallel") or min(settings.max_concurrent_requests, settings.max_batch_size)))
+    if args.get("n_ctx"):  # llama.cpp's meaning: the KV cache all slots share
+        slot_context = min(max(1, int(args["n_ctx"]) // n_parallel), facts.context_length)
     wanted = slot_context * n_parallel
     budget_gb = settings.kv_cache_gb if settings.kv_cache_gb is not None else (
         None if on_gpu else DEFAULT_CPU_KV_CACHE_GB)
@@ -116,8 +119,10 @@ def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, sett
             # The slots share one cache that still holds a whole slot's context; llama.cpp ends a
             # request with an error if the shared cache fills up.
             n_ctx, unified = max(slot_context, budget), True
-    threads = settings.llamacpp_threads or max(1, cpu_count)
+    threads = int(args.get("n_threads") or settings.llamacpp_threads or max(1, cpu_count))
     gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else (-1 if on_gpu else 0)
+    if args.get("n_gpu_layers") is not None:
+        gpu_layers = int(args["n_gpu_layers"])
     return ServerOptions(model_path=path, threads=threads, n_parallel=n_parallel, slot_context=slot_context,
                          n_ctx=n_ctx, kv_unified=unified, n_gpu_layers=gpu_layers)
 
