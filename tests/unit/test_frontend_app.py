@@ -26,7 +26,7 @@ def test_building_the_app_imports_no_engine(tmp_path) -> None:
     code = ("import sys, berth_server.frontend.wsgi; from berth_server.frontend.app import create_app; "
             "from berth_server.settings import Settings; "
             f"create_app(Settings(runtime_dir={str(tmp_path)!r})); "
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm')]; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm', 'xllamacpp', 'gguf')]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
