@@ -170,6 +170,7 @@ class Settings:
     engine: EngineChoice = "auto"
     home: Path = field(default_factory=lambda: Path.home() / ".berth")
     api_key: str | None = None
+    metrics_public: bool = False  # BERTH_METRICS_PUBLIC: /metrics without the API key
     workers: int = 1
     graceful_timeout_s: float = 25.0
     model_load_timeout_s: float = 3600.0
@@ -222,6 +223,7 @@ class Settings:
             "SM_NUM_GPUS": str(self.sm_num_gpus),
             "BERTH_DOWNLOAD_WORKERS": str(self.download_workers),
             "BERTH_STREAM_BUFFER": str(self.stream_buffer_events),
+            "BERTH_METRICS_PUBLIC": "true" if self.metrics_public else "false",
         }
         optional = {
             "HF_MODEL_ID": self.hf_model_id,
@@ -281,6 +283,7 @@ class Settings:
             engine=engine,  # type: ignore[arg-type]
             home=Path(home).expanduser(),
             api_key=env.get("BERTH_API_KEY") or None,
+            metrics_public=_bool(env, "BERTH_METRICS_PUBLIC", False),
             workers=_int(env, "BERTH_WORKERS", 1, 1) or 1,
             graceful_timeout_s=_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
             model_load_timeout_s=_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,

@@ -110,7 +110,9 @@ def test_api_key_accepted_and_open_paths_free(tmp_path) -> None:
     client = make_app(tmp_path, api_key="sekret").test_client()
     assert client.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
     assert client.get("/v1/models", headers={"X-Api-Key": "sekret"}).status_code == 200
-    assert client.get("/metrics").status_code == 200
+    assert client.get("/ping").status_code == 200 and client.get("/health").status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert make_app(tmp_path, api_key="sekret", metrics_public=True).test_client().get("/metrics").status_code == 200
 
 
 def test_metrics_counts_requests_and_model_gauges(tmp_path) -> None:

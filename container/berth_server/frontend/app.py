@@ -64,7 +64,7 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
     app.extensions["berth"] = FrontendState(settings=settings, gateway=gateway, control=control,
                                             metrics=FrontendMetrics(gateway))
     register_error_handlers(app)
-    install_auth(app, settings.api_key)
+    install_auth(app, settings.api_key, settings.metrics_public)
     app.before_request(lambda: _check_content_length(settings.max_body_bytes))
     install_metrics(app)
     _register_protocols(app)

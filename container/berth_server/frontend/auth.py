@@ -1,4 +1,4 @@
-"""Optional API-key check: with BERTH_API_KEY set, every route but health and metrics needs the key."""
+"""Optional API-key check: with BERTH_API_KEY set, every route needs the key but health checks (and public metrics)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from flask import Flask, request
 
 from berth_server.errors import Unauthorized
 
-# xinference-client asks /v1/cluster/auth without a key to learn whether it must send one.
-OPEN_PATHS = frozenset({"/ping", "/health", "/metrics", "/v1/cluster/auth"})
+# SageMaker and load balancers probe health without a key; xinference-client asks /v1/cluster/auth
+# without one to learn whether it must send one. /metrics joins them only with BERTH_METRICS_PUBLIC.
+OPEN_PATHS = frozenset({"/ping", "/health", "/v1/cluster/auth"})
+METRICS_PATH = "/metrics"
 
 
 def presented_key() -> str | None:
@@ -20,16 +22,18 @@ def presented_key() -> str | None:
     return request.headers.get("X-Api-Key")
 
 
-def install_auth(app: Flask, api_key: str | None) -> None:
-    """Reject requests without the right key (401) when api_key is set."""
+def install_auth(app: Flask, api_key: str | None, metrics_public: bool = False) -> None:
+    """Reject requests without the right key (401) when api_key is set; the comparison is constant-time."""
     if not api_key:
         return
     expected = api_key.encode()
+    open_paths = OPEN_PATHS | {METRICS_PATH} if metrics_public else OPEN_PATHS
 
     @app.before_request
     def _require_key() -> None:
-        if request.path in OPEN_PATHS:
+        if request.path in open_paths:
             return
         key = presented_key()
+        # compare_digest on bytes of any length: the time taken does not tell how much of the key matched.
         if key is None or not hmac.compare_digest(key.encode(), expected):
             raise Unauthorized("missing or invalid API key")
