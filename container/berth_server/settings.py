@@ -171,6 +171,7 @@ class Settings:
     home: Path = field(default_factory=lambda: Path.home() / ".berth")
     api_key: str | None = None
     metrics_public: bool = False  # BERTH_METRICS_PUBLIC: /metrics without the API key
+    model_roots: tuple[Path, ...] = ()  # BERTH_MODEL_ROOTS: launches read local weights only from under these
     workers: int = 1
     graceful_timeout_s: float = 25.0
     model_load_timeout_s: float = 3600.0
@@ -244,6 +245,7 @@ class Settings:
             "BERTH_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "BERTH_TOOL_CALL_PARSER": self.tool_call_parser,
             "BERTH_REQUEST_TIMEOUT": self.request_timeout_s,
+            "BERTH_MODEL_ROOTS": os.pathsep.join(str(root) for root in self.model_roots) or None,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
@@ -284,6 +286,9 @@ class Settings:
             home=Path(home).expanduser(),
             api_key=env.get("BERTH_API_KEY") or None,
             metrics_public=_bool(env, "BERTH_METRICS_PUBLIC", False),
+            model_roots=tuple(Path(part).expanduser() for part in
+                              (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
+                              if part.strip()),
             workers=_int(env, "BERTH_WORKERS", 1, 1) or 1,
             graceful_timeout_s=_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
             model_load_timeout_s=_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,

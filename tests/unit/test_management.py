@@ -178,3 +178,24 @@ def test_enrich_default_config_from_the_catalog(tmp_path: Path) -> None:
     assert enriched.reasoning_start_tag == "<think>" and enriched.thinking_variable == "enable_thinking"
     other = ModelLaunchConfig(uid="d", source="/some/dir", model_name="x")
     assert enrich_default_config(other, settings) == other
+
+
+def test_model_roots_limit_where_local_weights_come_from(tmp_path: Path) -> None:
+    allowed = tmp_path / "models"
+    inside = allowed / "qwen"
+    outside = tmp_path / "elsewhere"
+    for folder in (inside, outside):
+        folder.mkdir(parents=True)
+        (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }} enable_thinking"}))
+    (allowed / "sneaky").symlink_to(outside)
+    settings = Settings(home=tmp_path / "home", model_roots=(allowed,))
+    supervisor = FakeSupervisor(settings)
+    handlers = control_handlers(settings, supervisor)
+    assert call(handlers, "models.launch", model_name="qwen3", model_path=str(inside))["model_uid"]
+    for path in (str(outside), f"file://{outside}", str(inside / ".." / ".." / "elsewhere"), str(allowed / "sneaky")):
+        with pytest.raises(InvalidRequest, match="BERTH_MODEL_ROOTS") as caught:
+            call(handlers, "models.launch", model_name="qwen3", model_path=path)
+        assert caught.value.param == "model_path"
+    # From the environment: a PATH-like list.
+    assert Settings.from_env({"BERTH_MODEL_ROOTS": f"{allowed}:/opt/ml/model"}).model_roots == (allowed,
+                                                                                              Path("/opt/ml/model"))

@@ -117,6 +117,22 @@ def test_s3_tar_gz_download_and_extract(s3, moto_endpoint: str, tmp_path: Path) 
         resolve_source("s3://models/jobs/bad/model.tar.gz", settings)
 
 
+def test_s3_keys_cannot_write_outside_the_cache(s3, moto_endpoint: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket="models", Key="llm/evil/config.json", Body=b"{}")
+    s3.put_object(Bucket="models", Key="llm/evil/../../../../escape.txt", Body=b"x")
+    s3.put_object(Bucket="models", Key="../../up/model.tar.gz", Body=b"x")
+    settings = Settings(home=tmp_path / "home", s3_endpoint_url=moto_endpoint)
+    for uri in ("s3://models/llm/evil/", "s3://models/../../up/model.tar.gz", "s3://models//abs/model.tar.gz",
+                "s3://models/../../up/"):
+        with pytest.raises(InvalidRequest, match="outside the model cache"):
+            resolve_source(uri, settings)
+    for uri in ("s3://../x/", "s3://./x/", "s3://UPPER/x/"):
+        with pytest.raises(InvalidRequest, match="not a valid S3 bucket"):
+            resolve_source(uri, settings)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(settings.home / "cache" in p.parents for p in written) and not any("escape" in str(p) for p in written)
+
+
 @pytest.mark.parametrize(("uri", "match"), [
     ("s3://no-such-bucket/x/", "NoSuchBucket"),
     ("s3://models/empty-prefix/", "no objects"),

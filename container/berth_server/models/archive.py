@@ -23,6 +23,16 @@ def _escapes(path: str) -> bool:
     return posixpath.isabs(path) or normalized == ".." or normalized.startswith("../")
 
 
+def safe_join(root: Path, relative: str, source: str) -> Path:
+    """root/relative, refused (InvalidRequest naming it) when relative is absolute or climbs out with '..'.
+
+    S3 keys and archive members come from whoever wrote the bucket: they must never pick where we write.
+    """
+    if _escapes(relative) or "\\" in relative or any(part == ".." for part in relative.split("/")):
+        raise InvalidRequest(f"unsafe name {relative!r} in {source!r}: it points outside the model cache")
+    return root / posixpath.normpath(relative) if relative.strip("/") else root
+
+
 def check_member(member: tarfile.TarInfo, source: str) -> None:
     """Refuse a member that could write outside the target or create a device."""
     name = member.name

@@ -15,6 +15,7 @@ from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
+from berth_server.models.roots import check_model_roots
 from berth_server.protocols.openai.tool_calls import check_parser_name
 from berth_server.settings import Settings
 
@@ -158,6 +159,7 @@ def build_config(settings: Settings, registration: Registration, model_type: str
     """Resolve source, template facts and limits into the config a model process starts from."""
     spec = choose_spec(registration, request)
     source = request.model_path or spec.model_uri or spec.model_id
+    check_model_roots(settings, source, "model_path" if request.model_path else "model_uri")
     # model_path and model_uri may be local; a model_id is a hub id, resolved in the model process.
     model_dir = local_dir(request.model_path or spec.model_uri)
     if model_dir is not None and not model_dir.exists():

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from berth_server.errors import WeightsNotFound
-from berth_server.models.archive import extract_archive, is_archive
+from berth_server.errors import InvalidRequest, WeightsNotFound
+from berth_server.models.archive import extract_archive, is_archive, safe_join
 from berth_server.settings import Settings
 
 ProgressCallback = Callable[[float, str], None]
 
 
+# S3's bucket naming rules (and never '.' or '..', which would name a folder of the cache itself).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """s3://bucket/key/prefix -> ("bucket", "key/prefix")."""
+    """s3://bucket/key/prefix -> ("bucket", "key/prefix"); InvalidRequest for a bucket S3 would not allow."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise WeightsNotFound(f"model weights not found at {uri!r}: no bucket in the URI")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise InvalidRequest(f"{uri!r}: {bucket!r} is not a valid S3 bucket name")
     return bucket, key
 
 
@@ -70,8 +77,8 @@ def resolve_s3(uri: str, settings: Settings, progress: ProgressCallback, only: s
     client = _client(settings)
     try:
         if is_archive(key):
+            archive = safe_join(cache, key, uri)
             head = client.head_object(Bucket=bucket, Key=key)
-            archive = cache / key
             progress(0.0, f"downloading {uri} ({head['ContentLength']} bytes)")
             _download(client, bucket, key, int(head["ContentLength"]), archive)
             progress(0.9, f"extracting {uri}")
@@ -81,13 +88,15 @@ def resolve_s3(uri: str, settings: Settings, progress: ProgressCallback, only: s
         if not objects:
             raise WeightsNotFound(f"model weights not found at {uri!r}: no objects under that prefix")
         total = sum(size for _, size in objects) or 1
-        target_dir = cache / prefix
+        target_dir = safe_join(cache, prefix, uri)
+        # Every object's local name is checked before anything is written.
+        targets = {name: safe_join(target_dir, name[len(prefix):], uri) for name, _ in objects}
         done = [0]
         lock = threading.Lock()
 
         def fetch(item: tuple[str, int]) -> None:
             name, size = item
-            _download(client, bucket, name, size, target_dir / name[len(prefix):])
+            _download(client, bucket, name, size, targets[name])
             with lock:
                 done[0] += size
                 progress(done[0] / total, f"downloaded {name} ({done[0]}/{total} bytes)")
