@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from berth_server.errors import BerthError, Conflict, NotFound, from_failure
+from berth_server.model_table import TableWriter, table_path
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.settings import Settings
 
@@ -51,6 +52,7 @@ class ModelHandle:
     stopping: bool = False
     launched_at: float = field(default_factory=time.time)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_change: Callable[[], None] | None = None  # publishes the model table
 
     @property
     def state(self) -> str:
@@ -61,6 +63,8 @@ class ModelHandle:
         self.status = status
         self.changed.set()
         self.changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
 
 
 class Supervisor:
@@ -74,12 +78,20 @@ class Supervisor:
         self._models: dict[str, ModelHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._status_socket: zmq.asyncio.Socket | None = None
+        runtime_dir = settings.runtime_dir
+        self._table = TableWriter(table_path(runtime_dir)) if runtime_dir is not None else None
 
     async def start(self) -> None:
         """Bind the status socket and start reading it."""
         self._status_socket = self._context.socket(zmq.PULL)
         self._status_socket.bind(status_socket_address(self.settings))
+        self._publish()
         self._spawn_task(self._read_statuses())
+
+    def _publish(self) -> None:
+        """Write the model table for the frontend workers (before any control reply that changed it)."""
+        if self._table is not None:
+            self._table.write(self.statuses())
 
     def statuses(self) -> dict[str, ModelStatus]:
         """The latest status of every launched model, by uid."""
@@ -94,7 +106,7 @@ class Supervisor:
         existing = self._models.get(config.uid)
         if existing is not None and existing.state not in ("failed", "stopped"):
             raise Conflict(f"model uid {config.uid!r} is already running; terminate it or choose another uid")
-        handle = ModelHandle(config=config)
+        handle = ModelHandle(config=config, on_change=self._publish)
         self._models[config.uid] = handle
         await self._spawn_process(handle)
         if wait_ready:
@@ -128,7 +140,9 @@ class Supervisor:
         handle.stopping = True
         handle.set_status(ModelStatus(uid=uid, state="stopping"))
         await self._stop_process(handle)
-        self._models.pop(uid, None)
+        if self._models.get(uid) is handle:
+            self._models.pop(uid, None)
+        self._publish()
 
     async def shutdown(self) -> None:
         """Stop every model process, then the background tasks."""

@@ -257,3 +257,29 @@ def test_a_restarted_model_fails_the_request_early(tmp_path: Path) -> None:
     finally:
         gateway.close()
         model.close()
+
+
+def test_workers_read_the_launchers_table_at_once_and_drop_gone_models(tmp_path: Path) -> None:
+    from berth_server.model_table import TableWriter, table_path
+    from berth_server.models.launch import ModelStatus
+
+    writer = TableWriter(table_path(tmp_path))
+    writer.write({"m": ModelStatus(uid="m", state="ready")})
+    control = StaticControl({})
+    workers = [Gateway(Settings(runtime_dir=tmp_path, model_uid="m"), control, tmp_path, accept_timeout_s=5,
+                       event_timeout_s=5) for _ in range(2)]
+    model = FakeModel(tmp_path, "m", scripted)
+    try:
+        stream = workers[0].generate(request("hang"))
+        assert stream.accepted.prompt_tokens == 1
+        writer.write({"m": ModelStatus(uid="m", state="ready"), "x": ModelStatus(uid="x", state="starting")})
+        assert [w.resolve_model("x") for w in workers] == ["x", "x"]  # the next request, on any worker
+        writer.write({})  # m terminated: a waiting request fails at once instead of timing out
+        assert all("m" not in w.statuses() for w in workers)
+        with gevent.Timeout(2), pytest.raises(IncompleteGeneration, match="terminated"):
+            list(stream)
+        assert "m" not in workers[0]._clients and control.calls == 0  # no control RPC on the way
+    finally:
+        for worker in workers:
+            worker.close()
+        model.close()

@@ -84,3 +84,29 @@ def test_crash_after_ready_restarts_then_gives_up(tmp_path: Path, monkeypatch: p
 
     monkeypatch.chdir(REPO)
     asyncio.run(scenario())
+
+
+def test_every_change_is_in_the_model_table_before_the_call_returns(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from berth_server.model_table import TableReader, table_path
+
+    reader = TableReader(table_path(tmp_path))
+
+    async def scenario() -> None:
+        async with running_supervisor(tmp_path) as sup:
+            assert reader.models() == {}
+            await sup.launch(config("a"), wait_ready=False)
+            assert reader.models()["a"]["state"] in ("starting", "loading", "ready")
+            await sup.wait_ready("a", 30)
+            assert reader.models()["a"]["state"] == "ready" and reader.models()["a"]["description"]["pid"]
+            await sup.launch(config("bad", "fail"), wait_ready=False)
+            with pytest.raises(InvalidRequest):
+                await sup.wait_ready("bad", 30)
+            failed = reader.models()["bad"]
+            assert failed["state"] == "failed" and failed["reason"]  # reported with its reason...
+            await sup.terminate("bad")  # ...and removable
+            await sup.terminate("a")
+            assert reader.models() == {}
+
+    monkeypatch.chdir(REPO)
+    asyncio.run(scenario())

@@ -1,7 +1,8 @@
 """The frontend's door to model processes and to model facts from the launcher.
 
-Gateway holds this worker's ModelClient per uid (created lazily after fork) and the launcher's
-status table (cached); protocol services call generate/tokenize/embed/rerank/resolve_model on it.
+Gateway holds this worker's ModelClient per uid (created lazily after fork) and reads the model
+table the launcher writes (model_table.py: one stat() per look, no RPC); protocol services call
+generate/tokenize/embed/rerank/resolve_model on it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from berth_server import ipc
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_failure
 from berth_server.frontend.streams import GenerationStream, ModelClient, new_request_id
+from berth_server.model_table import TableReader, table_path
 from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
 
@@ -33,7 +35,7 @@ class Gateway:
     def __init__(self, settings: Settings, control: Any, runtime_dir: Path | None = None, *,
                  accept_timeout_s: float = 120.0, event_timeout_s: float = 300.0,
                  send_timeout_s: float = 2.0, call_timeout_s: float = 120.0, status_ttl_s: float = 1.0,
-                 liveness_check_s: float = 2.0) -> None:
+                 liveness_check_s: float = 0.5) -> None:
         self.settings = settings
         self.control = control
         self.runtime_dir = runtime_dir or settings.runtime_dir or Path(".")
@@ -47,6 +49,8 @@ class Gateway:
         self._context: zmq.Context | None = None
         self._clients: dict[str, ModelClient] = {}
         self._status: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._table = TableReader(table_path(self.runtime_dir))
+        self._table_version = -1
 
     # -- model processes -------------------------------------------------------------------
     def client(self, uid: str) -> ModelClient:
@@ -136,13 +140,30 @@ class Gateway:
 
     # -- facts from the launcher -----------------------------------------------------------
     def statuses(self, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
-        """{uid: ModelStatus as dict} from the launcher, cached for status_ttl_s."""
+        """{uid: ModelStatus as dict}: the launcher's model table, always current.
+
+        Without a table file (a launcher that does not write one: test doubles) the launcher is asked
+        over control RPC, cached for status_ttl_s.
+        """
+        if self._table.exists():
+            statuses = self._table.models()
+            if self._table.version != self._table_version:
+                self._table_version = self._table.version
+                self._drop_clients(statuses)
+            return statuses
         max_age = self.status_ttl_s if max_age_s is None else max_age_s
         fetched_at, statuses = self._status
         if time.monotonic() - fetched_at > max_age:
             statuses = self.control.call("status") or {}
             self._status = (time.monotonic(), statuses)
         return statuses
+
+    def _drop_clients(self, statuses: dict[str, dict[str, Any]]) -> None:
+        """Close this worker's sockets to models that are gone (terminated); their requests fail at once."""
+        if self._pid != os.getpid():
+            return
+        for uid in [uid for uid in self._clients if uid not in statuses]:
+            self._clients.pop(uid).close(f"model '{uid}' was terminated")
 
     def resolve_model(self, name: str | None) -> str:
         """The uid a request's model name means; None/""/"tgi"/the default id mean the default model."""

@@ -118,10 +118,14 @@ class ModelClient:
         except BerthError:
             pass  # the model process is gone: nothing to abort
 
-    def close(self) -> None:
-        """Stop the reader and close the socket (tests and shutdown)."""
+    def close(self, reason: str | None = None) -> None:
+        """Stop the reader and close the socket; requests still waiting fail with `reason` (if given)."""
         self._reader.kill(block=True)
         self._socket.close(0)
+        if reason is not None:
+            for request_id, queue in list(self._queues.items()):
+                queue.put(Failure(request_id=request_id, message=reason, error_type="incomplete_generation"))
+        self._queues = {}
 
 
 class GenerationStream:
