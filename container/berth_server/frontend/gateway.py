@@ -38,7 +38,7 @@ class Gateway:
                  liveness_check_s: float = 0.5) -> None:
         self.settings = settings
         self.control = control
-        self.runtime_dir = runtime_dir or settings.runtime_dir or Path(".")
+        self.runtime_dir = Path(runtime_dir or settings.runtime_dir or ".")
         self.accept_timeout_s = accept_timeout_s
         self.event_timeout_s = event_timeout_s
         self.send_timeout_s = send_timeout_s
