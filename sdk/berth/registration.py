@@ -54,6 +54,34 @@ class LLMSpec(_SpecBase):
 
     model_size_in_billions: int | str | float = 0
     activated_size_in_billions: int | str | float | None = None
+    # ggufv2: the file name, with {quantization}; the quantizations the folder or hub repo holds.
+    model_file_name_template: str | None = None
+    quantizations: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _gguf(self) -> LLMSpec:
+        if self.model_format != "ggufv2":
+            return self
+        if not self.model_file_name_template and not (self.model_uri or "").lower().endswith(".gguf"):
+            raise ValueError("a ggufv2 spec needs model_file_name_template (with {quantization}) "
+                             "unless model_uri names the .gguf file")
+        if self.model_file_name_template and "{" in self.model_file_name_template:
+            try:
+                self.model_file_name_template.format(quantization="Q4_K_M")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"model_file_name_template {self.model_file_name_template!r}: only "
+                                 f"{{quantization}} may be filled in ({exc})") from None
+        return self
+
+    def offered_quantizations(self) -> list[str]:
+        """The quantizations this spec serves (a ggufv2 spec may list several)."""
+        return list(self.quantizations or []) or [self.quantization]
+
+    def gguf_file_name(self, quantization: str) -> str | None:
+        """The GGUF file of `quantization` inside the spec's folder or hub repo (None: model_uri is the file)."""
+        if not self.model_file_name_template:
+            return None
+        return self.model_file_name_template.format(quantization=quantization)
 
     @field_validator("model_size_in_billions", "activated_size_in_billions")
     @classmethod

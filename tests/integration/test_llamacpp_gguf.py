@@ -118,3 +118,56 @@ def test_prompt_logprobs_are_a_clear_4xx(gguf_server: RunningServer) -> None:
     reply = httpx.post(gguf_server.url("/generate"), timeout=60, json={
         "inputs": "Hello", "parameters": {"max_new_tokens": 2, "decoder_input_details": True}})
     assert reply.status_code == 422 and "llama.cpp" in reply.json()["error"]
+
+
+def _ggufv2(name: str, model_uri: str, **spec: Any) -> dict[str, Any]:
+    """A custom LLM registration with one ggufv2 spec, as Xinference writes them."""
+    return {
+        "version": 2, "model_name": name, "model_lang": ["en"], "model_ability": ["chat", "generate"],
+        "model_family": f"{name}-family", "chat_template": None, "stop_token_ids": None, "stop": None,
+        "model_specs": [{"model_format": "ggufv2", "model_size_in_billions": "0_135", "model_hub": "huggingface",
+                         "model_id": None, "model_uri": model_uri, "model_revision": None, **spec}],
+        "virtualenv": {"packages": []}, "is_builtin": False,
+    }
+
+
+def test_ggufv2_registration_through_xinference_client(gguf_server: RunningServer, smollm2_gguf: Path,
+                                                       tmp_path: Path) -> None:
+    import json
+
+    from xinference_client import RESTfulClient
+
+    folder = tmp_path / "quantizations"
+    folder.mkdir()
+    (folder / smollm2_gguf.name).symlink_to(smollm2_gguf)
+    client = RESTfulClient(gguf_server.base_url)
+    registration = _ggufv2("smol-gguf", str(folder), quantizations=["Q4_1", "Q8_0"],
+                           model_file_name_template="SmolLM2-135M-Instruct.{quantization}.gguf")
+    client.register_model("LLM", json.dumps(registration), persist=False)
+    with pytest.raises(RuntimeError, match="Q4_1|Q8_0"):
+        client.launch_model("smol-gguf", model_engine="llama.cpp", model_format="ggufv2", quantization="Q5_K_M")
+    with pytest.raises(RuntimeError, match="SmolLM2-135M-Instruct.Q8_0.gguf"):
+        client.launch_model("smol-gguf", model_engine="llama.cpp", model_format="ggufv2", quantization="Q8_0")
+    uid = client.launch_model("smol-gguf", model_engine="llama.cpp", model_format="ggufv2", quantization="Q4_1",
+                              model_uid="smol-q4")
+    try:
+        model = client.get_model(uid)
+        reply = model.chat(messages=[SYSTEM, {"role": "user", "content": "What is the capital of France?"}],
+                           generate_config={"max_tokens": 16, "temperature": 0})
+        assert "Paris" in reply["choices"][0]["message"]["content"]
+        described = httpx.get(gguf_server.url(f"/v1/models/{uid}"), timeout=10).json()
+        assert described.get("model_engine") == "llama.cpp"
+    finally:
+        client.terminate_model(uid)
+
+
+def test_truncated_gguf_fails_the_launch_with_a_4xx(gguf_server: RunningServer, smollm2_gguf: Path,
+                                                     tmp_path: Path) -> None:
+    cut = tmp_path / "cut.Q4_1.gguf"
+    cut.write_bytes(smollm2_gguf.read_bytes()[: 8 << 20])
+    body = {"model": __import__("json").dumps(_ggufv2("cut-gguf", str(cut), quantization="Q4_1")), "persist": False}
+    assert httpx.post(gguf_server.url("/v1/model_registrations/LLM"), json=body, timeout=30).status_code == 200
+    reply = httpx.post(gguf_server.url("/v1/models"), json={"model_name": "cut-gguf", "model_uid": "cut"},
+                       timeout=120)
+    assert 400 <= reply.status_code < 500 and "cut.Q4_1.gguf" in reply.json()["detail"]
+    assert httpx.get(gguf_server.url("/ping"), timeout=10).status_code == 200  # the launcher is fine

@@ -16,6 +16,7 @@ from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
 from berth_server.models.roots import check_model_roots
+from berth_server.models.sources import pick_gguf
 from berth_server.protocols.openai.tool_calls import check_parser_name
 from berth_server.settings import Settings
 
@@ -109,17 +110,35 @@ def choose_spec(registration: Registration, request: LaunchRequest) -> Any:
             continue
         if request.size and size_key(getattr(spec, "model_size_in_billions", None)) != request.size:
             continue
-        if request.quantization and spec.quantization.lower() != request.quantization.lower():
+        if request.quantization and request.quantization.lower() not in [q.lower() for q in _quantizations(spec)]:
             continue
         return spec
     offered = ", ".join(
-        f"{s.model_format}/{size_key(getattr(s, 'model_size_in_billions', None)) or '-'}/{s.quantization}"
+        f"{s.model_format}/{size_key(getattr(s, 'model_size_in_billions', None)) or '-'}/{'|'.join(_quantizations(s))}"
         for s in registration.model_specs
     )
     raise InvalidRequest(
         f"model {registration.model_name!r} has no spec with format={request.model_format}, "
         f"size={request.size}, quantization={request.quantization}; it offers (format/size/quantization): {offered}"
     )
+
+
+def _quantizations(spec: Any) -> list[str]:
+    """The quantizations a spec serves (a ggufv2 spec may list several)."""
+    offered = getattr(spec, "offered_quantizations", None)
+    return list(offered()) if offered is not None else [spec.quantization]
+
+
+def gguf_source(spec: Any, request: LaunchRequest) -> tuple[str, str | None]:
+    """(source, gguf_file) of a ggufv2 spec: the file itself, or a folder / s3 prefix / hub repo plus the
+    file its model_file_name_template names for the chosen quantization (Xinference's rule)."""
+    source = request.model_path or spec.model_uri or spec.model_id
+    if source.lower().endswith(".gguf"):
+        return source, None
+    offered = _quantizations(spec)
+    chosen = request.quantization or (spec.quantization if spec.quantization != "none" else offered[0])
+    matched = [q for q in offered if q.lower() == chosen.lower()]
+    return source, spec.gguf_file_name(matched[0] if matched else chosen)
 
 
 def detect_thinking_variable(template: str | None) -> str | None:
@@ -160,16 +179,21 @@ def build_config(settings: Settings, registration: Registration, model_type: str
     spec = choose_spec(registration, request)
     source = request.model_path or spec.model_uri or spec.model_id
     check_model_roots(settings, source, "model_path" if request.model_path else "model_uri")
+    gguf = spec.model_format == "ggufv2"
+    gguf_file = gguf_source(spec, request)[1] if gguf else None
     # model_path and model_uri may be local; a model_id is a hub id, resolved in the model process.
     model_dir = local_dir(request.model_path or spec.model_uri)
     if model_dir is not None and not model_dir.exists():
         raise WeightsNotFound(f"model weights not found at {source!r}")
+    if model_dir is not None and model_dir.is_dir() and gguf_file:
+        pick_gguf(model_dir, gguf_file, source)  # fail the launch now, listing the files there
     common: dict[str, Any] = {
         "uid": uid, "source": source, "model_name": registration.model_name, "model_type": model_type,
         "revision": spec.model_revision, "engine": request.engine, "engine_args": request.engine_args,
         "trust_remote_code": settings.trust_remote_code,
         "tensor_parallel_size": request.n_gpu or settings.sm_num_gpus,
         "quantization": _FORMAT_QUANTIZATION.get(spec.model_format.lower()), "dtype": settings.dtype,
+        "gguf_file": gguf_file,
     }
     if not isinstance(registration, LLMRegistration):
         if request.enable_thinking is not None:
@@ -187,7 +211,9 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         stop=list(registration.stop or []), stop_token_ids=list(registration.stop_token_ids or []),
         reasoning_start_tag=registration.reasoning_start_tag, reasoning_end_tag=registration.reasoning_end_tag,
         thinking_variable=thinking_variable, default_enable_thinking=request.enable_thinking,
-        context_length=registration.context_length,
+        # A GGUF file states its context length; a registration overrides it only when it says one.
+        context_length=registration.context_length
+        if not gguf or "context_length" in registration.model_fields_set else None,
         max_input_tokens=settings.max_input_tokens, max_total_tokens=settings.max_total_tokens,
         tool_call_parser=_tool_call_parser(request.tool_call_parser or registration.tool_call_parser),
     )

@@ -56,7 +56,8 @@ def check_chat_template(registration: Registration, model_dir: Path | None) -> N
     abilities = getattr(registration, "model_ability", [])
     if "chat" not in abilities or getattr(registration, "chat_template", None) or model_dir is None:
         return
-    if model_dir.is_dir() and not tokenizer_has_chat_template(model_dir):
+    gguf = model_dir.suffix.lower() == ".gguf" or (model_dir.is_dir() and any(model_dir.glob("*.gguf")))
+    if model_dir.is_dir() and not gguf and not tokenizer_has_chat_template(model_dir):  # GGUF metadata has one
         raise InvalidRequest(
             f"model {registration.model_name!r} has the chat ability but no chat_template, and the tokenizer "
             f"at {str(model_dir)!r} has none either: add chat_template to the registration",
