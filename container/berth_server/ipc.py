@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.models.adapters import AdapterSource
 
 
 class Generate(msgspec.Struct, tag="generate"):
@@ -105,8 +106,45 @@ class Reranked(msgspec.Struct, tag="reranked"):
     prompt_tokens: int
 
 
-FrontendMessage = Generate | Abort | Tokenize | StatsQuery | Embed | Rerank
-ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked
+class AdapterAdd(msgspec.Struct, tag="adapter_add", kw_only=True):
+    """Register a LoRA adapter on a model (SageMaker POST /adapters)."""
+
+    request_id: str
+    adapter: AdapterSource
+
+
+class AdapterRemove(msgspec.Struct, tag="adapter_remove", kw_only=True):
+    """Forget a LoRA adapter (SageMaker DELETE /adapters/{name})."""
+
+    request_id: str
+    name: str
+
+
+class AdapterQuery(msgspec.Struct, tag="adapter_query", kw_only=True):
+    """List a model's LoRA adapters."""
+
+    request_id: str
+
+
+class AdapterInfo(msgspec.Struct, kw_only=True):
+    """One registered adapter as GET /adapters shows it."""
+
+    name: str
+    src: str
+    rank: int
+    pinned: bool = False
+    loaded: bool = False  # resident on the device now
+
+
+class Adapters(msgspec.Struct, tag="adapters", kw_only=True):
+    """Reply to the adapter messages: the adapters registered after the change."""
+
+    request_id: str
+    adapters: list[AdapterInfo]
+
+
+FrontendMessage = Generate | Abort | Tokenize | StatsQuery | Embed | Rerank | AdapterAdd | AdapterRemove | AdapterQuery
+ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked | Adapters
 
 
 class EventBatch(msgspec.Struct, tag="batch"):

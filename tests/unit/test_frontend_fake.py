@@ -9,6 +9,8 @@ from berth_server.canonical import Accepted, Delta, GenerateRequest, TokenInfo, 
 from berth_server.errors import BerthError, NotFound
 from berth_server.ipc import ModelStats
 
+from tests.unit.fakes.adapters import FakeAdapters
+
 WORDS = ["Hello", " world", " again"]
 
 
@@ -70,7 +72,7 @@ class FakeStream:
         self.closed = True
 
 
-class FakeGateway:
+class FakeGateway(FakeAdapters):
     """Scripted gateway: every generation yields WORDS unless told otherwise."""
 
     def __init__(self, words: list[str] | None = None, reasoning: list[str] | None = None,

@@ -10,6 +10,8 @@ from berth_server.errors import BerthError, InvalidRequest
 from berth_server.ipc import TokenSpan
 from berth_server.models.launch import ModelDescription
 
+from tests.unit.fakes.adapters import FakeAdapters
+
 WORDS = ["Hello", " world", " again", " and", " more"]
 
 
@@ -70,7 +72,7 @@ def script_for(request: GenerateRequest) -> list[Delta]:
     return deltas
 
 
-class FakeGateway:
+class FakeGateway(FakeAdapters):
     """The gateway API the protocols use, answering from a script."""
 
     def __init__(self, ready: bool = True) -> None:

@@ -53,7 +53,7 @@ def sse_events(data: bytes) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("name", "value"), [
     ("temperature", 0.0), ("top_k", 0), ("top_p", 1.0), ("top_p", 0.0), ("typical_p", 1.0),
     ("repetition_penalty", 0.0), ("truncate", 0), ("seed", -1), ("max_new_tokens", 0),
-    ("best_of", 2), ("watermark", True), ("grammar", {"type": "json", "value": {}}), ("adapter_id", "lora"),
+    ("best_of", 2), ("watermark", True), ("grammar", {"type": "json", "value": {}}),
     ("frequency_penalty", 3.0), ("stop", ["a", "b", "c", "d", "e"]), ("top_n_tokens", 0),
 ])
 def test_invalid_parameters_are_422_validation(client: FlaskClient, name: str, value: Any) -> None:

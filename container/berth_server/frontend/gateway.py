@@ -22,6 +22,7 @@ from berth_server.canonical import Failure, GenerateRequest
 from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_failure
 from berth_server.frontend.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.model_table import TableReader, table_path
+from berth_server.models.adapters import AdapterSource
 from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
 
@@ -51,6 +52,7 @@ class Gateway:
         self._status: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._table = TableReader(table_path(self.runtime_dir))
         self._table_version = -1
+        self._adapters: dict[str, tuple[float, list[ipc.AdapterInfo]]] = {}
 
     # -- model processes -------------------------------------------------------------------
     def client(self, uid: str) -> ModelClient:
@@ -137,6 +139,42 @@ class Gateway:
     def stats(self, uid: str, timeout_s: float = 2.0) -> ipc.ModelStats:
         """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
         return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s)
+
+    # -- LoRA adapters ----------------------------------------------------------------------
+    def add_adapter(self, uid: str, adapter: AdapterSource) -> list[ipc.AdapterInfo]:
+        """Register an adapter on a model (its source may need a download: the long call timeout)."""
+        self._adapters.pop(uid, None)
+        return self._call(uid, ipc.AdapterAdd(request_id=new_request_id(), adapter=adapter), ipc.Adapters).adapters
+
+    def remove_adapter(self, uid: str, name: str) -> list[ipc.AdapterInfo]:
+        """Forget an adapter on a model."""
+        self._adapters.pop(uid, None)
+        return self._call(uid, ipc.AdapterRemove(request_id=new_request_id(), name=name), ipc.Adapters).adapters
+
+    def adapters(self, uid: str, max_age_s: float | None = None) -> list[ipc.AdapterInfo]:
+        """A model's adapters, cached for status_ttl_s (another worker's change shows within that)."""
+        max_age = self.status_ttl_s if max_age_s is None else max_age_s
+        fetched_at, known = self._adapters.get(uid, (0.0, []))
+        if time.monotonic() - fetched_at > max_age:
+            known = self._call(uid, ipc.AdapterQuery(request_id=new_request_id()), ipc.Adapters, 10.0).adapters
+            self._adapters[uid] = (time.monotonic(), known)
+        return known
+
+    def resolve_target(self, name: str | None) -> tuple[str, str | None]:
+        """(uid, adapter) for a request's model name: a model, or an adapter of the default model."""
+        try:
+            return self.resolve_model(name), None
+        except NotFound:
+            default = self.settings.default_model_uid
+            if name and any(a.name == name for a in self._adapters_or_none(default)):
+                return default, name
+            raise NotFound(f"model or adapter '{name}' not found", param="model") from None
+
+    def _adapters_or_none(self, uid: str) -> list[ipc.AdapterInfo]:
+        try:
+            return self.adapters(uid)
+        except BerthError:
+            return []
 
     # -- facts from the launcher -----------------------------------------------------------
     def statuses(self, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:

@@ -140,6 +140,7 @@ class ModelProcess:
 
             self.engine = await asyncio.to_thread(create_engine, config, model_dir, settings)
             info = await self.engine.start()
+            await self._add_launch_adapters()
             pipeline = await asyncio.to_thread(TextPipeline.load, model_dir, config, settings, info.max_model_len)
             server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline)
             limits = (pipeline.limits.max_input, pipeline.limits.max_total)
@@ -152,6 +153,18 @@ class ModelProcess:
             reasoning=bool(config.reasoning_start_tag and config.reasoning_end_tag),
             dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser)
         return server, description
+
+    async def _add_launch_adapters(self) -> None:
+        """Register the adapters the model is launched with; a bad one fails the launch, naming it."""
+        from berth_server.models.adapters import AdapterSource
+
+        adapters = list(self.config.adapters)
+        if self.config.is_default:  # TGI's LORA_ADAPTERS belongs to the default model
+            adapters += [AdapterSource(name=name, src=src) for name, src in self.settings.lora.adapters]
+        if adapters and self.engine is not None:
+            from berth_server.model_process.adapters import add_adapters
+
+            await add_adapters(self.engine, self.settings, adapters)
 
     async def _load_encoder(self, model_dir: Path, address: str) -> tuple[EngineLoadInfo, ModelServer]:
         """Embedding/rerank models are served by the model-management's encoder service."""

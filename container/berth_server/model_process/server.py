@@ -186,6 +186,10 @@ class ModelServer:
             self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
 
     async def _reply_to(self, message: Any) -> Any:
+        if isinstance(message, (ipc.AdapterAdd, ipc.AdapterRemove, ipc.AdapterQuery)):
+            from berth_server.model_process.adapters import handle_adapter_message
+
+            return await handle_adapter_message(self.engine, self.settings, message)
         if isinstance(message, ipc.Tokenize):
             if self.pipeline is None:
                 raise _not_supported("tokenize")

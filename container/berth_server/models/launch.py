@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from berth_server.models.adapters import AdapterSource
+
 ModelType = Literal["LLM", "embedding", "rerank"]
 ModelState = Literal["starting", "downloading", "loading", "ready", "failed", "stopping", "stopped"]
 
@@ -42,6 +44,8 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     dimensions: int | None = None  # embedding models
     # How the OpenAI frontend reads tool calls out of the output (protocols/openai/tool_calls.py).
     tool_call_parser: str | None = None
+    # LoRA adapters registered at start (Xinference peft_model_config; TGI's LORA_ADAPTERS for the default).
+    adapters: list[AdapterSource] = []
 
 
 class ModelDescription(msgspec.Struct, kw_only=True):

@@ -12,6 +12,7 @@ from typing import Any
 from berth.registration import LLMRegistration, Registration, size_key
 
 from berth_server.errors import InvalidRequest, WeightsNotFound
+from berth_server.models.adapters import AdapterSource, from_peft_model_config
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
@@ -47,6 +48,7 @@ class LaunchRequest:
     wait_ready: bool = True
     engine_args: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    adapters: list[AdapterSource] = field(default_factory=list)  # Xinference's peft_model_config lora_list
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -93,8 +95,7 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
     if replica not in (None, 1):
         raise InvalidRequest("replica must be 1: Berth runs one replica per container; scale with more "
                              "instances behind the endpoint", param="replica")
-    if body.pop("peft_model_config", None):
-        raise InvalidRequest("peft_model_config (LoRA adapters) is not supported", param="peft_model_config")
+    request.adapters = from_peft_model_config(body.pop("peft_model_config", None))
     for key in IGNORED_KEYS:
         if body.pop(key, None) not in (None, 1, [], {}):
             request.ignored.append(key)
@@ -198,6 +199,8 @@ def build_config(settings: Settings, registration: Registration, model_type: str
     if not isinstance(registration, LLMRegistration):
         if request.enable_thinking is not None:
             raise InvalidRequest("enable_thinking applies to LLMs only", param="enable_thinking")
+        if request.adapters:
+            raise InvalidRequest("peft_model_config applies to LLMs only", param="peft_model_config")
         ability = "embed" if model_type == "embedding" else "rerank"
         return ModelLaunchConfig(**common, abilities=[ability], dimensions=getattr(registration, "dimensions", None),
                                  context_length=registration.max_tokens)
@@ -216,6 +219,7 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         if not gguf or "context_length" in registration.model_fields_set else None,
         max_input_tokens=settings.max_input_tokens, max_total_tokens=settings.max_total_tokens,
         tool_call_parser=_tool_call_parser(request.tool_call_parser or registration.tool_call_parser),
+        adapters=list(request.adapters),
     )
 
 

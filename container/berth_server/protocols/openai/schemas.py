@@ -86,6 +86,7 @@ class SamplingFields(OpenAIBase):
     """Fields chat and completions share."""
 
     model: Name | None = None
+    lora_name: Name | None = None  # xinference-client's generate_config key for an adapter
     max_tokens: PositiveTokenCount | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -180,7 +181,7 @@ class ChatCompletionRequest(SamplingFields):
                 return kwargs[key]
         return None
 
-    def to_generate_requests(self, uid: str, request_id: str) -> list[GenerateRequest]:
+    def to_generate_requests(self, uid: str, request_id: str, adapter: str | None = None) -> list[GenerateRequest]:
         """One canonical request per choice (n), ids `<request_id>-<index>`."""
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         max_new = self.max_completion_tokens or self.max_tokens
@@ -198,6 +199,7 @@ class ChatCompletionRequest(SamplingFields):
                 tools=self.tools if self.tool_choice != "none" else None,
                 token_details=logprobs is not None,
                 split_reasoning=True,
+                adapter=adapter,
             )
             for index in range(self.choices)
         ]
@@ -231,7 +233,7 @@ class CompletionRequest(SamplingFields):
                 return value[0]
         return value
 
-    def to_generate_requests(self, uid: str, request_id: str) -> list[GenerateRequest]:
+    def to_generate_requests(self, uid: str, request_id: str, adapter: str | None = None) -> list[GenerateRequest]:
         """One canonical request per choice (n)."""
         text = self.prompt if isinstance(self.prompt, str) else None
         ids = None if isinstance(self.prompt, str) else [int(i) for i in self.prompt]  # type: ignore[arg-type]
@@ -243,6 +245,7 @@ class CompletionRequest(SamplingFields):
                 prompt=text,
                 prompt_token_ids=ids,
                 token_details=self.logprobs is not None,
+                adapter=adapter,
             )
             for index in range(self.choices)
         ]

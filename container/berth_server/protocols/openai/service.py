@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response, has_request_context, jsonify, request
 
 from berth_server.canonical import Accepted, TokenInfo
+from berth_server.errors import BerthError
 from berth_server.frontend.generation import Folded, Generation, start_generation, wire_finish_reason
 from berth_server.frontend.sse import sse_event, sse_response
 from berth_server.frontend.state import FrontendState
@@ -65,11 +66,17 @@ def _count(state: FrontendState, uid: str, prompt_tokens: int, completion_tokens
     state.metrics.count_tokens(uid, prompt_tokens, completion_tokens)
 
 
+def _target(state: FrontendState, body: ChatCompletionRequest | CompletionRequest) -> tuple[str, str | None]:
+    """(uid, adapter): model names a model or an adapter of the default one; lora_name picks one too."""
+    uid, adapter = state.gateway.resolve_target(body.model)
+    return uid, body.lora_name or adapter
+
+
 # -- chat -----------------------------------------------------------------------------------
 def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Response:
     """Serve POST /v1/chat/completions."""
-    uid = state.gateway.resolve_model(body.model)
-    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex))
+    uid, adapter = _target(state, body)
+    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, adapter))
     model = body.model or uid
     parser = tool_calls.parser_for(state.gateway, uid, body.tools, body.tool_choice)
     if body.stream:
@@ -138,8 +145,8 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
 # -- completions ----------------------------------------------------------------------------
 def completion(state: FrontendState, body: CompletionRequest) -> Response:
     """Serve POST /v1/completions."""
-    uid = state.gateway.resolve_model(body.model)
-    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex))
+    uid, adapter = _target(state, body)
+    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, adapter))
     model = body.model or uid
     if body.stream:
         return sse_response(_completion_chunks(state, body, uid, model, generation), on_close=generation.close,
@@ -216,4 +223,17 @@ def list_models(state: FrontendState, created: int) -> dict[str, Any]:
             "max_model_len": description.get("context_length"),
             "state": status.get("state"),
         })
+        if status.get("state") == "ready" and description.get("model_type", "LLM") == "LLM":
+            data += _adapter_entries(state, uid, created)
     return {"object": "list", "data": data}
+
+
+def _adapter_entries(state: FrontendState, uid: str, created: int) -> list[dict[str, Any]]:
+    """A model's LoRA adapters as vLLM lists them: id = adapter name, parent = the base model."""
+    try:
+        adapters = state.gateway.adapters(uid)
+    except BerthError:
+        return []  # a busy or restarting model lists no adapters rather than failing the list
+    return [{"id": a.name, "object": "model", "created": created, "owned_by": "berth", "root": a.src,
+             "parent": uid, "model_type": "LLM", "model_name": a.name, "model_ability": ["chat", "generate"],
+             "state": "ready"} for a in adapters]

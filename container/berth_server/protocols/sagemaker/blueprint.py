@@ -23,7 +23,7 @@ from berth_server.frontend.state import get_state
 from berth_server.protocols.openai import service as openai_service
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.schemas import parse as parse_openai
-from berth_server.protocols.sagemaker import service
+from berth_server.protocols.sagemaker import adapters, service
 from berth_server.protocols.sagemaker.schemas import shape_of
 
 sagemaker_bp = Blueprint("sagemaker", __name__)
@@ -48,12 +48,34 @@ def invocations() -> Response:
     body = request_json()
     shape = shape_of(body, state.settings.messages_api_enabled)
     g.berth_family = "tgi" if shape == "tgi" else "openai"
+    adapter = adapters.adapter_from_headers(request.headers)
+    if adapter is not None:
+        body = adapters.with_adapter(body, shape, adapter)
     if shape == "tgi":
         return service.invoke_tgi(state, state.gateway.resolve_model(None), body)
     body = service.endpoint_model(state.gateway, body)
     if shape == "chat":
         return openai_service.chat_completion(state, parse_openai(ChatCompletionRequest, body))
     return openai_service.completion(state, parse_openai(CompletionRequest, body))
+
+
+@sagemaker_bp.post("/adapters")
+def register_adapter() -> Response:
+    """Register a LoRA adapter (JSON body, or the same keys as query parameters)."""
+    body = request_json() if request.get_data() else dict(request.args)
+    return Response(adapters.register(get_state(), body), mimetype="text/plain")
+
+
+@sagemaker_bp.delete("/adapters/<name>")
+def unregister_adapter(name: str) -> Response:
+    """Remove a LoRA adapter."""
+    return Response(adapters.unregister(get_state(), name), mimetype="text/plain")
+
+
+@sagemaker_bp.get("/adapters")
+def list_adapters() -> Any:
+    """The registered LoRA adapters."""
+    return jsonify(adapters.listing(get_state()))
 
 
 @sagemaker_bp.after_request

@@ -36,7 +36,7 @@ def endpoint_model(gateway: Any, body: dict[str, Any]) -> dict[str, Any]:
     if name is None:
         return body
     try:
-        gateway.resolve_model(name)
+        gateway.resolve_target(name)  # a model, or an adapter of the endpoint's model
     except NotFound:
         return {key: value for key, value in body.items() if key != "model"}
     return body

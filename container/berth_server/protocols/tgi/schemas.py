@@ -81,8 +81,6 @@ class Parameters(TgiModel):
             raise InvalidRequest("`watermark` is not supported", param="watermark")
         if self.grammar is not None:
             raise InvalidRequest("`grammar` is not supported yet", param="grammar")
-        if self.adapter_id is not None:
-            raise InvalidRequest("`adapter_id` is not supported (no LoRA adapters are loaded)", param="adapter_id")
         if self.stop is not None and len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(
                 f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(self.stop)}",
@@ -165,6 +163,7 @@ class GenerateBody(ParametersBody):
             prompt=self.inputs,
             truncate=params.truncate,
             token_details=True,
+            adapter=params.adapter_id,  # unknown ids are a 404 from the model process
         )
 
 
