@@ -8,7 +8,7 @@ STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 IMAGE ?= berth:cpu
 
-.PHONY: venv run test test-unit test-integration test-vllm bench lint clean image test-image test-image-run
+.PHONY: venv run test test-unit test-integration test-vllm bench lint clean image test-image test-image-run chromium
 
 venv: $(STAMP)
 
@@ -32,8 +32,13 @@ $(STAMP): pyproject.toml Makefile
 run: venv
 	HF_MODEL_ID=$${HF_MODEL_ID:-demo://smollm2} PORT=$(PORT) $(VENV)/bin/python ./serve
 
-test: venv lint
+test: venv lint chromium
 	$(PY) -m pytest -q -rs tests
+
+# The web UI's browser tests drive Debian's chromium: Playwright cannot download its own browsers here.
+chromium:
+	@test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

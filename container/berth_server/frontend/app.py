@@ -13,6 +13,7 @@ from berth_server.frontend.auth import install_auth
 from berth_server.frontend.errors import register_error_handlers
 from berth_server.frontend.metrics import FrontendMetrics, install_metrics
 from berth_server.frontend.state import FrontendState
+from berth_server.frontend.webui import ui_bp
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,4 +69,5 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
     app.before_request(lambda: _check_content_length(settings.max_body_bytes))
     install_metrics(app)
     _register_protocols(app)
+    app.register_blueprint(ui_bp)
     return app

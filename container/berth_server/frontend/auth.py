@@ -1,4 +1,4 @@
-"""Optional API-key check: with BERTH_API_KEY set, every route needs the key but health checks (and public metrics)."""
+"""Optional API-key check: with BERTH_API_KEY set, every route needs the key but health, public metrics and /ui."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hmac
 from flask import Flask, request
 
 from berth_server.errors import Unauthorized
+from berth_server.frontend.webui import is_ui_path
 
 # SageMaker and load balancers probe health without a key; xinference-client asks /v1/cluster/auth
 # without one to learn whether it must send one. /metrics joins them only with BERTH_METRICS_PUBLIC.
@@ -31,7 +32,8 @@ def install_auth(app: Flask, api_key: str | None, metrics_public: bool = False) 
 
     @app.before_request
     def _require_key() -> None:
-        if request.path in open_paths:
+        # The UI's static files carry no data; the page itself sends the key on every API call.
+        if request.path in open_paths or is_ui_path(request.path):
             return
         key = presented_key()
         # compare_digest on bytes of any length: the time taken does not tell how much of the key matched.

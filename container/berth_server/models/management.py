@@ -15,6 +15,7 @@ from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.models.launch_resolver import as_bool, build_config, generated_uid, parse_launch
 from berth_server.models.registry import Registry, model_type_or_400
+from berth_server.process_memory import resident_bytes
 from berth_server.settings import Settings
 
 log = logging.getLogger("berth.management")
@@ -150,7 +151,8 @@ class ModelManager:
             info.update(context_length=config.context_length, model_hub="huggingface", revision=config.revision,
                         reasoning_start_tag=config.reasoning_start_tag, reasoning_end_tag=config.reasoning_end_tag)
         if description is not None:
-            info.update(context_length=description.context_length, pid=description.pid)
+            info.update(context_length=description.context_length, pid=description.pid,
+                        memory_bytes=resident_bytes(description.pid))  # the web UI's Memory column
         if launched is not None:
             reg = launched.registration
             info.update(model_description=getattr(reg, "model_description", None),
