@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, Route, expect, sync_playwright
 
 from .conftest import RunningServer, launch_serve
+from .test_xinference_client import llm_registration
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -205,6 +206,84 @@ def test_stop_aborts_the_stream_on_the_server(page: Page, server: RunningServer)
     while _aborted(server, "tiny") <= before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _aborted(server, "tiny") == before + 1
+
+
+def test_reasoning_is_collapsed_and_thinking_switches(page: Page, server: RunningServer,
+                                                       tiny_reasoning_model: Path) -> None:
+    registration = llm_registration("ui-think", tiny_reasoning_model,
+                                    model_ability=["chat", "generate", "reasoning", "hybrid"],
+                                    reasoning_start_tag="<think>", reasoning_end_tag="</think>")
+    assert httpx.post(server.url("/v1/model_registrations/LLM"), json={"model": json.dumps(registration)},
+                      timeout=30).status_code == 200
+    launched = httpx.post(server.url("/v1/models"), json={"model_name": "ui-think", "model_uid": "think",
+                                                          "model_engine": "transformers"}, timeout=LOAD_S)
+    assert launched.status_code == 200, launched.text
+    try:
+        _set_chat_parameters(page, "think", "0", "12")
+        thinking = page.get_by_role("checkbox", name="Enable thinking")
+        expect(thinking).to_be_enabled()  # a "hybrid" model has the switch
+        expect(thinking).to_be_checked()
+        message = page.get_by_role("textbox", name="Message", exact=True)
+        message.fill("why?")
+        page.get_by_role("button", name="Send").click()
+        reply = page.get_by_role("log", name="Conversation").locator(".msg.assistant").last
+        expect(reply).to_have_attribute("data-state", "done")
+        client = openai.OpenAI(base_url=server.url("/v1"), api_key="none", max_retries=0)
+        chunks = list(client.chat.completions.create(
+            model="think", messages=[{"role": "user", "content": "why?"}], temperature=0, max_tokens=12,
+            stream=True, extra_body={"chat_template_kwargs": {"enable_thinking": True}}))
+        reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+        assert reasoning  # the template opened <think>: the reply starts as reasoning
+        disclosure = reply.locator("details")
+        expect(disclosure.locator("summary")).to_have_text("Reasoning")
+        expect(disclosure).not_to_have_attribute("open", "")  # collapsed until the reader opens it
+        assert disclosure.locator(".text").text_content() == reasoning
+        disclosure.locator("summary").press("Enter")  # the keyboard opens it
+        expect(disclosure).to_have_attribute("open", "")
+
+        thinking.uncheck()
+        message.fill("why?")
+        page.get_by_role("button", name="Send").click()
+        quiet = page.get_by_role("log", name="Conversation").locator(".msg.assistant").last
+        expect(quiet).to_have_attribute("data-state", "done")
+        expect(quiet.locator("details")).to_be_hidden()  # no reasoning with thinking off
+        expect(quiet.locator(":scope > .text")).not_to_have_text("")
+    finally:
+        httpx.delete(server.url("/v1/models/think"), timeout=90)
+        httpx.delete(server.url("/v1/model_registrations/LLM/ui-think"), timeout=30)
+
+
+def test_tool_calls_are_shown(page: Page) -> None:
+    # The tiny models never write tool-call markup, so this feeds the page the wire format the server
+    # sends for parsed calls (README: one delta.tool_calls entry per finished call) to check how it shows.
+    events = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Checking. "}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                             "function": {"name": "get_weather",
+                                                                          "arguments": '{"city": "Paris"}'}}]},
+                      "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    sent: list[dict[str, object]] = []
+
+    def fulfill(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}"))
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route("**/v1/chat/completions", fulfill)
+    page.locator("summary", has_text="Parameters").click()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    page.get_by_role("textbox", name="Tools (JSON)").fill(json.dumps(tools))
+    page.get_by_role("textbox", name="Message", exact=True).fill("Weather in Paris?")
+    page.get_by_role("button", name="Send").click()
+    reply = page.get_by_role("log", name="Conversation").locator(".msg.assistant").last
+    expect(reply).to_have_attribute("data-state", "done")
+    expect(reply.locator(".tool-call .tool-label")).to_have_text("Tool call")
+    expect(reply.locator(".tool-call code")).to_have_text('get_weather({"city": "Paris"})')
+    expect(reply.locator(":scope > .text")).to_have_text("Checking. ")
+    expect(reply.locator(".meta")).to_have_text("finish: tool_calls")
+    assert sent[0]["tools"] == tools and sent[0]["stream"] is True
 
 
 def _encoder_registration(kind: str, name: str, model_dir: Path) -> str:
