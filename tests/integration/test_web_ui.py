@@ -383,6 +383,16 @@ def test_layout_fits_the_width(browser: Browser, server: RunningServer, viewport
             .filter((el) => el.type !== "hidden" && !el.labels?.length && !el.getAttribute("aria-label")
                     && !el.textContent.trim()).map((el) => el.outerHTML)""")
         assert unnamed == []
+        # Nothing covers anything: scrolled into view, every control is what a click at its centre hits.
+        covered = page.evaluate("""() => [...document.querySelectorAll("main button, main input, main select")]
+            .filter((el) => el.offsetParent !== null && el.type !== "checkbox" && !el.closest("details:not([open])"))
+            .filter((el) => {
+                el.scrollIntoView({block: "center"});
+                const box = el.getBoundingClientRect();
+                const hit = document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+                return !el.contains(hit);
+            }).map((el) => el.id || el.outerHTML.slice(0, 80))""")
+        assert covered == []
     finally:
         page.context.close()
 
