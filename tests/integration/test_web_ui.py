@@ -172,8 +172,12 @@ def test_launch_chat_and_terminate_a_second_model(page: Page, server: RunningSer
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     expect(row).to_have_count(1)
-    row.get_by_role("button", name="Terminate").click()
-    dialog.get_by_role("button", name="Terminate").click()
+    row.get_by_role("button", name="Terminate").focus()  # this time from the keyboard
+    page.keyboard.press("Enter")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_role("button", name="Terminate")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(row).to_have_count(0, timeout=90_000)
     assert httpx.get(server.url("/v1/models/second"), timeout=30).status_code == 404
 
@@ -195,6 +199,8 @@ def test_stop_aborts_the_stream_on_the_server(page: Page, server: RunningServer)
     page.get_by_role("button", name="Send").click()
     reply = page.get_by_role("log", name="Conversation").locator(".msg.assistant").last
     expect(reply.locator(":scope > .text")).not_to_have_text("")
+    # The status strip (from /metrics every 2 s) sees the running request.
+    expect(page.locator("#status-inflight")).to_have_text("1", timeout=30_000)
     stop = page.get_by_role("button", name="Stop")
     expect(stop).to_be_enabled()
     stop.click()
@@ -416,6 +422,8 @@ def test_api_key_is_asked_once_and_sent_on_every_call(browser: Browser, tiny_mod
         dialog.get_by_label("API key").fill("wrong")
         dialog.get_by_role("button", name="Continue").click()
         expect(dialog).to_contain_text("refused")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "api-key-dialog.png"))
         dialog.get_by_label("API key").fill(API_KEY)
         dialog.get_by_role("button", name="Continue").click()
         expect(dialog).to_be_hidden()

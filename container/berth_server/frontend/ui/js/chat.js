@@ -198,13 +198,14 @@ function updateThinking() {
 
 function fillModels(models) {
   const chat = models.filter((m) => m.type === "LLM" && (m.abilities.includes("chat") || !m.abilities.length));
-  const key = JSON.stringify(chat.map((m) => [m.uid, m.state, m.abilities]));
+  const key = JSON.stringify(chat.map((m) => [m.uid, m.state, m.abilities, m.parent]));
   if (key === modelsShown) return;
   modelsShown = key;
   abilitiesOf = new Map(chat.map((m) => [m.uid, m.abilities]));
   const chosen = select.value;
   select.replaceChildren(...chat.map((m) => {
-    const option = element("option", "", m.state === "ready" ? m.uid : `${m.uid} (${m.state})`);
+    const label = m.parent ? `${m.uid} (adapter on ${m.parent})` : m.uid;
+    const option = element("option", "", m.state === "ready" ? label : `${label} (${m.state})`);
     option.value = m.uid;
     option.disabled = m.state !== "ready";
     return option;
@@ -224,6 +225,8 @@ export function init() {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
+    } else if (event.key === "Escape" && controller) {
+      controller.abort();
     }
   });
   document.getElementById("chat-clear").addEventListener("click", () => {

@@ -27,7 +27,8 @@ async function describe(model) {
 /** Every model the server runs, with its uid, type, engine, state, abilities and memory where known. */
 async function fetchModels() {
   const listed = (await apiJson("v1/models")).data || [];
-  const described = await Promise.all(listed.map(describe));
+  // A LoRA adapter is listed with its base model as `parent`: chat can use it, but it has no process.
+  const described = await Promise.all(listed.map((m) => (m.parent ? m : describe(m))));
   return described.map((m) => ({
     uid: m.id,
     type: m.model_type || "LLM",
@@ -36,6 +37,7 @@ async function fetchModels() {
     abilities: m.model_ability || [],
     memory: m.memory_bytes,
     reason: m.reason || "",
+    parent: m.parent || null,
   }));
 }
 
@@ -50,7 +52,7 @@ function cell(row, label, text, className) {
 function render(models) {
   const focused = document.activeElement?.dataset?.uid;
   table.replaceChildren();
-  for (const model of models) {
+  for (const model of models.filter((m) => !m.parent)) {
     const row = table.insertRow();
     const uid = document.createElement("th");
     uid.scope = "row";
@@ -76,7 +78,7 @@ function render(models) {
     row.insertCell().append(button);
     if (focused === model.uid) button.focus();
   }
-  empty.hidden = models.length > 0;
+  empty.hidden = models.some((m) => !m.parent);
 }
 
 async function terminate(uid, button) {
