@@ -28,6 +28,7 @@ class LoadConfig:
     prompt: str = DEFAULT_PROMPT
     timeout_s: float = 300.0
     ignore_eos: bool = True  # vLLM and Berth honour it; others ignore unknown fields
+    models: tuple[str, ...] = ()  # when set, request i names models[i % len] (e.g. LoRA adapters and the base)
 
 
 @dataclasses.dataclass
@@ -180,7 +181,10 @@ async def run_load(cfg: LoadConfig) -> LoadResult:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1  # single-threaded event loop: no race between check and decrement
-                results.append(await _one(client, cfg))
+                one = cfg
+                if cfg.models:
+                    one = dataclasses.replace(cfg, model=cfg.models[remaining % len(cfg.models)])
+                results.append(await _one(client, one))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(max(1, min(cfg.concurrency, cfg.requests)))))
@@ -214,6 +218,7 @@ def _parse(argv: list[str] | None) -> LoadConfig:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--model", required=True)
+    p.add_argument("--models", default="", help="comma-separated names to cycle through, one per request")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
@@ -225,7 +230,8 @@ def _parse(argv: list[str] | None) -> LoadConfig:
     a = p.parse_args(argv)
     return LoadConfig(url=a.url, model=a.model, concurrency=a.concurrency, requests=a.requests,
                       max_tokens=a.max_tokens, stream=a.stream, api=a.api, prompt=a.prompt,
-                      timeout_s=a.timeout, ignore_eos=a.ignore_eos)
+                      timeout_s=a.timeout, ignore_eos=a.ignore_eos,
+                      models=tuple(m.strip() for m in a.models.split(",") if m.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:

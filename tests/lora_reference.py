@@ -69,7 +69,7 @@ def make_adapters(base_dir: Path, out: Path) -> dict[str, Path]:
                             init_lora_weights=False)
         model = get_peft_model(base, config)
         folders[name] = out / name
-        model.save_pretrained(folders[name])
+        model.save_pretrained(str(folders[name]))
     return folders
 
 
@@ -82,5 +82,5 @@ def make_foreign_adapter(out: Path) -> Path:
     tiny = build(RECIPES["tiny"], out / "tiny-base")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    model.save_pretrained(out / "foreign")
+    model.save_pretrained(str(out / "foreign"))
     return out / "foreign"

@@ -230,6 +230,9 @@ def _attach_model_commands() -> None:
     commands = MODEL_COMMANDS.values() if isinstance(MODEL_COMMANDS, dict) else MODEL_COMMANDS
     for command in commands:
         main.add_command(command)
+    from berth.cli_adapters import adapters
+
+    main.add_command(adapters)
 
 
 _attach_model_commands()

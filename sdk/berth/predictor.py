@@ -13,6 +13,14 @@ from berth.errors import BerthError, InvokeError
 from berth.streaming import iter_events
 
 Body = dict[str, Any] | str | bytes
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"  # what SageMaker sends the container for an adapter
+
+
+def _checked(reply: httpx.Response) -> httpx.Response:
+    """The reply, or InvokeError with its status and text."""
+    if reply.status_code >= 400:
+        raise InvokeError(f"HTTP {reply.status_code}: {reply.text.strip()[:500]}", reply.status_code)
+    return reply
 
 
 def encode_body(body: Body) -> bytes:
@@ -36,9 +44,21 @@ class Predictor:
 
     endpoint_name: str
 
-    def predict(self, body: Body) -> Any:
-        """Send one request to /invocations and return the parsed JSON reply."""
+    def predict(self, body: Body, adapter: str | None = None) -> Any:
+        """Send one request to /invocations (with a LoRA adapter, by name) and return the parsed JSON reply."""
         raise NotImplementedError
+
+    def add_adapter(self, name: str, src: str) -> None:
+        """Attach a LoRA adapter (SageMaker's adapter contract)."""
+        raise BerthError(f"{type(self).__name__} cannot attach adapters")
+
+    def remove_adapter(self, name: str) -> None:
+        """Detach a LoRA adapter."""
+        raise BerthError(f"{type(self).__name__} cannot detach adapters")
+
+    def list_adapters(self) -> list[Any]:
+        """The attached adapters."""
+        raise BerthError(f"{type(self).__name__} cannot list adapters")
 
     def stream_bytes(self, body: Body) -> Iterator[bytes]:
         """Send a streaming request and yield the raw response bytes as they arrive."""
@@ -76,13 +96,25 @@ class HttpPredictor(Predictor):
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s)
         self._on_delete = on_delete
 
-    def predict(self, body: Body) -> Any:
+    def predict(self, body: Body, adapter: str | None = None) -> Any:
         """POST /invocations and return the JSON reply; raise InvokeError on a non-2xx."""
-        reply = self._client.post("/invocations", content=encode_body(body),
-                                  headers={"Content-Type": "application/json", "Accept": "application/json"})
-        if reply.status_code >= 400:
-            raise InvokeError(f"HTTP {reply.status_code}: {reply.text.strip()[:500]}", reply.status_code)
-        return reply.json()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if adapter:
+            headers[ADAPTER_HEADER] = adapter
+        reply = self._client.post("/invocations", content=encode_body(body), headers=headers)
+        return _checked(reply).json()
+
+    def add_adapter(self, name: str, src: str, pin: bool = False) -> None:
+        """POST /adapters {name, src, preload, pin}."""
+        _checked(self._client.post("/adapters", json={"name": name, "src": src, "preload": True, "pin": pin}))
+
+    def remove_adapter(self, name: str) -> None:
+        """DELETE /adapters/{name}."""
+        _checked(self._client.delete(f"/adapters/{name}"))
+
+    def list_adapters(self) -> list[Any]:
+        """GET /adapters."""
+        return list(_checked(self._client.get("/adapters")).json())
 
     def stream_bytes(self, body: Body) -> Iterator[bytes]:
         """POST /invocations with stream and yield raw chunks."""
@@ -112,10 +144,11 @@ class RuntimePredictor(Predictor):
         self.runtime = runtime_client
         self._on_delete = on_delete
 
-    def predict(self, body: Body) -> Any:
-        """InvokeEndpoint and parse the JSON body."""
+    def predict(self, body: Body, adapter: str | None = None) -> Any:
+        """InvokeEndpoint and parse the JSON body; an adapter is named as its inference component."""
+        extra = {"InferenceComponentName": adapter} if adapter else {}
         reply = self.runtime.invoke_endpoint(EndpointName=self.endpoint_name, Body=encode_body(body),
-                                             ContentType="application/json", Accept="application/json")
+                                             ContentType="application/json", Accept="application/json", **extra)
         return json.loads(reply["Body"].read())
 
     def stream_bytes(self, body: Body) -> Iterator[bytes]:

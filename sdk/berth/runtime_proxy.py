@@ -43,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(413, "ValidationError", "Request payload is larger than 6 MB")
         headers = {h: self.headers[h] for h in _FORWARDED if self.headers.get(h)}
         headers.setdefault("Content-Type", "application/json")
+        component = self.headers.get("X-Amzn-SageMaker-Inference-Component")
+        if component:  # locally an inference component is an adapter: SageMaker sends its name this way
+            headers["X-Amzn-SageMaker-Adapter-Identifier"] = component
         if match["action"] == "invocations":
             self._invoke(body, headers)
         else:

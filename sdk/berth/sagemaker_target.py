@@ -231,14 +231,23 @@ def deploy_sagemaker(model: str, endpoint_name: str, image_uri: str, role: str |
                      size_billions: float | None = None, wait: bool = True, wait_timeout_s: float = 3600.0,
                      autoscaling: dict[str, Any] | None = None, progress: Progress = _no_progress,
                      poll_s: float = 15.0, sagemaker_client: Any = None,
-                     update_existing: bool = True) -> SageMakerPredictor:
-    """Validate, create the endpoint (or roll out a new config if it exists), optionally autoscale it."""
+                     update_existing: bool = True, adapters: dict[str, str] | None = None,
+                     min_memory_mb: int = 1024, accelerators: int | None = None) -> RuntimePredictor:
+    """Validate, create the endpoint (or roll out a new config if it exists), optionally autoscale it.
+
+    adapters={"name": "s3://.../adapter.tar.gz"} deploys with inference components instead: a base
+    component (LoRA on) and one adapter component per adapter (inference_components.py).
+    """
     spec = SageMakerSpec(model=model, endpoint_name=endpoint_name, image_uri=image_uri, role=role or "",
                          instance_type=instance_type, instance_count=instance_count, env=dict(env or {}),
                          health_check_timeout_s=health_check_timeout, download_timeout_s=download_timeout,
                          size_billions=size_billions)
     endpoint = SageMakerEndpoint(endpoint_name, region=region, sagemaker_client=sagemaker_client,
                                  progress=progress, poll_s=poll_s)
+    if adapters is not None:
+        from berth.inference_components import deploy_with_components
+
+        return deploy_with_components(endpoint, spec, adapters, wait, wait_timeout_s, min_memory_mb, accelerators)
     if update_existing and endpoint.exists():
         endpoint.update(spec, wait=wait, timeout_s=wait_timeout_s)
     else:

@@ -82,3 +82,11 @@ def parse_env(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise ValidationError(f"invalid --env {pair!r}: expected KEY=VALUE")
         env[key] = value
     return env
+
+
+def adapter_name(name: str) -> str:
+    """A LoRA adapter name: the container's rules (letters, digits, '_' and '-'), and an inference
+    component name on SageMaker (letters, digits and '-', 63 at most)."""
+    if not ENDPOINT_NAME.match(name or ""):
+        raise ValidationError(f"adapter name {name!r}: use letters, digits and '-' (63 at most, no paths)")
+    return name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -150,3 +151,32 @@ def test_xinference_peft_model_config_and_lora_name(server: RunningServer, smoll
             assert text == _text(tokenizer, smollm2_adapters.greedy(reference, ids, N))
     finally:
         client.terminate_model(uid)
+
+
+def test_sdk_and_cli_select_adapters(server: RunningServer, smollm2_adapters: Any, tokenizer: Any) -> None:
+    import boto3
+    from berth.cli import main
+    from berth.predictor import HttpPredictor
+    from berth.runtime_proxy import RuntimeServer
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    endpoint = ["--endpoint", server.base_url]
+    added = runner.invoke(main, ["adapters", "add", "foxtrot", str(smollm2_adapters.folders["alpha"]), *endpoint])
+    assert added.exit_code == 0, added.output
+    assert "foxtrot" in runner.invoke(main, ["adapters", "list", *endpoint]).output
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": N, "temperature": 0}
+    expected = _text(tokenizer, smollm2_adapters.greedy("alpha", _chat_ids(tokenizer, QUESTION), N))
+    predictor = HttpPredictor(server.base_url, "smol")
+    assert predictor.predict(body, adapter="foxtrot")["choices"][0]["message"]["content"] == expected
+    runtime_api = RuntimeServer("smol-endpoint", server.base_url).serve()  # the local target's runtime API
+    try:
+        runtime = boto3.client("sagemaker-runtime", endpoint_url=runtime_api.url, region_name="us-east-1",
+                               aws_access_key_id="x", aws_secret_access_key="x")
+        reply = runtime.invoke_endpoint(EndpointName="smol-endpoint", InferenceComponentName="foxtrot",
+                                        Body=json.dumps(body), ContentType="application/json")
+        assert json.loads(reply["Body"].read())["choices"][0]["message"]["content"] == expected
+    finally:
+        runtime_api.stop()
+    removed = runner.invoke(main, ["adapters", "remove", "foxtrot", *endpoint])
+    assert removed.exit_code == 0 and "foxtrot" not in runner.invoke(main, ["adapters", "list", *endpoint]).output

@@ -20,6 +20,7 @@ from typing import Any
 from berth_server import errors
 from berth_server.engines import vllm_params
 from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -54,6 +55,7 @@ class VllmEngine(Engine):
         self._llm: Any = None
         self._in_flight = 0
         self._max_num_seqs = 1
+        self._adapters = VllmAdapters(lora_wanted(config, settings), settings.lora.max_lora_rank)
 
     @staticmethod
     def cannot_serve(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
@@ -99,6 +101,8 @@ class VllmEngine(Engine):
             for key, value in vllm_params.cpu_environment(self.settings, os.cpu_count() or 1).items():
                 os.environ.setdefault(key, value)
         kwargs = vllm_params.engine_kwargs(self.model_dir, self.config, self.settings, cpu)
+        if self._adapters.enabled:
+            kwargs = {**lora_kwargs(self.settings), **kwargs}  # SM_VLLM_* pass-through values win
         log.info("starting vLLM with %s", {k: v for k, v in kwargs.items() if k != "model"})
         engine_args = AsyncEngineArgs(**kwargs)
         # Creation blocks for the whole load (~20 s on this CPU); a thread keeps the model process's
@@ -131,8 +135,10 @@ class VllmEngine(Engine):
         from vllm.inputs import TokensPrompt
 
         params = vllm_params.sampling_params(request)
+        lora_request = self._adapters.request_for(request.adapter)
         stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params, request.request_id
+            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params, request.request_id,
+            lora_request=lora_request,
         )
         top_n = request.sampling.logprobs
         first = True
@@ -161,6 +167,18 @@ class VllmEngine(Engine):
                 # Closing vLLM's generator from here aborts the request in its engine core.
                 await self._llm.abort(request.request_id)
             await stream.aclose()
+
+    async def add_adapter(self, name: str, src: str, folder: Path, pin: bool = False) -> dict[str, Any]:
+        """Load a LoRA adapter into vLLM (LoRA must have been on at start)."""
+        return await self._adapters.add(self._llm, name, src, folder, pin)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload a LoRA adapter."""
+        await self._adapters.remove(self._llm, name)
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The registered adapters."""
+        return self._adapters.describe()
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its generate() iterator ends with finish='abort'."""
