@@ -116,3 +116,37 @@ def test_rank_above_the_limit_is_refused(smollm2_adapters: Any) -> None:
 
     with pytest.raises(InvalidRequest, match="rank 16 is above this engine's max LoRA rank 8"):
         read_config("charlie", smollm2_adapters.folders["charlie"], max_rank=8)
+
+
+def test_all_slots_pinned_is_429_not_a_hang(tmp_path: Path) -> None:
+    """One slot, pinned: a request for another adapter fails at once (it would wait forever)."""
+    from berth_server.demo_model import RECIPES, build
+    from berth_server.errors import Overloaded
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    tiny = build(RECIPES["tiny"], tmp_path / "tiny")
+    for name in ("one", "two"):
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+                              LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+        peft.save_pretrained(str(tmp_path / name))
+    config = ModelLaunchConfig(uid="tiny", source=str(tiny), model_name="tiny")
+    engine = TransformersEngine(tiny, config, Settings(device="cpu", lora=LoraSettings(max_loras=1)))
+
+    async def scenario() -> tuple[list[int], BaseException | None]:
+        await engine.start()
+        try:
+            await engine.add_adapter("one", "one", tmp_path / "one", pin=True)
+            await engine.add_adapter("two", "two", tmp_path / "two")
+            pinned = await _ids(engine, "p", [1, 5, 6], "one")
+            try:
+                await _ids(engine, "w", [1, 5, 6], "two")
+            except BerthError as exc:
+                return pinned, exc
+            return pinned, None
+        finally:
+            await engine.shutdown()
+
+    pinned, error = _run(scenario())
+    assert 0 < len(pinned) <= N
+    assert isinstance(error, Overloaded) and "pinned" in error.message

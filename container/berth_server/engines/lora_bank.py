@@ -157,6 +157,11 @@ class LoraBank:
             if name is not None and name not in self._registered and self._users[slot] == 0:
                 self._free(name)
 
+    def busy(self) -> bool:
+        """Whether any admitted row holds a slot (so one will free up)."""
+        with self._lock:
+            return any(self._users)
+
     def set_rows(self, slots: list[int | None]) -> None:
         """The scale vectors of the rows of the next forward (None: base model)."""
         if all(s is None for s in slots):

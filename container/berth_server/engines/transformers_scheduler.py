@@ -20,7 +20,7 @@ from berth_server.engines.lora_bank import LoraBank
 from berth_server.engines.sampling import sample
 from berth_server.engines.transformers_batch import KVBatch
 from berth_server.engines.transformers_rows import Slot, make_sampler, next_step, prompt_logprobs
-from berth_server.errors import BerthError, GenerationFailed, InvalidRequest
+from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ class BatchScheduler:
             if self.lora is None:
                 raise GenerationFailed(f"adapter '{name}' not found: LoRA is not enabled")
             slot.lora_slot = self.lora.acquire(name)
+            if slot.lora_slot is None and not self.lora.busy():  # no row will ever free a slot: all pinned
+                raise Overloaded(f"adapter '{name}' cannot be loaded: every LoRA slot holds a pinned adapter")
         except Exception as exc:  # noqa: BLE001 - removed meanwhile, or unreadable: this request only
             self._fail(slot, exc)
             return False
