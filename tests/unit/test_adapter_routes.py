@@ -98,3 +98,24 @@ def test_launch_lists() -> None:
         AdapterSource(name="es", src="org/es"))
     assert from_peft_model_config({"lora_list": [{"lora_name": "fr", "local_path": "/a"}], "image_lora_load_kwargs": {}}
                                   ) == [AdapterSource(name="fr", src="/a")]
+
+
+def test_lora_settings_honour_sagemaker_and_lmi_names() -> None:
+    from berth_server.engines.vllm_lora import lora_kwargs, lora_wanted
+    from berth_server.models.launch import ModelLaunchConfig
+    from berth_server.settings import Settings, SettingsError
+
+    settings = Settings.from_env({"SM_VLLM_ENABLE_LORA": "true", "SM_VLLM_MAX_LORA_RANK": "64",
+                                  "OPTION_MAX_LORAS": "2", "SM_VLLM_MAX_CPU_LORAS": "8"})
+    assert (settings.lora.enabled, settings.lora.max_lora_rank, settings.lora.max_loras,
+            settings.lora.max_cpu_loras) == (True, 64, 2, 8)
+    assert lora_kwargs(settings) == {"enable_lora": True, "max_loras": 2, "max_lora_rank": 64, "max_cpu_loras": 8}
+    assert Settings.from_env(settings.to_env()).lora == settings.lora
+    plain = Settings.from_env({})
+    config = ModelLaunchConfig(uid="m", source="/m", model_name="m", is_default=True)
+    assert not lora_wanted(config, plain)
+    assert lora_wanted(config, Settings.from_env({"LORA_ADAPTERS": "fr=/a/fr"}))
+    assert lora_wanted(ModelLaunchConfig(uid="x", source="/m", model_name="m",
+                                         adapters=[AdapterSource(name="fr", src="/a")]), plain)
+    with pytest.raises(SettingsError, match="LORA_ADAPTERS"):
+        Settings.from_env({"LORA_ADAPTERS": "../x=/a"})
