@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
+    if errors:  # a failed or interrupted run is not a result
+        return 1
     with open(REPO / "bench" / "RESULTS.md", "a") as results:
         results.write(text)
-    return 0 if errors == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":
