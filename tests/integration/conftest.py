@@ -48,6 +48,8 @@ def available_engines() -> list[str]:
     engines = ["transformers"]
     if importlib.util.find_spec("vllm") is not None:
         engines.append("vllm")
+    if importlib.util.find_spec("xllamacpp") is not None:
+        engines.append("llama.cpp")
     return engines
 
 
@@ -181,6 +183,14 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_gguf(tiny_model: Path) -> Path:
+    """tiny_model written as one float32 GGUF file (for the llama.cpp engine)."""
+    from berth_server.demo_gguf import write_gguf
+
+    return write_gguf(tiny_model, MODEL_CACHE / "tiny-gguf" / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
 def tiny_reasoning_model() -> Path:
     """Like tiny_model, with a template that opens <think> unless enable_thinking is false."""
     return _build("tiny-reasoning")
@@ -206,7 +216,9 @@ def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
     if external_base_url():
         yield ExternalServer(external_base_url(), engine)  # type: ignore[misc]  # duck-typed RunningServer
         return
-    server = launch_serve(tiny_model, tmp_path_factory.mktemp(f"berth-{engine}"), engine=engine,
+    # llama.cpp serves GGUF files: the same tiny model, written as one.
+    model = request.getfixturevalue("tiny_model_gguf") if engine == "llama.cpp" else tiny_model
+    server = launch_serve(model, tmp_path_factory.mktemp(f"berth-{engine.replace('.', '')}"), engine=engine,
                           env={"BERTH_MODEL_UID": "tiny"})
     yield server
     server.stop()

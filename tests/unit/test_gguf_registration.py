@@ -49,3 +49,17 @@ def test_a_folder_without_a_template_is_refused() -> None:
         _registration({"model_uri": "/models/folder", "quantization": "Q4_0"})
     with pytest.raises(RegistrationError, match="quantization"):
         _registration({"model_id": "o/r", "model_file_name_template": "r.{quant}.gguf"})
+
+
+def test_catalog_families_offer_public_gguf_repos() -> None:
+    from berth_server.models.registry import Registry
+
+    registry = Registry(None)
+    qwen = registry.get("LLM", "qwen2.5-instruct").registration
+    request = parse_launch({"model_name": "qwen2.5-instruct", "model_format": "ggufv2", "model_size_in_billions": "0_5",
+                            "quantization": "Q4_K_M"})
+    config = build_config(Settings(), qwen, "LLM", request, "u")
+    assert (config.source, config.gguf_file) == ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf")
+    formats = {s.model_format for name in ("qwen3", "llama-3.2-instruct")
+               for s in registry.get("LLM", name).registration.model_specs}
+    assert "ggufv2" in formats

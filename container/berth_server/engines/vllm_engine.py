@@ -64,6 +64,8 @@ class VllmEngine(Engine):
             return "vllm is not installed"
         if config.model_type != "LLM":
             return f"Berth serves only LLM models on vLLM (this one is {config.model_type})"
+        if model_dir.is_file() and model_dir.suffix.lower() == ".gguf":
+            return _cannot_serve_gguf(model_dir, settings)
         try:
             hf_config = json.loads((model_dir / "config.json").read_text())
         except (OSError, ValueError) as exc:
@@ -197,6 +199,28 @@ class VllmEngine(Engine):
             # vLLM waits 5 s for its engine core before killing it; the model process gives the
             # whole engine shutdown 5 s, so ask for less.
             await asyncio.to_thread(llm.shutdown, SHUTDOWN_TIMEOUT_S)
+
+
+# GGUF architectures vLLM's GGUF loader maps back to transformers configs (vLLM docs, "GGUF").
+VLLM_GGUF_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3",
+                                     "mistral", "falcon", "gpt2", "starcoder2", "deepseek2", "mixtral"})
+
+
+def _cannot_serve_gguf(path: Path, settings: Settings) -> str | None:
+    """vLLM reads GGUF files on GPUs only, and only for the architectures its GGUF loader knows."""
+    if _vllm_on_cpu_build(settings):
+        return "vLLM serves GGUF files on GPUs only (this is its CPU build); llama.cpp serves them here"
+    from berth_server.engines.llamacpp_params import read_gguf_facts
+
+    try:
+        architecture = read_gguf_facts(path).architecture
+    except errors.BerthError as exc:
+        return exc.message
+    if architecture not in VLLM_GGUF_ARCHITECTURES:
+        return f"vLLM's GGUF loader does not serve architecture {architecture!r}"
+    import torch  # the model process has it loaded already
+
+    return None if torch.cuda.is_available() else "vLLM's CUDA build is installed but no GPU is visible"
 
 
 def _token_logprobs(completion: Any, top_n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
