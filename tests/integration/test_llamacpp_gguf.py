@@ -53,7 +53,7 @@ def tokenizer(smollm2_gguf: Path) -> Any:
 
 def _chat(client: openai.OpenAI, question: str, **kwargs: Any) -> Any:
     return client.chat.completions.create(model=UID, messages=[SYSTEM, {"role": "user", "content": question}],
-                                          temperature=0, max_tokens=kwargs.pop("max_tokens", 24), **kwargs)
+                                          temperature=0, max_tokens=kwargs.pop("max_tokens", 12), **kwargs)
 
 
 def test_auto_picks_llamacpp_and_answers_paris(client: openai.OpenAI, gguf_server: RunningServer) -> None:
@@ -66,8 +66,8 @@ def test_auto_picks_llamacpp_and_answers_paris(client: openai.OpenAI, gguf_serve
 
 
 def test_stream_equals_non_stream(client: openai.OpenAI) -> None:
-    whole = _chat(client, "Tell me about the sea.", max_tokens=40)
-    chunks = list(_chat(client, "Tell me about the sea.", max_tokens=40, stream=True,
+    whole = _chat(client, "Tell me about the sea.", max_tokens=24)
+    chunks = list(_chat(client, "Tell me about the sea.", max_tokens=24, stream=True,
                         stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content

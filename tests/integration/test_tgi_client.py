@@ -15,17 +15,24 @@ def tgi(berth_server) -> Client:  # type: ignore[no-untyped-def]
     return Client(berth_server.base_url, timeout=TIMEOUT_S)
 
 
-def test_generate_with_details_top_tokens_and_prefill(tgi: Client) -> None:
-    reply = tgi.generate("Hello there", max_new_tokens=5, decoder_input_details=True, top_n_tokens=2)
+def test_generate_with_details_top_tokens_and_prefill(tgi: Client, berth_server) -> None:  # type: ignore[no-untyped-def]
+    prefill = berth_server.engine != "llama.cpp"
+    if not prefill:  # llama.cpp gives no prompt logprobs: a clear 422 instead
+        with pytest.raises(ValidationError, match="llama.cpp"):
+            tgi.generate("Hello there", max_new_tokens=5, decoder_input_details=True)
+    reply = tgi.generate("Hello there", max_new_tokens=5, decoder_input_details=prefill, top_n_tokens=2)
     details = reply.details
     assert 1 <= details.generated_tokens <= 5
     assert len(details.tokens) == details.generated_tokens
     assert details.finish_reason.value in ("length", "eos_token")
     assert details.seed is None  # greedy
-    assert details.prefill, "decoder_input_details asks for the prompt tokens"
+    assert details.prefill or not prefill, "decoder_input_details asks for the prompt tokens"
     assert details.top_tokens is not None and len(details.top_tokens) == details.generated_tokens
-    assert all(len(position) == 2 for position in details.top_tokens)
-    assert all(token.logprob is not None for token in details.tokens)
+    # llama.cpp reports no logprobs for a token it merged into the next one (it ended inside a UTF-8
+    # character; the random tiny model makes many): those positions have no top tokens there.
+    sizes = {2} if prefill else {0, 2}
+    assert all(len(position) in sizes for position in details.top_tokens) and any(details.top_tokens)
+    assert all(token.logprob is not None for token in details.tokens) or not prefill
     again = tgi.generate("Hello there", max_new_tokens=5)
     assert again.generated_text == reply.generated_text  # greedy is deterministic
 
@@ -49,13 +56,14 @@ def test_stop_sequence_ends_generation(tgi: Client) -> None:
     assert len(stopped.generated_text) < len(reference.generated_text)
 
 
-def test_generate_stream_last_event_carries_text_and_details(tgi: Client) -> None:
+def test_generate_stream_last_event_carries_text_and_details(tgi: Client, berth_server) -> None:  # type: ignore[no-untyped-def]
     events = list(tgi.generate_stream("Hello there", max_new_tokens=4, top_n_tokens=1))
+    sizes = {0, 1} if berth_server.engine == "llama.cpp" else {1}  # see the test above
     assert events and all(e.details is None for e in events[:-1])
     last = events[-1]
     assert last.details is not None and 1 <= last.details.generated_tokens <= 4
     assert [e.token for e in events if not e.token.special], "token events carry the generated tokens"
-    assert all(e.top_tokens is not None and len(e.top_tokens) == 1 for e in events)
+    assert all(e.top_tokens is not None and len(e.top_tokens) in sizes for e in events)
     full = tgi.generate("Hello there", max_new_tokens=4)
     assert full.generated_text == last.generated_text
 

@@ -112,3 +112,18 @@ def test_merged_bytes_split_into_the_reported_number_of_tokens() -> None:
     assert vocab.segment(b"\xf0\x9f\x8e", 1) == [1]
     assert vocab.segment(b"\xf0\x9f\x8e", 3) == [2, 3, 4]
     assert vocab.segment(b"\xf0\x9f\x8e", 2) is None and vocab.segment(b"", 0) == []
+
+
+def test_other_engines_on_a_gguf_file(smollm2_gguf: Path) -> None:
+    """vLLM says it needs a GPU for GGUF here; transformers dequantizes only when asked."""
+    import importlib.util
+
+    from berth_server.engines.transformers_engine import TransformersEngine
+
+    if importlib.util.find_spec("vllm") is not None:
+        from berth_server.engines.vllm_engine import VllmEngine
+
+        assert "GPUs only" in (VllmEngine.cannot_serve(CONFIG, smollm2_gguf, Settings(device="cpu")) or "")
+    assert "when asked" in (TransformersEngine.cannot_serve(CONFIG, smollm2_gguf, Settings()) or "")
+    asked = ModelLaunchConfig(uid="m", source="x.gguf", model_name="m", engine="transformers")
+    assert TransformersEngine.cannot_serve(asked, smollm2_gguf, Settings()) is None

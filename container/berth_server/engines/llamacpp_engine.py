@@ -181,6 +181,8 @@ class LlamaCppEngine(Engine):
             tops.append([(int(t["id"]), float(t["logprob"])) for t in entry.get("top_logprobs") or []])
         running.seen += len(ids)
         finish: EngineFinish | None = _FINISH.get(str(choice.get("finish_reason")))
+        if finish is None and running.seen >= request.max_new_tokens:
+            finish = "length"  # say so with the last token, not in an empty step after it
         for i, token_id in enumerate(ids):
             if token_id in request.stop_token_ids:  # Berth's stop ids go beyond llama.cpp's EOG tokens
                 ids, logprobs, tops, finish = ids[: i + 1], logprobs[: i + 1], tops[: i + 1], "eos"
