@@ -42,15 +42,17 @@ ensure_podman_tools() {
 }
 
 # Debian bookworm + Python 3.11 (what python:3.11-slim-bookworm gives), made with debootstrap.
+BASE_ROOT=""
+trap '[[ -z $BASE_ROOT ]] || rm -rf "$BASE_ROOT"' EXIT
 make_fallback_base() {
-    local root
-    root=$(mktemp -d /var/tmp/berth-base.XXXXXX)
-    trap 'rm -rf "$root"' RETURN
+    BASE_ROOT=$(mktemp -d /var/tmp/berth-base.XXXXXX)
     log "making $FALLBACK_BASE with debootstrap (a few minutes)"
+    # shellcheck disable=SC2086
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,curl \
-        bookworm "$root" ${DEBOOTSTRAP_MIRROR:-} >/dev/null
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -c . | podman import --change 'CMD ["/bin/bash"]' - "$FALLBACK_BASE" >/dev/null
+        bookworm "$BASE_ROOT" ${DEBOOTSTRAP_MIRROR:-} >/dev/null
+    rm -rf "$BASE_ROOT"/var/cache/apt/archives/*.deb "$BASE_ROOT"/var/lib/apt/lists/*
+    tar -C "$BASE_ROOT" -c . | podman import -q --change 'CMD ["/bin/bash"]' - "$FALLBACK_BASE" >/dev/null
+    rm -rf "$BASE_ROOT"
 }
 
 podman_base() {

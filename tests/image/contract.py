@@ -17,7 +17,6 @@ import time
 import pytest
 
 from tests.image import container
-from tests.integration.conftest import EXTERNAL_SERVER_ENV, free_port
 
 SIGTERM_GRACE_S = 30.0
 
@@ -27,9 +26,11 @@ def main(argv: list[str]) -> int:
     if not container.IMAGE:
         print("contract: set BERTH_TEST_IMAGE (make test-image does)", file=sys.stderr)
         return 2
+    # One server is there, so the shared fixture runs once (its engine: transformers, as the CPU image has).
+    os.environ.setdefault("BERTH_TEST_ENGINES", "transformers")
     from berth_server.demo_model import RECIPES, build
 
-    from tests.integration.conftest import MODEL_CACHE
+    from tests.integration.conftest import EXTERNAL_SERVER_ENV, MODEL_CACHE, free_port
 
     tiny = build(RECIPES["tiny"], MODEL_CACHE / "tiny")
     started = time.monotonic()
