@@ -8,7 +8,7 @@ STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 IMAGE ?= berth:cpu
 
-.PHONY: venv run test test-unit test-integration test-vllm bench lint clean image test-image test-image-run chromium
+.PHONY: venv run test test-unit test-integration test-vllm bench fuzz soak lint clean image test-image test-image-run chromium
 
 venv: $(STAMP)
 
@@ -71,6 +71,15 @@ test-image-run: venv
 
 bench: venv
 	$(PY) -m bench.run_all
+
+# The deeper schemathesis run against a live tiny-model server (CI runs 5 examples for 90 s); record it in bench/RESULTS.md.
+fuzz: venv
+	BERTH_TEST_ENGINES=transformers BERTH_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100} BERTH_FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} \
+		$(PY) -m pytest -q -rs tests/integration/test_openapi_fuzz.py
+
+# Soak: 64 concurrent streams against the tiny model, then BERTH_WORKERS=2 (bench/soak.py; SOAK_SECONDS per phase).
+soak: venv
+	$(PY) -m bench.soak --seconds $${SOAK_SECONDS:-300}
 
 lint: venv
 	$(VENV)/bin/ruff check container sdk tests bench

@@ -128,6 +128,14 @@ class ModelTimeout(BerthError):
     openai_type = "server_error"
 
 
+class InsufficientStorage(BerthError):
+    """The disk (or a file-size limit) would not take a write Berth needed; nothing was changed."""
+
+    status = 507
+    error_type = "generation"
+    openai_type = "server_error"
+
+
 class ClientDisconnected(BerthError):
     """The client hung up before its reply was ready; its generation was aborted (nobody reads the reply)."""
 

@@ -27,6 +27,7 @@ from berth_server.errors import BerthError
 from berth_server.ipc import control_socket_address
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.sources import GGUF_QUANTIZATION, is_gguf
+from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings, SettingsError
 from berth_server.supervisor import Supervisor
 
@@ -182,7 +183,7 @@ class Launcher:
         metrics_dir.mkdir(parents=True)
         env = self.settings.child_environment(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
         return await asyncio.create_subprocess_exec(*gunicorn_command(self.settings), env=env,
-                                                    start_new_session=True)
+                                                    start_new_session=True, preexec_fn=die_with_parent())
 
     async def _shutdown(self) -> None:
         """gunicorn first (it drains in-flight requests, which still need the models), then the models."""

@@ -26,6 +26,7 @@ import zmq.asyncio
 from berth_server.errors import BerthError, Conflict, NotFound, from_failure
 from berth_server.model_table import TableWriter, table_path
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
+from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings
 
 log = logging.getLogger("berth.supervisor")
@@ -168,7 +169,7 @@ class Supervisor:
         # A new session so a Ctrl-C in the terminal reaches the launcher only; it stops children in order.
         handle.process = await asyncio.create_subprocess_exec(
             *self._model_command, "--config-json", config_json,
-            env=self.settings.child_environment(), start_new_session=True,
+            env=self.settings.child_environment(), start_new_session=True, preexec_fn=die_with_parent(),
         )
         log.info("model %s: process %d started (source %s)", handle.config.uid, handle.process.pid,
                  handle.config.source)

@@ -283,3 +283,15 @@ def test_workers_read_the_launchers_table_at_once_and_drop_gone_models(tmp_path:
         for worker in workers:
             worker.close()
         model.close()
+
+
+def test_a_model_process_that_disconnects_fails_its_requests_at_once(tmp_path: Path) -> None:
+    gateway, model = _gateway(tmp_path, scripted)
+    try:
+        stream = gateway.generate(request("hang"))
+        assert stream.accepted.prompt_tokens == 1
+        model.close()  # the process's socket goes away, as when it is killed
+        with gevent.Timeout(2), pytest.raises(IncompleteGeneration, match="went away"):
+            list(stream)
+    finally:
+        gateway.close()

@@ -12,6 +12,7 @@ from berth_server.errors import PayloadTooLarge
 from berth_server.frontend.auth import install_auth
 from berth_server.frontend.errors import register_error_handlers
 from berth_server.frontend.metrics import FrontendMetrics, install_metrics
+from berth_server.frontend.openapi import install_openapi
 from berth_server.frontend.state import FrontendState
 from berth_server.frontend.webui import ui_bp
 from berth_server.settings import Settings
@@ -49,7 +50,7 @@ def _check_content_length(limit: int) -> None:
 
 def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> Flask:
     """Build the frontend for these settings; tests pass fake gateway/control objects."""
-    app = Flask("berth_server.frontend")
+    app = Flask("berth_server.frontend", static_folder=None)  # no file serving: every route is an API route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -70,4 +71,5 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
     install_metrics(app)
     _register_protocols(app)
     app.register_blueprint(ui_bp)
+    install_openapi(app)
     return app

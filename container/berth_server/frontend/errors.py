@@ -18,7 +18,9 @@ from berth_server.errors import (
     BerthError,
     Conflict,
     GenerationFailed,
+    InsufficientStorage,
     InvalidRequest,
+    ModelTimeout,
     NotFound,
     NotReady,
     Overloaded,
@@ -26,7 +28,7 @@ from berth_server.errors import (
     Unauthorized,
     from_failure,
 )
-from berth_server.protocols.bounds import MAX_JSON_DEPTH, json_depth_exceeds
+from berth_server.protocols.bounds import MAX_JSON_DEPTH, json_problem
 
 Family = Literal["openai", "tgi", "xinference"]
 log = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ _BY_STATUS: dict[int, type[BerthError]] = {
     422: InvalidRequest,
     429: Overloaded,
     503: NotReady,
+    504: ModelTimeout,
+    507: InsufficientStorage,
 }
 
 
@@ -180,14 +184,12 @@ def request_json() -> dict[str, Any]:
     try:
         body = json.loads(data, parse_constant=_no_constant) if data else None
     except RecursionError:
-        body = None
-        too_deep = True
+        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    else:
-        too_deep = json_depth_exceeds(body)
-    if too_deep:
-        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    problem = json_problem(body)
+    if problem is not None:
+        raise InvalidRequest(problem)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body

@@ -7,6 +7,7 @@ beats a socket per request). Protocol services only see GenerationStream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import gevent
 import msgspec
 import zmq.green as zmq
 from gevent.queue import Empty, Queue
+from zmq.utils.monitor import recv_monitor_message
 
 from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
@@ -56,8 +58,12 @@ class ModelClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         # IMMEDIATE: a send fails (instead of queueing forever) while no model process is connected.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        # The monitor tells at once when the model process's end of the connection goes away (a crash):
+        # every request waiting on it fails then, instead of at the next liveness check.
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._socket.connect(address)
         self._reader = gevent.spawn(self._demultiplex)
+        self._watcher = gevent.spawn(self._watch_connection)
 
     def register(self, request_id: str) -> Queue:
         """Create the queue that will receive events for request_id."""
@@ -109,6 +115,21 @@ class ModelClient:
                     continue
                 queue.put(event)
 
+    def _watch_connection(self) -> None:
+        """Fail every pending request when the model process disconnects (it crashed or was killed)."""
+        while True:
+            try:
+                recv_monitor_message(self._monitor)
+            except zmq.ZMQError:
+                return  # socket closed
+            self.fail_pending(f"model '{self.uid}' went away (its process ended) during the request")
+
+    def fail_pending(self, reason: str) -> None:
+        """End every request still waiting on this model with an IncompleteGeneration naming `reason`."""
+        for request_id, queue in list(self._queues.items()):
+            queue.put(Failure(request_id=request_id, message=reason, error_type="incomplete_generation"))
+        self._queues = {}
+
     def _overflow(self, request_id: str, queue: Queue) -> None:
         """A reader fell `buffer_events` behind (a slow client): end its request rather than buffer without bound."""
         self._queues.pop(request_id, None)
@@ -121,10 +142,13 @@ class ModelClient:
     def close(self, reason: str | None = None) -> None:
         """Stop the reader and close the socket; requests still waiting fail with `reason` (if given)."""
         self._reader.kill(block=True)
+        self._watcher.kill(block=True)
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.disable_monitor()
+        self._monitor.close(0)
         self._socket.close(0)
         if reason is not None:
-            for request_id, queue in list(self._queues.items()):
-                queue.put(Failure(request_id=request_id, message=reason, error_type="incomplete_generation"))
+            self.fail_pending(reason)
         self._queues = {}
 
 

@@ -154,7 +154,7 @@ class TextPipeline:
         vocab = self.vocab_size
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
-            raise InvalidRequest(f"token id {bad} is out of range: ids must be in [0, {vocab})", param=param)
+            raise InvalidRequest(f"{param}: token id {bad} is out of range: ids must be in [0, {vocab})", param=param)
 
     def _check_limits(self, prompt_len: int, max_new_tokens: int | None) -> int:
         limits = self.limits

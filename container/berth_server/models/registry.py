@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,8 +20,10 @@ from berth.registration import (
     parse_registration,
 )
 
-from berth_server.errors import Conflict, InvalidRequest, NotFound
+from berth_server.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound
 
+# A full disk, a full quota, or a file-size limit: the write cannot succeed, and the client should know.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 log = logging.getLogger(__name__)
 CATALOG_DIR = Path(__file__).with_name("catalog")
 
@@ -177,13 +180,19 @@ class Registry:
         directory = self._dir / model_type
         directory.mkdir(parents=True, exist_ok=True)
         payload = registration.model_dump_json(indent=2, exclude={"is_builtin"})
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+        tmp: str | None = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w") as handle:
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, directory / f"{check_name(registration.model_name)}.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                raise InsufficientStorage(
+                    f"cannot persist registration {registration.model_name!r} under {directory}: "
+                    f"{os.strerror(exc.errno or 0)}; nothing was changed") from None
             raise

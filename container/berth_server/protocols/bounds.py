@@ -52,8 +52,9 @@ LogitBias = Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)]
 TextBatch = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_TEXTS)]
 
 
-def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when a parsed JSON value nests containers deeper than `limit` (iterative: no recursion)."""
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes a parsed JSON body unsafe to pass on: nesting deeper than `limit`, or an integer
+    no engine or serializer takes (outside 64 bits). None when it is fine. Iterative: no recursion."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -62,11 +63,19 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         elif isinstance(item, list):
             children = item
         else:
+            if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
+                return f"the number {item} is out of range (64-bit integers at most)"
             continue
         if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+            return f"request body nests deeper than {limit} levels"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when a parsed JSON value nests containers deeper than `limit`."""
+    problem = json_problem(value, limit)
+    return problem is not None and "nests deeper" in problem
 
 
 def wrap_seed(seed: int) -> int:

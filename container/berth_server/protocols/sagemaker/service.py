@@ -33,8 +33,8 @@ def endpoint_model(gateway: Any, body: dict[str, Any]) -> dict[str, Any]:
     Clients written for TGI send "tgi" and others send the endpoint's name; both mean the default model.
     """
     name = body.get("model")
-    if name is None:
-        return body
+    if not isinstance(name, str):
+        return body  # absent, or not a name: the schema says so
     try:
         gateway.resolve_target(name)  # a model, or an adapter of the endpoint's model
     except NotFound:

@@ -26,6 +26,30 @@ class RegisterBody(XinferenceModel):
     worker_ip: str | None = None
 
 
+class LaunchBody(BaseModel):
+    """POST /v1/models, as documented: Xinference's launch keys; others are engine arguments on an allowlist.
+
+    models/launch_resolver.py parses the body (it must see every key to refuse the unknown ones);
+    this model describes it for /openapi.json.
+    """
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: bounds.Name
+    model_uid: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    model_type: Literal["LLM", "embedding", "rerank"] | None = None
+    model_engine: str | None = None
+    model_format: str | None = None
+    model_size_in_billions: int | str | None = None
+    quantization: str | None = None
+    model_path: str | None = None
+    enable_thinking: bool | None = None
+    n_gpu: int | Literal["auto"] | None = None
+    replica: Literal[1] | None = None
+    tool_call_parser: str | None = None
+    wait_ready: bool | None = None
+
+
 class EmbeddingRequest(XinferenceModel):
     """POST /v1/embeddings (OpenAI shape)."""
 

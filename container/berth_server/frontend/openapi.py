@@ -1,0 +1,126 @@
+"""GET /openapi.json: every route of the app, with request bodies from the pydantic schemas that validate them.
+
+The route list comes from the app's own URL map, so a new route is described (if only by its
+path) without anyone remembering to; REQUEST_BODIES names the wire model each body is parsed with.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from berth_server import __version__
+from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
+from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
+from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody
+from berth_server.protocols.xinference.schemas import (
+    EmbeddingRequest,
+    LaunchBody,
+    RegisterBody,
+    RerankRequest,
+)
+
+# endpoint -> the wire models its body is validated with (several: any of them, dispatched on shape).
+REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
+    "openai.chat_completions": (ChatCompletionRequest,),
+    "openai.completions": (CompletionRequest,),
+    "tgi.compat_generate": (GenerateBody,),
+    "tgi.generate": (GenerateBody,),
+    "tgi.generate_stream": (GenerateBody,),
+    "tgi.tokenize": (TokenizeBody,),
+    "sagemaker.invocations": (ChatCompletionRequest, CompletionRequest, InvocationTgiBody),
+    "xinference.register": (RegisterBody,),
+    "xinference.launch": (LaunchBody,),
+    "xinference.embeddings": (EmbeddingRequest,),
+    "xinference.rerank": (RerankRequest,),
+}
+# Endpoints that answer with server-sent events (when the body asks for a stream, or always).
+STREAMING = {"openai.chat_completions", "openai.completions", "tgi.compat_generate", "sagemaker.invocations"}
+ALWAYS_STREAMING = {"tgi.generate_stream"}
+QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "xinference.launch": (("wait_ready", {"type": "string", "enum": ["true", "false"]}),),
+    "xinference.list_registrations": (("detailed", {"type": "string", "enum": ["true", "false"]}),),
+    "xinference.instances": (("model_name", {"type": "string"}), ("model_uid", {"type": "string"})),
+}
+TEXT_PLAIN = {"berth_core.metrics"}
+# Every error body, whatever the protocol, carries "detail" (frontend/errors.py).
+ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
+_CONVERTER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
+
+
+def _components() -> tuple[dict[Any, Any], dict[str, Any]]:
+    models = {model for bodies in REQUEST_BODIES.values() for model in bodies}
+    keys, definitions = models_json_schema([(model, "validation") for model in sorted(models, key=str)],
+                                           ref_template="#/components/schemas/{model}")
+    return dict(keys), dict(definitions.get("$defs", {}))
+
+
+def _body(endpoint: str, refs: dict[Any, Any]) -> dict[str, Any]:
+    schemas = [refs[(model, "validation")] for model in REQUEST_BODIES[endpoint]]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(endpoint: str) -> dict[str, Any]:
+    if endpoint in TEXT_PLAIN:
+        ok = {"text/plain": {"schema": {"type": "string"}}}
+    elif endpoint in ALWAYS_STREAMING:
+        ok = {"text/event-stream": {"schema": {"type": "string"}}}
+    else:
+        ok = {"application/json": {"schema": {}}}
+        if endpoint in STREAMING:
+            ok["text/event-stream"] = {"schema": {"type": "string"}}
+    return {"200": {"description": "OK", "content": ok},
+            "default": {"description": "An error; `detail` says what and why",
+                        "content": {"application/json": {"schema": ERROR}}}}
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every route of `app`."""
+    refs, components = _components()
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = _CONVERTER.sub(r"{\1}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            view = app.view_functions[rule.endpoint]
+            operation: dict[str, Any] = {
+                "operationId": f"{rule.endpoint}.{method.lower()}",
+                "summary": (view.__doc__ or rule.endpoint).strip().splitlines()[0],
+                "tags": [rule.endpoint.split(".")[0]],
+                "responses": _responses(rule.endpoint),
+            }
+            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                          for name in rule.arguments]
+            parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                           for name, schema in QUERY_PARAMETERS.get(rule.endpoint, ())]
+            if parameters:
+                operation["parameters"] = parameters
+            if rule.endpoint in REQUEST_BODIES:
+                operation["requestBody"] = _body(rule.endpoint, refs)
+            paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Berth", "version": __version__,
+                 "description": "SageMaker, TGI, OpenAI and Xinference APIs for open LLMs."},
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def install_openapi(app: Flask) -> None:
+    """Serve GET /openapi.json (built once per app, on first request, when every route is registered)."""
+
+    def openapi() -> ResponseReturnValue:
+        """This server's OpenAPI document."""
+        cached = current_app.extensions.setdefault("berth_openapi", build_openapi(current_app))
+        return jsonify(cached)
+
+    app.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
