@@ -27,9 +27,9 @@ def client(tmp_path: Path) -> FlaskClient:
                       control=object()).test_client()
 
 
-def _refused(client: FlaskClient, path: str, body: Any, field: str, status: int) -> None:
+def _refused(client: FlaskClient, path: str, body: Any, field: str, status: int | tuple[int, ...]) -> None:
     reply = client.post(path, json=body)
-    assert reply.status_code == status, (path, body, reply.json)
+    assert reply.status_code in (status if isinstance(status, tuple) else (status,)), (path, body, reply.json)
     assert field in reply.json["detail"], reply.json
 
 
@@ -50,7 +50,9 @@ def _refused(client: FlaskClient, path: str, body: Any, field: str, status: int)
 ])
 def test_openai_chat_bounds(client: FlaskClient, body: dict[str, Any], field: str) -> None:
     _refused(client, "/v1/chat/completions", body, field, 400)
-    _refused(client, "/invocations", body, field, 400)  # SageMaker chat-shaped bodies: same schema
+    # SageMaker: a chat-shaped body is checked by the same schema (400); a number past 64 bits is refused
+    # before the shape is known, with TGI's 422 like every other unreadable /invocations body.
+    _refused(client, "/invocations", body, field, (400, 422))
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -63,7 +65,7 @@ def test_openai_chat_bounds(client: FlaskClient, body: dict[str, Any], field: st
 ])
 def test_openai_completion_bounds(client: FlaskClient, body: dict[str, Any], field: str) -> None:
     _refused(client, "/v1/completions", body, field, 400)
-    _refused(client, "/invocations", body, field, 400)
+    _refused(client, "/invocations", body, field, (400, 422))
 
 
 def test_negative_token_id_names_the_position(client: FlaskClient) -> None:

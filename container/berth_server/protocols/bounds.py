@@ -53,22 +53,22 @@ TextBatch = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_TEXTS)
 
 
 def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """What makes a parsed JSON body unsafe to pass on: nesting deeper than `limit`, or an integer
-    no engine or serializer takes (outside 64 bits). None when it is fine. Iterative: no recursion."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """What makes a parsed JSON body unsafe to pass on, naming where: nesting deeper than `limit`, or an
+    integer no engine or serializer takes (outside 64 bits). None when it is fine. Iterative: no recursion."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, where = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Any = ((f"{where}.{key}" if where else str(key), child) for key, child in item.items())
         elif isinstance(item, list):
-            children = item
+            children = ((f"{where}.{index}" if where else str(index), child) for index, child in enumerate(item))
         else:
             if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
-                return f"the number {item} is out of range (64-bit integers at most)"
+                return f"{where or 'body'}: the number {item} is out of range (64-bit integers at most)"
             continue
         if depth > limit:
             return f"request body nests deeper than {limit} levels"
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1, path) for path, child in children)
     return None
 
 
