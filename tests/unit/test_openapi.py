@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import schemathesis
@@ -17,7 +18,7 @@ def test_every_route_is_described_and_the_document_loads(tmp_path: Path) -> None
     document = app.test_client().get("/openapi.json").json
     described = {(path, method) for path, item in document["paths"].items() for method in item}
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in described, (path, method)
     assert set(REQUEST_BODIES) <= set(app.view_functions)  # no stale endpoint names

@@ -69,6 +69,8 @@ def _body(endpoint: str, refs: dict[Any, Any]) -> dict[str, Any]:
 def _responses(endpoint: str) -> dict[str, Any]:
     if endpoint in TEXT_PLAIN:
         ok = {"text/plain": {"schema": {"type": "string"}}}
+    elif endpoint.startswith("ui."):  # the web UI's page and static files
+        ok = {"*/*": {"schema": {}}}
     elif endpoint in ALWAYS_STREAMING:
         ok = {"text/event-stream": {"schema": {"type": "string"}}}
     else:
