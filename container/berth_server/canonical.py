@@ -18,6 +18,23 @@ FinishReason = Literal["length", "eos", "stop", "abort", "error"]
 FailureType = Literal["validation", "overloaded", "generation", "not_found", "incomplete_generation"]
 
 
+ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar", "structural_tag"]
+
+
+class Constraint(msgspec.Struct, frozen=True, kw_only=True):
+    """What the output must match, enforced while decoding (xgrammar, or vLLM's structured outputs).
+
+    json_schema and structural_tag hold JSON text (so equal constraints compare and cache equal);
+    regex a pattern; grammar EBNF/GBNF text; choice the allowed strings; json_object any JSON object.
+    `param` names the wire field it came from, so a constraint that cannot compile is a 4xx naming it.
+    """
+
+    kind: ConstraintKind
+    value: str = ""
+    choices: tuple[str, ...] = ()
+    param: str = "response_format"
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """Per-request decoding knobs; defaults mean 'off'."""
 
@@ -40,6 +57,10 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     logprobs: int | None = None
     prompt_logprobs: bool = False  # TGI decoder_input_details
     skip_special_tokens: bool = True
+    constraint: Constraint | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    allowed_token_ids: tuple[int, ...] | None = None  # None: every token; else only these
+    bad_words: tuple[str, ...] = ()  # words never generated (tokenized by the model process)
 
 
 class GenerateRequest(msgspec.Struct, kw_only=True):

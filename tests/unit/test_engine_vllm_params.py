@@ -65,7 +65,7 @@ def test_settings_map_to_engine_args(tmp_path: Path) -> None:
     assert kwargs["max_model_len"] == 1024 and kwargs["max_num_batched_tokens"] == 512
     assert kwargs["max_num_seqs"] == 64 and kwargs["gpu_memory_utilization"] == 0.8
     assert kwargs["kv_cache_memory_bytes"] == 4 << 30 and kwargs["dtype"] == "float16"
-    assert kwargs["trust_remote_code"] and kwargs["skip_tokenizer_init"] and "enforce_eager" not in kwargs
+    assert kwargs["trust_remote_code"] and not kwargs["skip_tokenizer_init"] and "enforce_eager" not in kwargs
     cpu = vllm_params.engine_kwargs(tmp_path, CONFIG.__class__(uid="m", source="/m", model_name="m",
                                                                context_length=256), Settings(), cpu=True)
     assert cpu["enforce_eager"] and cpu["max_model_len"] == 256 and "kv_cache_memory_bytes" not in cpu

@@ -30,6 +30,11 @@ class EngineRequest:
     stop_token_ids: frozenset[int] = frozenset()
     max_new_tokens: int = 16  # already resolved against the context length
     adapter: str | None = None  # a registered LoRA adapter's name; None: the base model
+    # sampling.bad_words as token-id sequences (each word with and without a leading space, as vLLM does).
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
+    # sampling.constraint compiled by the model process (an xgrammar CompiledGrammar); engines that
+    # enforce constraints themselves (vLLM) ignore it.
+    grammar: Any = None
 
 
 @dataclass

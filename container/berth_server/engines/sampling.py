@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,12 @@ def validate_sampling(params: SamplingParams, vocab_size: int) -> None:
          f"must be in [0, {vocab_size}]"),
         (all(0 <= t < vocab_size for t in params.stop_token_ids), "stop_token_ids",
          f"ids must be in [0, {vocab_size})"),
+        (all(0 <= t < vocab_size for t, _ in params.logit_bias), "logit_bias",
+         f"token ids must be in [0, {vocab_size})"),
+        (all(math.isfinite(b) for _, b in params.logit_bias), "logit_bias", "biases must be finite numbers"),
+        (params.allowed_token_ids is None or (bool(params.allowed_token_ids) and all(
+            0 <= t < vocab_size for t in params.allowed_token_ids)), "allowed_token_ids",
+         f"must be a non-empty list of ids in [0, {vocab_size})"),
     ]
     for ok, name, why in checks:
         if not ok:
@@ -52,9 +59,25 @@ class RowSampler:
     seen: torch.Tensor | None = None  # bool [V]: prompt+output ids, for repetition_penalty
     counts: torch.Tensor | None = None  # float [V]: output ids, for frequency/presence penalties
     banned: list[int] = field(default_factory=list)  # ids masked while min_new_tokens is unmet
+    grammar: Any = None  # an xgrammar CompiledGrammar (EngineRequest.grammar)
+    bad_words_ids: Sequence[Sequence[int]] = ()
+    constraint: Any = None  # constraints.RowConstraint, built from grammar
+    bias: torch.Tensor | None = None  # float [V]: logit_bias, -inf outside allowed_token_ids
+    output: list[int] = field(default_factory=list)  # generated ids, kept only for bad words
 
     def __post_init__(self) -> None:
         p = self.params
+        if self.grammar is not None:
+            from berth_server.engines.constraints import RowConstraint
+
+            self.constraint = RowConstraint(self.grammar, self.vocab_size)
+        if p.logit_bias or p.allowed_token_ids is not None:
+            self.bias = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
+            if p.allowed_token_ids is not None:
+                self.bias.fill_(_NEG_INF)
+                self.bias[torch.tensor(list(p.allowed_token_ids), device=self.device)] = 0.0
+            for token, value in p.logit_bias:  # OpenAI clamps biases to [-100, 100]
+                self.bias[token] += max(-100.0, min(100.0, value))
         if p.seed is not None:
             self.generator = torch.Generator(device=self.device)
             self.generator.manual_seed(p.seed)
@@ -72,7 +95,11 @@ class RowSampler:
         return self.params.greedy or self.params.temperature == 0.0
 
     def observe(self, token: int) -> None:
-        """Record a generated token for the penalties."""
+        """Record a generated token for the penalties, bad words and the grammar."""
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        if self.bad_words_ids:
+            self.output.append(token)
         if 0 <= token < self.vocab_size:
             if self.seen is not None:
                 self.seen[token] = True
@@ -101,6 +128,23 @@ def _penalise(logits: torch.Tensor, rows: Sequence[RowSampler]) -> None:
             logits[i] -= row.params.frequency_penalty * c + row.params.presence_penalty * (c > 0).float()
         if row.banned:
             logits[i, row.banned] = _NEG_INF
+        if row.bias is not None:
+            logits[i] += row.bias
+        if row.bad_words_ids:
+            _ban_bad_words(logits, i, row)
+        if row.constraint is not None:
+            row.constraint.mask(logits[i:i + 1])
+
+
+def _ban_bad_words(logits: torch.Tensor, i: int, row: RowSampler) -> None:
+    """Forbid the last token of each bad word whose other tokens the row has just generated (vLLM's rule)."""
+    banned = [
+        word[-1] for word in row.bad_words_ids
+        if word and 0 <= word[-1] < row.vocab_size
+        and (len(word) == 1 or list(word[:-1]) == row.output[len(row.output) - len(word) + 1:])
+    ]
+    if banned:
+        logits[i, banned] = _NEG_INF
 
 
 def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:

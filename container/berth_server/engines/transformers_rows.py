@@ -42,7 +42,9 @@ class Slot:
 
 def make_sampler(slot: Slot, vocab_size: int, device: torch.device) -> None:
     """Build the slot's sampler (raises on values the sampler rejects)."""
-    slot.sampler = RowSampler(slot.request.sampling, vocab_size, device, slot.request.prompt_token_ids)
+    request = slot.request
+    slot.sampler = RowSampler(request.sampling, vocab_size, device, request.prompt_token_ids,
+                              grammar=request.grammar, bad_words_ids=request.bad_words_ids)
     ban_stops(slot)
 
 

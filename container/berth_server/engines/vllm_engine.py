@@ -1,6 +1,6 @@
 """The vLLM engine: vLLM's async engine behind Berth's token-ids-in, token-steps-out interface.
 
-vLLM runs with skip_tokenizer_init: the model process renders chat templates, tokenizes,
+vLLM loads its tokenizer only for structured outputs and bad_words: the model process renders chat templates, tokenizes,
 detokenizes and applies stop strings once for every engine, so this engine only moves token ids
 and logprobs. vLLM is imported lazily (in start and cannot_serve), never at module import.
 """

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from berth_server import errors
+from berth_server.canonical import Constraint
 from berth_server.engines.base import EngineRequest
 from berth_server.models.context import capped_length
 from berth_server.models.launch import ModelLaunchConfig
@@ -44,11 +45,20 @@ def sampling_params(request: EngineRequest) -> Any:
             "typical_p is not supported by the vLLM engine; leave it at 1.0 or use BERTH_ENGINE=transformers",
             param="typical_p",
         )
-    # With skip_tokenizer_init vLLM knows no EOS id, so every id that ends generation (the model's
-    # EOS ids plus the request's and spec's stop ids, merged by the model process) goes into
-    # stop_token_ids; vLLM keeps a stop token in the output, as the transformers engine does.
+    # Every id that ends generation (the model's EOS ids plus the request's and spec's stop ids,
+    # merged by the model process) goes into stop_token_ids, so the set is Berth's, not vLLM's guess;
+    # vLLM keeps a stop token in the output, as the transformers engine does.
     # The model process already dropped the model's EOS ids from that set when ignore_eos is set.
     stop_ids = sorted(request.stop_token_ids)
+    extra: dict[str, Any] = {}
+    if s.logit_bias:
+        extra["logit_bias"] = {token: max(-100.0, min(100.0, bias)) for token, bias in s.logit_bias}
+    if s.allowed_token_ids is not None:
+        extra["allowed_token_ids"] = list(s.allowed_token_ids)
+    if s.bad_words:
+        extra["bad_words"] = list(s.bad_words)
+    if s.constraint is not None:
+        extra["structured_outputs"] = structured_outputs(s.constraint)
     return VllmSamplingParams(
         n=1,
         temperature=0.0 if s.greedy else s.temperature,
@@ -68,7 +78,25 @@ def sampling_params(request: EngineRequest) -> Any:
         detokenize=False,  # the model process detokenizes once, for every engine
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
+        **extra,
     )
+
+
+def structured_outputs(constraint: Constraint) -> Any:
+    """vLLM's StructuredOutputsParams for a canonical constraint (vLLM compiles and enforces it)."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if constraint.kind == "json_schema":
+        return StructuredOutputsParams(json=constraint.value)
+    if constraint.kind == "json_object":
+        return StructuredOutputsParams(json='{"type": "object"}')  # an object, as on transformers
+    if constraint.kind == "regex":
+        return StructuredOutputsParams(regex=constraint.value)
+    if constraint.kind == "choice":
+        return StructuredOutputsParams(choice=list(constraint.choices))
+    if constraint.kind == "grammar":
+        return StructuredOutputsParams(grammar=constraint.value)
+    return StructuredOutputsParams(structural_tag=constraint.value)
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -171,7 +199,11 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
     """AsyncEngineArgs keyword arguments from TGI-named settings, the launch config and pass-through."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
-        "skip_tokenizer_init": True,  # Berth tokenizes once in the model process
+        # Berth tokenizes and detokenizes once in the model process, but vLLM's structured outputs
+        # and bad_words need its own tokenizer (requests still carry token ids, detokenize=False).
+        "skip_tokenizer_init": False,
+        # xgrammar with compact JSON (no free whitespace), as the transformers engine compiles it.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "tensor_parallel_size": max(config.tensor_parallel_size, settings.sm_num_gpus),
         "trust_remote_code": config.trust_remote_code or settings.trust_remote_code,
         "disable_log_stats": True,

@@ -31,6 +31,8 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
     rid = request.request_id
     try:
         prepared = pipeline.prepare(request)
+        if request.sampling.constraint is not None:
+            prepared = await pipeline.constrain(prepared, request.sampling.constraint)
     except BerthError as exc:
         server.emit(peer, _failure(rid, exc))
         return

@@ -7,13 +7,14 @@ EOS set, and hands each request an OutputStream that turns engine steps back int
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from berth_server.canonical import GenerateRequest
+from berth_server.canonical import Constraint, GenerateRequest
 from berth_server.engines.base import EngineRequest
 from berth_server.errors import InputTooLong, InvalidRequest
 from berth_server.ipc import Tokenize, TokenSpan
@@ -68,6 +69,8 @@ class TextPipeline:
             i for i in (self._single_token_id(config.reasoning_start_tag),
                         self._single_token_id(config.reasoning_end_tag)) if i is not None)
         self._token_text: dict[int, str] = {}
+        self.logits_width = len(tokenizer)  # the model's vocab (logits) size; load() reads config.json
+        self._constraints: Any = None  # engines.constraints.ConstraintCompiler, built on first use
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelLaunchConfig, settings: Settings,
@@ -86,6 +89,7 @@ class TextPipeline:
         # Spec stop strings that are single special tokens stop by id too (they are skipped from text).
         extra = {pipeline._single_token_id(s) for s in config.stop} - {None}
         pipeline.model_eos = pipeline.model_eos | {i for i in extra if i in pipeline.special_ids}
+        pipeline.logits_width = _model_vocab_size(model_dir) or pipeline.logits_width
         return pipeline
 
     def _single_token_id(self, text: str | None) -> int | None:
@@ -136,12 +140,15 @@ class TextPipeline:
         if request.truncate is not None and 0 < request.truncate < len(ids):
             ids = ids[-request.truncate:]
         self._check_ids(request.sampling.stop_token_ids, "stop_token_ids")
+        self._check_ids([token for token, _ in request.sampling.logit_bias], "logit_bias")
+        self._check_ids(request.sampling.allowed_token_ids or (), "allowed_token_ids")
         max_new = self._check_limits(len(ids), request.sampling.max_new_tokens)
         in_reasoning = bool(request.split_reasoning and self.reasoning and ReasoningSplitter.opened_in_prompt(
             prompt_text, self.config.reasoning_start_tag or "", self.config.reasoning_end_tag or ""))
         engine_request = EngineRequest(
             request_id=request.request_id, prompt_token_ids=ids, sampling=request.sampling,
-            stop_token_ids=self.stop_ids(request), max_new_tokens=max_new, adapter=request.adapter)
+            stop_token_ids=self.stop_ids(request), max_new_tokens=max_new, adapter=request.adapter,
+            bad_words_ids=self.bad_words_ids(request.sampling.bad_words))
         return PreparedRequest(engine_request, prompt_text, ids, in_reasoning)
 
     @property
@@ -155,6 +162,29 @@ class TextPipeline:
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
             raise InvalidRequest(f"{param}: token id {bad} is out of range: ids must be in [0, {vocab})", param=param)
+
+    async def constrain(self, prepared: PreparedRequest, constraint: Constraint) -> PreparedRequest:
+        """Compile the request's constraint (off the event loop, cached) and attach it for the engine."""
+        if self._constraints is None:
+            from berth_server.engines.constraints import ConstraintCompiler
+
+            self._constraints = ConstraintCompiler(self.tokenizer, self.logits_width, self.model_eos)
+        grammar = await self._constraints.compile_async(constraint)
+        return dataclasses.replace(prepared, engine_request=dataclasses.replace(prepared.engine_request,
+                                                                                grammar=grammar))
+
+    def bad_words_ids(self, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word as ids, alone and after a space when that is a different word token (vLLM's rule)."""
+        out: list[tuple[int, ...]] = []
+        for word in words:
+            plain = tuple(self.encode(word.lstrip(), False))
+            if not plain:
+                raise InvalidRequest(f"bad_words: {word!r} has no tokens", param="bad_words")
+            out.append(plain)
+            spaced = tuple(self.encode(" " + word.lstrip(), False))
+            if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+                out.append(spaced)
+        return tuple(out)
 
     def _check_limits(self, prompt_len: int, max_new_tokens: int | None) -> int:
         limits = self.limits
@@ -229,6 +259,18 @@ def _model_eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
             eos = None
         ids.update(int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
     return ids
+
+
+def _model_vocab_size(model_dir: Path) -> int | None:
+    """The logits width from config.json (top level or text_config), when it says."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for holder in (config, config.get("text_config") or {}):
+        if isinstance(holder.get("vocab_size"), int):
+            return int(holder["vocab_size"])
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
