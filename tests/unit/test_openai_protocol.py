@@ -82,8 +82,17 @@ def test_tgi_client_nulls_are_accepted() -> None:
     ({"messages": [{"role": "user"}]}, "content"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "image_url"),
-    ({"response_format": {"type": "json_object"}}, "json_object"),
-    ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": "{oops"}}}, "response_format"),
+    ({"logit_bias": {"the": 1.0}}, "logit_bias"),
+    ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+    ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ({"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}},
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, "nope"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
 ])
 def test_invalid_chat_fields_are_400(client: FlaskClient, override: dict[str, Any], needle: str) -> None:
     response = client.post("/v1/chat/completions", json={**CHAT, **override})
@@ -99,8 +108,10 @@ def test_completion_prompt_shapes() -> None:
     assert parse(CompletionRequest, {"prompt": [[4, 5]]}).to_generate_requests("m", "r")[0].prompt_token_ids == [4, 5]
     with pytest.raises(InvalidRequest, match="suffix"):
         parse(CompletionRequest, {"prompt": "x", "suffix": "y"})
-    with pytest.raises(InvalidRequest, match="one prompt"):
-        parse(CompletionRequest, {"prompt": ["a", "b"]})
+    several = parse(CompletionRequest, {"prompt": ["a", "b"], "n": 2}).to_generate_requests("m", "r")
+    assert [(r.request_id, r.prompt) for r in several] == [("r-0", "a"), ("r-1", "a"), ("r-2", "b"), ("r-3", "b")]
+    ids = parse(CompletionRequest, {"prompt": [[7, 8], [9]]}).to_generate_requests("m", "r")
+    assert [r.prompt_token_ids for r in ids] == [[7, 8], [9]]
 
 
 # -- replies --------------------------------------------------------------------------------

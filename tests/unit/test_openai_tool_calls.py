@@ -11,7 +11,15 @@ from berth_server.frontend.app import create_app
 from berth_server.models.launch import ModelDescription
 from berth_server.models.launch_resolver import LaunchRequest, build_config, parse_launch
 from berth_server.models.registry import Registry
-from berth_server.protocols.openai.tool_calls import TOOL_CALL_PARSERS, ChoiceToolStream, ToolCall
+from berth_server.protocols.openai.tool_calls import (
+    MARKUPS,
+    TOOL_CALL_PARSERS,
+    ChoiceToolStream,
+    ToolCall,
+    ToolCallParser,
+)
+from berth_server.protocols.openai.tool_stream import ArgsPiece, CallStart
+from berth_server.protocols.openai.tool_syntax import ToolChoice
 from berth_server.settings import Settings, SettingsError
 from flask.testing import FlaskClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -42,6 +50,15 @@ LLAMA_CASES = [
     "<|python_ta",
     "<|pyth and then text",
 ]
+DS = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n"
+      "```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜>"
+      "<｜tool▁calls▁end｜>")
+MISTRAL_CASES = [
+    '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "q": "}{\\""}}, {"name": "get_time", "arguments": {}}]',
+    '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}',
+    "No calls [TOOL but text",
+]
+DEEPSEEK_CASES = [DS, "Sure. " + DS, "text only <｜tool"]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
@@ -50,16 +67,19 @@ def calls_of(calls: list[ToolCall]) -> list[tuple[str, Any]]:
     return [(call.name, json.loads(call.arguments)) for call in calls]
 
 
-def streamed(name: str, pieces: list[str]) -> tuple[str, list[ToolCall]]:
-    """Feed pieces into a streamer, the last one with finish."""
-    streamer = TOOL_CALL_PARSERS[name].streamer()
-    out, calls = [], []
-    for piece in pieces:
-        text, new = streamer.feed(piece)
-        out.append(text)
-        calls.extend(new)
-    text, new = streamer.finish()
-    return "".join(out) + text, calls + new
+def streamed(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[ToolCall]]:
+    """Feed pieces into a streamer and reassemble content and calls from its events, as a client does."""
+    streamer = parser.streamer()
+    events = [event for piece in pieces for event in streamer.feed(piece)] + streamer.finish()
+    content, calls = "", []
+    for event in events:
+        if isinstance(event, str):
+            content += event
+        elif isinstance(event, CallStart):
+            calls.append(ToolCall(event.name, ""))
+        elif isinstance(event, ArgsPiece):
+            calls[-1].arguments += event.text
+    return content, calls
 
 
 # -- parsers ----------------------------------------------------------------------------------
@@ -81,43 +101,73 @@ def test_hermes_malformed_and_unclosed_stay_content() -> None:
     assert parser.parse('text <tool_call>{"name": "cut') == ('text <tool_call>{"name": "cut', [])
 
 
-def test_llama3_json_whole_output() -> None:
-    parser = TOOL_CALL_PARSERS["llama3_json"]
-    content, calls = parser.parse(LLAMA_CASES[1])
+def test_llama3_mistral_deepseek_and_json_fallbacks_whole_output() -> None:
+    content, calls = TOOL_CALL_PARSERS["llama3_json"].parse(LLAMA_CASES[1])
     assert content is None and calls_of(calls) == [("a", {}), ("b", {"x": [1]})]
-    assert parser.parse("  plain text answer") == ("plain text answer", [])
-    assert parser.parse('{"name": "broken", "parameters": ') == ('{"name": "broken", "parameters":', [])
+    assert TOOL_CALL_PARSERS["llama3_json"].parse("  plain text answer") == ("plain text answer", [])
+    content, calls = TOOL_CALL_PARSERS["mistral"].parse(MISTRAL_CASES[0])
+    assert content is None and calls_of(calls) == [("get_weather", {"city": "Paris", "q": '}{"'}), ("get_time", {})]
+    assert calls_of(TOOL_CALL_PARSERS["mistral"].parse(MISTRAL_CASES[1])[1]) == [("get_weather", {"city": "Paris"})]
+    content, calls = TOOL_CALL_PARSERS["deepseek_v3"].parse("Sure. " + DS)
+    assert content == "Sure." and calls_of(calls) == [("get_weather", {"city": "Paris"}), ("get_time", {})]
+    array = ToolCallParser(MARKUPS["json_array"]).parse('[{"name":"a","parameters":{"x":1}},{"name":"b","parameters":{}}]')
+    assert calls_of(array[1]) == [("a", {"x": 1}), ("b", {})]
+    assert calls_of(ToolCallParser(named="f").parse('{"x": [1, 2]}')[1]) == [("f", {"x": [1, 2]})]
+    assert TOOL_CALL_PARSERS["hermes"].parse('<tool_call>{"name": "f", "arguments": {"a": 1') == (
+        '<tool_call>{"name": "f", "arguments": {"a": 1', [])  # cut short: not a call
 
 
-@pytest.mark.parametrize("name,text", [("hermes", t) for t in HERMES_CASES] + [("llama3_json", t) for t in LLAMA_CASES])
+ALL_CASES = ([("hermes", t) for t in HERMES_CASES] + [("llama3_json", t) for t in LLAMA_CASES]
+             + [("mistral", t) for t in MISTRAL_CASES] + [("deepseek_v3", t) for t in DEEPSEEK_CASES])
+
+
+@pytest.mark.parametrize("name,text", ALL_CASES)
 def test_streaming_equals_whole_at_every_split(name: str, text: str) -> None:
-    content, calls = TOOL_CALL_PARSERS[name].parse(text)
+    parser = TOOL_CALL_PARSERS[name]
+    content, calls = parser.parse(text)
     expected = (content or "", calls_of(calls))
-    one_piece = streamed(name, [text])
-    assert (one_piece[0].strip(), calls_of(one_piece[1])) == expected
+    assert (streamed(parser, [text])[0].strip(), calls_of(streamed(parser, [text])[1])) == expected
     for cut in range(len(text) + 1):
-        out, got = streamed(name, [text[:cut], text[cut:]])
-        assert (out.strip(), calls_of(got)) == expected, cut
-    chars = streamed(name, list(text))
-    assert (chars[0].strip(), calls_of(chars[1])) == expected
+        for pieces in ([text[:cut], text[cut:]], [text[:cut], text[cut:cut + 3], text[cut + 3:]]):
+            out, got = streamed(parser, pieces)
+            assert (out.strip(), calls_of(got)) == expected, cut
+    out, got = streamed(parser, list(text))
+    assert (out.strip(), calls_of(got)) == expected
 
 
-def test_hermes_streams_text_before_a_call_at_once() -> None:
-    streamer = TOOL_CALL_PARSERS["hermes"].streamer()
-    assert streamer.feed("Sure <tool") == ("Sure ", [])  # only the possible tag prefix is held
-    assert streamer.feed('_call>{"name": "f", "arguments": {"a": 1}}') == ("", [])
-    text, calls = streamer.feed("</tool_call> done")
-    assert text == " done" and calls_of(calls) == [("f", {"a": 1})]
-    assert streamer.feed(" <tooltip>") == (" <tooltip>", [])
+@pytest.mark.parametrize("parser,text", [
+    (ToolCallParser(MARKUPS["json_array"]), '[{"name": "a", "parameters": {"s": "]}"}}, {"name": "b", "parameters": {}}]'),
+    (ToolCallParser(named="f"), '{"city": "Paris", "n": [1, {"x": "}"}]}'),
+])
+def test_json_fallbacks_stream_equal_whole_at_every_split(parser: ToolCallParser, text: str) -> None:
+    expected = calls_of(parser.parse(text)[1])
+    for cut in range(len(text) + 1):
+        assert calls_of(streamed(parser, [text[:cut], text[cut:]])[1]) == expected, cut
 
 
-def test_choice_stream_indexes_calls_and_finishes_with_tool_calls() -> None:
+def test_arguments_stream_in_pieces_after_a_first_delta_with_the_name() -> None:
     choice = ChoiceToolStream(TOOL_CALL_PARSERS["hermes"])
-    assert choice.step("Hi ", last=False) == ("Hi ", None)
-    text, deltas = choice.step(WEATHER + TIME, last=True)
-    assert text == "" and [d["index"] for d in deltas or []] == [0, 1]
+    assert choice.step("Sure <tool", last=False) == ("Sure ", None)  # only the possible tag prefix is held
+    assert choice.step('_call>{"name": "f", "arguments": ', last=False) == ("", None)
+    _, first = choice.step('{"a": ', last=False)
+    assert first is not None and first[0]["index"] == 0 and first[0]["id"].startswith("call_")
+    assert first[0]["type"] == "function" and first[0]["function"] == {"name": "f", "arguments": ""}
+    assert first[1] == {"index": 0, "function": {"arguments": '{"a": '}}
+    assert choice.step("1}", last=False) == ("", [{"index": 0, "function": {"arguments": "1}"}}])
+    assert choice.step("}</tool_call> done", last=False) == (" done", None)
+    _, second = choice.step('<tool_call>{"name": "g", "arguments": {}}</tool_call>', last=True)
+    assert second is not None and [d["index"] for d in second] == [1, 1]
     assert choice.finish_reason("stop") == "tool_calls" and choice.finish_reason(None) is None
     assert ChoiceToolStream(TOOL_CALL_PARSERS["hermes"]).finish_reason("length") == "length"
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call_only() -> None:
+    choice = ChoiceToolStream(TOOL_CALL_PARSERS["hermes"], parallel=False)
+    _, deltas = choice.step(WEATHER + TIME, last=True)
+    assert {d["index"] for d in deltas or []} == {0} and deltas and deltas[0]["function"]["name"] == "get_weather"
+    named = ChoiceToolStream(ToolCallParser(named="f"), ToolChoice("named", "f"))
+    named.step("{}", last=True)
+    assert named.finish_reason("stop") == "stop"
 
 
 # -- the OpenAI route -------------------------------------------------------------------------
@@ -178,10 +228,14 @@ def test_streaming_chunks_carry_tool_call_deltas(tmp_path) -> None:
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content.strip() == "I will check." and "tool_call" not in content
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
-    assert [(d.index, d.type, d.function.name) for d in deltas if d.function] == [
+    starts = [d for d in deltas if d.id]
+    assert [(d.index, d.type, d.function.name) for d in starts if d.function] == [
         (0, "function", "get_weather"), (1, "function", "get_time")]
-    assert json.loads(deltas[0].function.arguments or "") == {"city": "Paris"}  # type: ignore[union-attr]
-    assert all(d.id and d.id.startswith("call_") for d in deltas)
+    assert all(d.id and d.id.startswith("call_") for d in starts)
+    for index, expected in enumerate([{"city": "Paris"}, {}]):
+        pieces = [d.function.arguments or "" for d in deltas if d.index == index and d.function]
+        assert json.loads("".join(pieces)) == expected
+    assert not starts[0].function.arguments  # type: ignore[union-attr]  # the name comes first, then arguments
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["tool_calls"]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from berth_server.canonical import GenerateRequest, SamplingParams
-from berth_server.protocols import bounds
+from berth_server.canonical import Constraint, GenerateRequest, SamplingParams
+from berth_server.errors import InvalidRequest
+from berth_server.protocols import bounds, constraints
 from berth_server.protocols.bounds import (
     ChoiceCount,
     LogitBias,
@@ -19,9 +21,11 @@ from berth_server.protocols.bounds import (
     StopString,
     StopTokenIds,
     TokenCount,
+    TokenId,
     Tools,
     TopK,
 )
+from berth_server.protocols.openai.tool_syntax import ToolChoice, check_tool_choice, tool_constraint
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 M = TypeVar("M", bound="OpenAIBase")
@@ -42,6 +46,7 @@ class ChatMessage(OpenAIBase):
     tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=bounds.MAX_TOOLS)
     tool_call_id: Name | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM's current name for reasoning_content; either is accepted
 
     @field_validator("content")
     @classmethod
@@ -67,6 +72,8 @@ class ChatMessage(OpenAIBase):
             value = getattr(self, key)
             if value is not None:
                 message[key] = value
+        if self.reasoning is not None and self.reasoning_content is None:
+            message["reasoning_content"] = self.reasoning
         return message
 
 
@@ -74,12 +81,6 @@ class StreamOptions(OpenAIBase):
     """stream_options."""
 
     include_usage: bool = False
-
-
-class ResponseFormat(OpenAIBase):
-    """response_format; only {"type": "text"} is supported."""
-
-    type: str
 
 
 class SamplingFields(OpenAIBase):
@@ -104,15 +105,45 @@ class SamplingFields(OpenAIBase):
     ignore_eos: bool | None = False
     min_tokens: TokenCount | None = None
     skip_special_tokens: bool | None = True
-    logit_bias: LogitBias | Annotated[list[float], Field(max_length=bounds.MAX_LOGIT_BIAS)] | None = None
+    logit_bias: LogitBias | None = None
     user: Name | None = None
+    allowed_token_ids: Annotated[list[TokenId], Field(min_length=1, max_length=bounds.MAX_PROMPT_TOKEN_IDS)] | None = None
+    bad_words: StopList | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    truncate_prompt_tokens: PositiveTokenCount | None = None
+    return_tokens_as_token_ids: bool | None = False
 
-    @field_validator("logit_bias")
+    @field_validator("guided_decoding_backend")
     @classmethod
-    def _no_logit_bias(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("logit_bias is not supported")
+    def _xgrammar_only(cls, value: str | None) -> str | None:
+        if value not in (None, "auto", "xgrammar"):
+            raise ValueError(f"backend {value!r} is not available; Berth decodes with xgrammar")
         return value
+
+    def logit_biases(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs; keys must be token ids (OpenAI sends them as strings)."""
+        pairs = []
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                pairs.append((int(key), float(value)))
+            except ValueError:
+                raise InvalidRequest(f"logit_bias keys must be token ids, not {key!r}", param="logit_bias") from None
+        return tuple(pairs)
+
+    def output_constraint(self) -> Constraint | None:
+        """The one output constraint from response_format, structured_outputs or guided_* (400 if several)."""
+        return constraints.one_of(
+            constraints.response_format(self.response_format),
+            constraints.structured_outputs(self.structured_outputs),
+            constraints.guided({"guided_json": self.guided_json, "guided_regex": self.guided_regex,
+                                "guided_choice": self.guided_choice, "guided_grammar": self.guided_grammar}),
+        )
 
     @property
     def choices(self) -> int:
@@ -124,7 +155,8 @@ class SamplingFields(OpenAIBase):
         """Whether a stream ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_new_tokens: int | None, logprobs: int | None, index: int) -> SamplingParams:
+    def sampling(self, max_new_tokens: int | None, logprobs: int | None, index: int,
+                 constraint: Constraint | None = None) -> SamplingParams:
         """SamplingParams for choice `index` (seeds differ per choice so n>1 gives n samples)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -146,6 +178,10 @@ class SamplingFields(OpenAIBase):
             min_new_tokens=self.min_tokens or 0,
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens is not False,
+            constraint=constraint,
+            logit_bias=self.logit_biases(),
+            allowed_token_ids=None if self.allowed_token_ids is None else tuple(self.allowed_token_ids),
+            bad_words=tuple(self.bad_words or ()),
         )
 
 
@@ -160,16 +196,13 @@ class ChatCompletionRequest(SamplingFields):
     enable_thinking: bool | None = None
     tools: Tools | None = None
     tool_choice: Any = None
-    response_format: ResponseFormat | None = None
+    parallel_tool_calls: bool | None = True
     add_generation_prompt: bool = True
     continue_final_message: bool = False
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: ResponseFormat | None) -> ResponseFormat | None:
-        if value is not None and value.type != "text":
-            raise ValueError(f"response_format type '{value.type}' is not supported (only 'text')")
-        return value
+    def tool_choice_mode(self) -> ToolChoice:
+        """tool_choice checked against tools."""
+        return check_tool_choice(self.tools, self.tool_choice)
 
     def thinking(self) -> bool | None:
         """enable_thinking from the top level or from xinference-client's chat_template_kwargs."""
@@ -181,22 +214,32 @@ class ChatCompletionRequest(SamplingFields):
                 return kwargs[key]
         return None
 
-    def to_generate_requests(self, uid: str, request_id: str, adapter: str | None = None) -> list[GenerateRequest]:
-        """One canonical request per choice (n), ids `<request_id>-<index>`."""
+    def to_generate_requests(self, uid: str, request_id: str, tool_parser: str | None = None,
+                             adapter: str | None = None) -> list[GenerateRequest]:
+        """One canonical request per choice (n), ids `<request_id>-<index>`.
+
+        A required or named tool_choice becomes a constraint in the tool_parser's call syntax.
+        """
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         max_new = self.max_completion_tokens or self.max_tokens
         messages = [message.to_template() for message in self.messages]
+        choice = self.tool_choice_mode()
+        forced = tool_constraint(self.tools, choice, tool_parser, self.parallel_tool_calls is not False)
+        constraint = constraints.one_of(self.output_constraint(), forced)
+        # These parsers' markers are special tokens in their models' tokenizers: keep them in the text.
+        keep_specials = tool_parser in ("mistral", "deepseek_v3") and choice.mode != "none"
         return [
             GenerateRequest(
                 request_id=f"{request_id}-{index}",
                 model=uid,
-                sampling=self.sampling(max_new, logprobs, index),
+                sampling=_keep_specials(self.sampling(max_new, logprobs, index, constraint), keep_specials),
                 messages=messages,
                 chat_template_kwargs=dict(self.chat_template_kwargs or {}),
                 enable_thinking=self.thinking(),
                 add_generation_prompt=self.add_generation_prompt,
                 continue_final_message=self.continue_final_message,
-                tools=self.tools if self.tool_choice != "none" else None,
+                tools=self.tools if choice.mode != "none" else None,
+                truncate=self.truncate_prompt_tokens,
                 token_details=logprobs is not None,
                 split_reasoning=True,
                 adapter=adapter,
@@ -208,7 +251,8 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | PromptTokenIds | list[PromptTokenIds]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=bounds.MAX_N)] | PromptTokenIds \
+        | Annotated[list[PromptTokenIds], Field(min_length=1, max_length=bounds.MAX_N)]
     echo: bool | None = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
@@ -221,31 +265,33 @@ class CompletionRequest(SamplingFields):
             raise ValueError("suffix is not supported")
         return value
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("prompt must not be empty")
-            if isinstance(value[0], (str, list)):
-                if len(value) != 1:
-                    raise ValueError("only one prompt per request is supported")
-                return value[0]
-        return value
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a string or a list of token ids (a list of either is answered in order)."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(item, int) for item in value):
+            return [[int(i) for i in value]]  # type: ignore[arg-type]
+        return [item if isinstance(item, str) else [int(i) for i in item] for item in value]  # type: ignore[union-attr]
 
     def to_generate_requests(self, uid: str, request_id: str, adapter: str | None = None) -> list[GenerateRequest]:
-        """One canonical request per choice (n)."""
-        text = self.prompt if isinstance(self.prompt, str) else None
-        ids = None if isinstance(self.prompt, str) else [int(i) for i in self.prompt]  # type: ignore[arg-type]
+        """One canonical request per prompt and choice (n), in that order: choice index = prompt * n + i."""
+        constraint = self.output_constraint()
         return [
             GenerateRequest(
-                request_id=f"{request_id}-{index}",
+                request_id=f"{request_id}-{p * self.choices + index}",
                 model=uid,
-                sampling=self.sampling(self.max_tokens or 16, self.logprobs, index),
-                prompt=text,
-                prompt_token_ids=ids,
+                sampling=self.sampling(self.max_tokens or 16, self.logprobs, index, constraint),
+                prompt=prompt if isinstance(prompt, str) else None,
+                prompt_token_ids=None if isinstance(prompt, str) else prompt,
+                truncate=self.truncate_prompt_tokens,
                 token_details=self.logprobs is not None,
                 adapter=adapter,
             )
+            for p, prompt in enumerate(self.prompts())
             for index in range(self.choices)
         ]
+
+
+def _keep_specials(sampling: SamplingParams, keep: bool) -> SamplingParams:
+    return msgspec.structs.replace(sampling, skip_special_tokens=False) if keep else sampling

@@ -37,26 +37,33 @@ def _header(kind: str, model: str) -> dict[str, Any]:
             "model": model, "system_fingerprint": SYSTEM_FINGERPRINT}
 
 
-def chat_logprobs(tokens: list[TokenInfo]) -> dict[str, Any]:
+def _token_text(token_id: int, text: str, as_ids: bool) -> str:
+    """A token as logprobs name it: its text, or vLLM's "token_id:<id>" (return_tokens_as_token_ids)."""
+    return f"token_id:{token_id}" if as_ids else text
+
+
+def chat_logprobs(tokens: list[TokenInfo], as_ids: bool = False) -> dict[str, Any]:
     """OpenAI chat logprobs from token details."""
-    def entry(text: str, logprob: float | None) -> dict[str, Any]:
+    def entry(token_id: int, text: str, logprob: float | None) -> dict[str, Any]:
+        text = _token_text(token_id, text, as_ids)
         return {"token": text, "logprob": logprob if logprob is not None else 0.0, "bytes": list(text.encode())}
 
     content = []
     for token in tokens:
-        item = entry(token.text, token.logprob)
-        item["top_logprobs"] = [entry(top.text, top.logprob) for top in token.top or []]
+        item = entry(token.id, token.text, token.logprob)
+        item["top_logprobs"] = [entry(top.id, top.text, top.logprob) for top in token.top or []]
         content.append(item)
     return {"content": content}
 
 
-def completion_logprobs(tokens: list[TokenInfo], offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(tokens: list[TokenInfo], offset: int = 0, as_ids: bool = False) -> dict[str, Any]:
     """Legacy completions logprobs (tokens, token_logprobs, top_logprobs, text_offset)."""
     result: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for token in tokens:
-        result["tokens"].append(token.text)
+        result["tokens"].append(_token_text(token.id, token.text, as_ids))
         result["token_logprobs"].append(token.logprob)
-        result["top_logprobs"].append({top.text: top.logprob for top in token.top or []} or None)
+        result["top_logprobs"].append(
+            {_token_text(top.id, top.text, as_ids): top.logprob for top in token.top or []} or None)
         result["text_offset"].append(offset)
         offset += len(token.text)
     return result
@@ -76,9 +83,11 @@ def _target(state: FrontendState, body: ChatCompletionRequest | CompletionReques
 def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Response:
     """Serve POST /v1/chat/completions."""
     uid, adapter = _target(state, body)
-    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, adapter))
+    choice = body.tool_choice_mode()
+    parser_name = tool_calls.parser_name(state.gateway, uid) if body.tools else None
+    parser = tool_calls.parser_for(parser_name, choice) if body.tools else None
+    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, parser_name, adapter))
     model = body.model or uid
-    parser = tool_calls.parser_for(state.gateway, uid, body.tools, body.tool_choice)
     if body.stream:
         # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
         return sse_response(_chat_chunks(state, body, uid, model, generation, parser), on_close=generation.close,
@@ -87,25 +96,35 @@ def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Respon
     reply = _header("chat.completion", model)
     reply["choices"] = []
     for index, f in enumerate(folded):
-        message, finish = tool_calls.fold_message(parser, _message(f), wire_finish_reason(f.finish_reason, "openai"))
-        reply["choices"].append({"index": index, "message": message,
-                                 "logprobs": chat_logprobs(f.tokens) if body.logprobs else None,
+        message, finish = tool_calls.fold_message(parser, _message(f), wire_finish_reason(f.finish_reason, "openai"),
+                                                  choice, body.parallel_tool_calls is not False)
+        logprobs = chat_logprobs(f.tokens, bool(body.return_tokens_as_token_ids)) if body.logprobs else None
+        reply["choices"].append({"index": index, "message": message, "logprobs": logprobs,
                                  "finish_reason": finish})
     reply["usage"] = _usage(state, uid, generation, folded)
     return jsonify(reply)
 
 
-def _usage(state: FrontendState, uid: str, generation: Generation, folded: list[Folded]) -> dict[str, int]:
+def _usage(state: FrontendState, uid: str, generation: Generation, folded: list[Folded],
+           per_prompt: int = 0) -> dict[str, int]:
     """Count a folded request's tokens once (metrics) and return its usage object."""
     completion_tokens = sum(f.completion_tokens for f in folded)
-    _count(state, uid, generation.prompt_tokens, completion_tokens)
-    return usage(generation.prompt_tokens, completion_tokens)
+    prompt_tokens = _prompt_tokens(generation, per_prompt)
+    _count(state, uid, prompt_tokens, completion_tokens)
+    return usage(prompt_tokens, completion_tokens)
+
+
+def _prompt_tokens(generation: Generation, per_prompt: int) -> int:
+    """Prompt tokens counted once per prompt (several prompts on /v1/completions, each with n choices)."""
+    if per_prompt <= 0:
+        return generation.prompt_tokens
+    return sum(accepted.prompt_tokens for accepted in generation.accepted[::per_prompt])
 
 
 def _message(folded: Folded) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": folded.text, "tool_calls": None}
-    if folded.reasoning:
-        message["reasoning_content"] = folded.reasoning
+    if folded.reasoning:  # both names: reasoning_content (DeepSeek, vLLM before 0.10) and vLLM's reasoning
+        message["reasoning_content"] = message["reasoning"] = folded.reasoning
     return message
 
 
@@ -118,15 +137,17 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
         yield sse_event({**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
                                                                            "tool_calls": None},
                                                  "logprobs": None, "finish_reason": None}]})
-        tools = tool_calls.ChoiceToolStream(parser) if parser is not None else None
+        tools = None if parser is None else tool_calls.ChoiceToolStream(
+            parser, body.tool_choice_mode(), body.parallel_tool_calls is not False)
         for delta in generation.deltas(index):
             text, calls = delta.text, None
             if tools is not None:
                 text, calls = tools.step(delta.text, delta.finish_reason is not None)
             choice_delta: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": calls}
             if delta.reasoning:
-                choice_delta["reasoning_content"] = delta.reasoning
-            logprobs = chat_logprobs(delta.tokens) if body.logprobs and delta.tokens else None
+                choice_delta["reasoning_content"] = choice_delta["reasoning"] = delta.reasoning
+            logprobs = chat_logprobs(delta.tokens, bool(body.return_tokens_as_token_ids)) \
+                if body.logprobs and delta.tokens else None
             finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
             if tools is not None:
                 finish = tools.finish_reason(finish)
@@ -152,18 +173,18 @@ def completion(state: FrontendState, body: CompletionRequest) -> Response:
         return sse_response(_completion_chunks(state, body, uid, model, generation), on_close=generation.close,
                             done=True)
     folded = generation.fold()
-    prefix = _echo(body, generation.accepted[0])
+    as_ids = bool(body.return_tokens_as_token_ids)
     reply = _header("text_completion", model)
-    reply["choices"] = [
-        {
+    reply["choices"] = []
+    for index, (f, accepted) in enumerate(zip(folded, generation.accepted, strict=True)):
+        prefix = _echo(body, accepted)
+        reply["choices"].append({
             "index": index,
             "text": prefix + f.text,
-            "logprobs": completion_logprobs(f.tokens, len(prefix)) if body.logprobs is not None else None,
+            "logprobs": completion_logprobs(f.tokens, len(prefix), as_ids) if body.logprobs is not None else None,
             "finish_reason": wire_finish_reason(f.finish_reason, "openai"),
-        }
-        for index, f in enumerate(folded)
-    ]
-    reply["usage"] = _usage(state, uid, generation, folded)
+        })
+    reply["usage"] = _usage(state, uid, generation, folded, body.choices)
     return jsonify(reply)
 
 
@@ -189,7 +210,7 @@ def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, 
         for delta in generation.deltas(index):
             logprobs = None
             if body.logprobs is not None and delta.tokens:
-                logprobs = completion_logprobs(delta.tokens, offset)
+                logprobs = completion_logprobs(delta.tokens, offset, bool(body.return_tokens_as_token_ids))
             offset += len(delta.text)
             finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
             if delta.finish_reason is not None:
@@ -198,7 +219,7 @@ def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, 
                 continue
             yield sse_event({**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
                                                     "finish_reason": finish}]})
-    prompt_tokens = generation.prompt_tokens
+    prompt_tokens = _prompt_tokens(generation, body.choices)
     _count(state, uid, prompt_tokens, completion_tokens)
     if body.include_usage:
         yield sse_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

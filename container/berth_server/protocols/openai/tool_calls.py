@@ -1,12 +1,72 @@
-"""Tool-call parsers (pure text): the model's tool-call markup -> OpenAI tool_calls, whole or streamed."""
+"""Tool-call parsers (pure text): the model's call markup -> OpenAI tool_calls, whole or streamed.
+
+Formats: hermes (Qwen2.5/Qwen3/QwQ/Hermes), llama3_json (Llama 3.x), mistral (`[TOOL_CALLS][...]`
+and the v11 `[TOOL_CALLS]name[ARGS]{...}`), deepseek_v3 (DeepSeek V3 / R1 markup), plus the JSON
+forms a forced tool_choice uses when the model has no parser. Streaming follows OpenAI: a call's
+first delta carries index, id, type and function.name; its arguments then stream in pieces.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+import regex
+
+from berth_server.protocols.openai.tool_stream import (
+    ArgsPiece,
+    CallEnd,
+    CallStart,
+    Event,
+    Markup,
+    MarkupStreamer,
+    NamedStreamer,
+)
+from berth_server.protocols.openai.tool_syntax import (
+    DS_CALL_BEGIN,
+    DS_CALL_END,
+    DS_CALLS_BEGIN,
+    DS_CALLS_END,
+    DS_SEP,
+    MISTRAL_CALLS,
+    ToolChoice,
+)
+
+_NAME = r'"(?P<name>(?:[^"\\]|\\.)*)"'
+
+
+def _json_call(prefix: str, keys: str) -> str:
+    """`prefix {"name": "<name>", "<keys>": ` as a pattern ending where the arguments begin."""
+    return prefix + r'\s*\{\s*"name"\s*:\s*' + _NAME + r'\s*,\s*"(?:' + keys + r')"\s*:'
+
+
+def _compile(pattern: str) -> Any:
+    return regex.compile(pattern, regex.DOTALL)
+
+
+_DS_HEADER = (regex.escape(DS_CALL_BEGIN) + r"\s*(?:function)?\s*" + regex.escape(DS_SEP)
+              + r"(?P<name>[^\n`]+?)\s*\n```(?:json)?\s*\n")
+MARKUPS: dict[str, Markup] = {
+    "hermes": Markup("<tool_call>", _compile(_json_call(r"<tool_call>\s*", "arguments|parameters")),
+                     _compile(r"\s*\}\s*</tool_call>")),
+    "llama3_json": Markup(None, _compile(_json_call(r"\s*(?:<\|python_tag\|>)?\s*", "parameters|arguments")),
+                          _compile(r"\s*\}"), _compile(_json_call(r"\s*;?\s*", "parameters|arguments"))),
+    "mistral": Markup(MISTRAL_CALLS,
+                      _compile(_json_call(regex.escape(MISTRAL_CALLS) + r"\s*\[?\s*", "arguments")
+                               + "|" + regex.escape(MISTRAL_CALLS) + r"(?P<name2>[^\[\]{}\s]+)\[ARGS\]"),
+                      _compile(r"\s*\}"),
+                      _compile(_json_call(r"\s*,\s*", "arguments") + "|" + regex.escape(MISTRAL_CALLS)
+                               + r"(?P<name2>[^\[\]{}\s]+)\[ARGS\]"),
+                      _compile(r"\s*\]")),
+    "deepseek_v3": Markup(DS_CALLS_BEGIN, _compile(regex.escape(DS_CALLS_BEGIN) + r"\s*" + _DS_HEADER),
+                          _compile(r"\s*```\s*" + regex.escape(DS_CALL_END)),
+                          _compile(r"\s*" + _DS_HEADER), _compile(r"\s*" + regex.escape(DS_CALLS_END))),
+    # tool_choice "required" without a parser: [{"name": ..., "parameters": {...}}, ...]
+    "json_array": Markup(None, _compile(_json_call(r"\s*\[", "parameters")), _compile(r"\s*\}"),
+                         _compile(_json_call(r"\s*,", "parameters")), _compile(r"\s*\]")),
+}
 
 
 @dataclass
@@ -21,195 +81,55 @@ class ToolCall:
         """The entry of a non-streaming message.tool_calls."""
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
-    def to_delta(self, index: int) -> dict[str, Any]:
-        """The entry of a streaming delta.tool_calls (the whole call in one chunk)."""
-        return {"index": index, **self.to_message()}
 
+class ToolCallParser:
+    """A named format: whole outputs and per-choice streamers."""
 
-def _call(data: Any, arguments_key: str = "arguments") -> ToolCall | None:
-    """A ToolCall from decoded JSON, or None when it is not {"name": str, "arguments": ...}."""
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
-        return None
-    arguments = data.get(arguments_key, data.get("arguments", {}))
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return ToolCall(name=data["name"], arguments=arguments)
+    def __init__(self, markup: Markup | None = None, named: str | None = None) -> None:
+        self.markup = markup
+        self.named = named  # the JSON fallback of a named tool_choice: the output is the arguments
 
-
-class Streamer(Protocol):
-    """Incremental parser: feed content deltas, get (content to stream now, completed calls)."""
-
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Consume a delta."""
-        ...
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """End of output: flush whatever is held back."""
-        ...
-
-
-class ToolCallParser(Protocol):
-    """A named tool-call format."""
-
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """Whole output -> (remaining content stripped, or None; calls)."""
-        ...
-
-    def streamer(self) -> Streamer:
+    def streamer(self) -> MarkupStreamer | NamedStreamer:
         """A fresh incremental parser for one choice."""
-        ...
+        if self.markup is None:
+            return NamedStreamer(self.named or "")
+        return MarkupStreamer(self.markup)
+
+    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """Whole output -> (remaining content stripped, or None; calls). Unusable calls leave it all content."""
+        streamer = self.streamer()
+        content, calls = _collect([*streamer.feed(text), *streamer.finish()])
+        if any(not _is_json(call.arguments) for call in calls):
+            return text.strip() or None, []
+        return content.strip() or None, calls
 
 
-# -- hermes (Qwen2.5, Qwen3, QwQ, Hermes): <tool_call>{json}</tool_call> ---------------------------
-START, END = "<tool_call>", "</tool_call>"
-_HERMES_RE = re.compile(re.escape(START) + r"(.*?)" + re.escape(END), re.DOTALL)
-
-
-def _hermes_block(inner: str) -> ToolCall | None:
+def _is_json(text: str) -> bool:
     try:
-        return _call(json.loads(inner))
+        json.loads(text)
+        return True
     except ValueError:
-        return None
+        return False
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (held back while streaming)."""
-    for size in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
+def _collect(events: list[Event]) -> tuple[str, list[ToolCall]]:
+    content: list[str] = []
+    calls: list[ToolCall] = []
+    for event in events:
+        if isinstance(event, str):
+            content.append(event)
+        elif isinstance(event, CallStart):
+            calls.append(ToolCall(name=event.name, arguments=""))
+        elif isinstance(event, ArgsPiece) and calls:
+            calls[-1].arguments += event.text
+    for call in calls:
+        call.arguments = call.arguments.strip() or "{}"
+    return "".join(content), calls
 
 
-class HermesParser:
-    """Hermes-style calls; a block whose JSON is malformed stays in the content."""
-
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """Whole output -> (remaining content stripped, or None; calls)."""
-        calls: list[ToolCall] = []
-        kept: list[str] = []
-        position = 0
-        for match in _HERMES_RE.finditer(text):
-            call = _hermes_block(match.group(1))
-            kept.append(text[position:match.start()] if call else text[position:match.end()])
-            position = match.end()
-            if call:
-                calls.append(call)
-        kept.append(text[position:])
-        content = "".join(kept).strip()
-        return content or None, calls
-
-    def streamer(self) -> HermesStreamer:
-        """A fresh incremental parser."""
-        return HermesStreamer()
-
-
-class HermesStreamer:
-    """Text outside calls streams at once (bar a possible partial `<tool_call`); calls are buffered."""
-
-    def __init__(self) -> None:
-        self.buffer = ""
-        self.inside = False
-
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Consume a delta."""
-        self.buffer += text
-        out: list[str] = []
-        calls: list[ToolCall] = []
-        while True:
-            if self.inside:
-                end = self.buffer.find(END)
-                if end < 0:
-                    break
-                block, self.buffer = self.buffer[:end + len(END)], self.buffer[end + len(END):]
-                self.inside = False
-                call = _hermes_block(block[len(START):-len(END)])
-                if call:
-                    calls.append(call)
-                else:
-                    out.append(block)
-                continue
-            start = self.buffer.find(START)
-            if start < 0:
-                hold = _partial_suffix(self.buffer, START)
-                out.append(self.buffer[:len(self.buffer) - hold])
-                self.buffer = self.buffer[len(self.buffer) - hold:]
-                break
-            out.append(self.buffer[:start])
-            self.buffer = self.buffer[start:]
-            self.inside = True
-        return "".join(out), calls
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """An unclosed call (or a partial tag) goes out as content."""
-        rest, self.buffer, self.inside = self.buffer, "", False
-        return rest, []
-
-
-# -- llama3_json (Llama 3.1+): the whole output is {"name", "parameters"} objects, ';'-separated --
-PYTHON_TAG = "<|python_tag|>"
-
-
-class Llama3JsonParser:
-    """Llama 3 JSON calls: only when the output starts with '{' (or <|python_tag|>) and is all calls."""
-
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """Whole output -> (remaining content stripped, or None; calls)."""
-        stripped = text.strip()
-        body = stripped.removeprefix(PYTHON_TAG).strip()
-        if not body.startswith("{"):
-            return stripped or None, []
-        decoder, calls, position = json.JSONDecoder(), [], 0
-        while position < len(body):
-            try:
-                data, position = decoder.raw_decode(body, position)
-            except ValueError:
-                return stripped, []
-            call = _call(data, "parameters")
-            if call is None:
-                return stripped, []
-            calls.append(call)
-            while position < len(body) and (body[position].isspace() or body[position] == ";"):
-                position += 1
-        return None, calls
-
-    def streamer(self) -> Llama3JsonStreamer:
-        """A fresh incremental parser."""
-        return Llama3JsonStreamer(self)
-
-
-class Llama3JsonStreamer:
-    """Holds the start until it is known to be JSON (then buffers all) or text (then streams)."""
-
-    def __init__(self, parser: Llama3JsonParser) -> None:
-        self.parser = parser
-        self.buffer = ""
-        self.mode: str | None = None  # None: undecided; "json"; "text"
-
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Consume a delta."""
-        if self.mode == "text":
-            return text, []
-        self.buffer += text
-        if self.mode is None:
-            head = self.buffer.lstrip()
-            if head.startswith(("{", PYTHON_TAG)):
-                self.mode = "json"
-            elif head and not PYTHON_TAG.startswith(head):
-                self.mode = "text"
-                out, self.buffer = self.buffer, ""
-                return out, []
-        return "", []
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """Parse the buffered JSON; text that does not parse goes out as content."""
-        rest, self.buffer = self.buffer, ""
-        if self.mode != "json":
-            return rest, []
-        content, calls = self.parser.parse(rest)
-        return content or "", calls
-
-
-TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {"hermes": HermesParser(), "llama3_json": Llama3JsonParser()}
+TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {
+    name: ToolCallParser(markup) for name, markup in MARKUPS.items() if name != "json_array"
+}
 
 
 def check_parser_name(name: str | None) -> str | None:
@@ -220,43 +140,79 @@ def check_parser_name(name: str | None) -> str | None:
 
 
 # -- glue for the OpenAI service ---------------------------------------------------------------
-def parser_for(gateway: Any, uid: str, tools: list[Any] | None, tool_choice: Any) -> ToolCallParser | None:
-    """The model's parser when this request offers tools and allows calling them."""
-    if not tools or tool_choice == "none":
-        return None
+def parser_name(gateway: Any, uid: str) -> str | None:
+    """The model's configured tool-call parser, if any."""
     name = getattr(gateway.describe(uid), "tool_call_parser", None)
-    return TOOL_CALL_PARSERS.get(name) if name else None
+    return name if name in TOOL_CALL_PARSERS else None
 
 
-def fold_message(parser: ToolCallParser | None, message: dict[str, Any],
-                 finish_reason: str) -> tuple[dict[str, Any], str]:
-    """Move the calls out of a non-streaming message's content; finish_reason becomes tool_calls."""
+def parser_for(name: str | None, choice: ToolChoice) -> ToolCallParser | None:
+    """How to read this request's output: the model's parser, or the JSON fallback of a forced choice."""
+    if choice.mode == "none":
+        return None
+    if name is not None:
+        return TOOL_CALL_PARSERS[name]
+    if choice.mode == "named":
+        return ToolCallParser(named=choice.name)
+    if choice.mode == "required":
+        return ToolCallParser(MARKUPS["json_array"])
+    return None
+
+
+def fold_message(parser: ToolCallParser | None, message: dict[str, Any], finish_reason: str,
+                 choice: ToolChoice, parallel: bool = True) -> tuple[dict[str, Any], str]:
+    """Move the calls out of a non-streaming message's content; finish_reason per OpenAI."""
     if parser is None or not message.get("content"):
         return message, finish_reason
     content, calls = parser.parse(message["content"])
     if not calls:
         return message, finish_reason
+    calls = calls if parallel else calls[:1]
     message = {**message, "content": content, "tool_calls": [call.to_message() for call in calls]}
-    return message, "tool_calls"
+    return message, _finish(finish_reason, choice)
+
+
+def _finish(reason: str, choice: ToolChoice) -> str:
+    """OpenAI: "stop" after a named tool_choice, "tool_calls" after required or auto calls."""
+    if reason in ("abort", "error"):
+        return reason
+    return "stop" if choice.mode == "named" else "tool_calls"
 
 
 class ChoiceToolStream:
-    """One streamed choice's tool-call state: content to send now, call deltas, the final finish_reason."""
+    """One streamed choice: content to send now, OpenAI tool-call deltas, the final finish_reason."""
 
-    def __init__(self, parser: ToolCallParser) -> None:
+    def __init__(self, parser: ToolCallParser, choice: ToolChoice | None = None, parallel: bool = True) -> None:
         self.streamer = parser.streamer()
-        self.count = 0
+        self.choice = choice or ToolChoice("auto")
+        self.parallel = parallel
+        self.count = 0  # calls started
+        self.closed = 0  # calls finished
+        self.call_id = ""
 
     def step(self, text: str, last: bool) -> tuple[str, list[dict[str, Any]] | None]:
         """Feed one delta's text (`last`: it carries the finish_reason)."""
-        out, calls = self.streamer.feed(text)
+        events = self.streamer.feed(text)
         if last:
-            tail, more = self.streamer.finish()
-            out, calls = out + tail, calls + more
-        deltas = [call.to_delta(self.count + i) for i, call in enumerate(calls)]
-        self.count += len(deltas)
-        return out, deltas or None
+            events += self.streamer.finish()
+        out: list[str] = []
+        deltas: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, str):
+                out.append(event)
+            elif not self.parallel and (self.closed or (self.count and isinstance(event, CallStart))):
+                continue  # parallel_tool_calls false: only the first call
+            elif isinstance(event, CallStart):
+                self.call_id = f"call_{uuid.uuid4().hex[:24]}"
+                deltas.append({"index": self.count, "id": self.call_id, "type": "function",
+                               "function": {"name": event.name, "arguments": ""}})
+                self.count += 1
+            elif isinstance(event, ArgsPiece):
+                deltas.append({"index": self.count - 1, "function": {"arguments": event.text}})
+            elif isinstance(event, CallEnd):
+                self.closed += 1
+        return "".join(out), deltas or None
 
     def finish_reason(self, reason: str | None) -> str | None:
-        """tool_calls once any call was sent."""
-        return "tool_calls" if reason is not None and self.count else reason
+        """tool_calls once any call was sent (stop for a named tool_choice)."""
+        return _finish(reason, self.choice) if reason is not None and self.count else reason

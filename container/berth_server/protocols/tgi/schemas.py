@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.errors import InvalidRequest
-from berth_server.protocols import bounds
+from berth_server.protocols import bounds, constraints
 from berth_server.protocols.bounds import Name, StopString
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
@@ -79,8 +79,7 @@ class Parameters(TgiModel):
             raise InvalidRequest("`best_of` must be strictly positive", param="best_of")
         if self.watermark:
             raise InvalidRequest("`watermark` is not supported", param="watermark")
-        if self.grammar is not None:
-            raise InvalidRequest("`grammar` is not supported yet", param="grammar")
+        constraints.tgi_grammar(self.grammar)
         if self.stop is not None and len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(
                 f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(self.stop)}",
@@ -155,6 +154,7 @@ class GenerateBody(ParametersBody):
             stop=tuple(params.stop or ()),
             logprobs=params.top_n_tokens or 0,
             prompt_logprobs=bool(params.decoder_input_details),
+            constraint=constraints.tgi_grammar(params.grammar),
         )
         return GenerateRequest(
             request_id=request_id,
