@@ -93,6 +93,12 @@ def test_tgi_client_nulls_are_accepted() -> None:
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}},
       "tools": [{"type": "function", "function": {"name": "f"}}]}, "nope"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"use_beam_search": True}, "use_beam_search"),
+    ({"echo": True}, "echo"),
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"prompt_logprobs": 1}, "prompt_logprobs"),
 ])
 def test_invalid_chat_fields_are_400(client: FlaskClient, override: dict[str, Any], needle: str) -> None:
     response = client.post("/v1/chat/completions", json={**CHAT, **override})
@@ -108,6 +114,9 @@ def test_completion_prompt_shapes() -> None:
     assert parse(CompletionRequest, {"prompt": [[4, 5]]}).to_generate_requests("m", "r")[0].prompt_token_ids == [4, 5]
     with pytest.raises(InvalidRequest, match="suffix"):
         parse(CompletionRequest, {"prompt": "x", "suffix": "y"})
+    with pytest.raises(InvalidRequest, match="best_of"):
+        parse(CompletionRequest, {"prompt": "x", "best_of": 3})
+    assert parse(CompletionRequest, {"prompt": "x", "best_of": 2, "n": 2, "use_beam_search": False}).best_of == 2
     several = parse(CompletionRequest, {"prompt": ["a", "b"], "n": 2}).to_generate_requests("m", "r")
     assert [(r.request_id, r.prompt) for r in several] == [("r-0", "a"), ("r-1", "a"), ("r-2", "b"), ("r-3", "b")]
     ids = parse(CompletionRequest, {"prompt": [[7, 8], [9]]}).to_generate_requests("m", "r")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +25,7 @@ from berth_server.protocols.bounds import (
     Tools,
     TopK,
 )
+from berth_server.protocols.openai.refused import CHAT_ONLY, unsupported_field
 from berth_server.protocols.openai.tool_syntax import ToolChoice, check_tool_choice, tool_constraint
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
@@ -119,6 +120,16 @@ class SamplingFields(OpenAIBase):
     truncate_prompt_tokens: PositiveTokenCount | None = None
     return_tokens_as_token_ids: bool | None = False
 
+    _refused_here: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, body: Any) -> Any:
+        name = unsupported_field(body, cls._refused_here)
+        if name is not None:
+            raise ValueError(f"{name} is not supported by Berth (it would be ignored); leave it out")
+        return body
+
     @field_validator("guided_decoding_backend")
     @classmethod
     def _xgrammar_only(cls, value: str | None) -> str | None:
@@ -197,6 +208,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: Tools | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = True
+    _refused_here: ClassVar[dict[str, tuple[Any, ...]]] = CHAT_ONLY
     add_generation_prompt: bool = True
     continue_final_message: bool = False
 
@@ -257,6 +269,12 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
     best_of: ChoiceCount | None = None
+
+    @model_validator(mode="after")
+    def _best_of_is_n(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.choices:
+            raise ValueError("best_of other than n is not supported (Berth returns every sample it draws)")
+        return self
 
     @field_validator("suffix")
     @classmethod

@@ -1,0 +1,216 @@
+"""Structured output and forced tool calls on SmolLM2 (real weights), through the real clients, per engine.
+
+One server per engine. The transformers server reads tool calls with the hermes parser, so forced
+calls are written in hermes markup; the vLLM server has no parser, so they take vLLM's JSON form.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from text_generation import Client
+from text_generation.errors import ValidationError
+from text_generation.types import Grammar, GrammarType
+
+from tests.integration.conftest import RunningServer, available_engines, launch_serve
+
+pytestmark = pytest.mark.timeout(900)
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0,
+                                                                         "maximum": 120}},
+    "required": ["name", "age"], "additionalProperties": False,
+}
+PROMPTS = ["Describe a person.", "Invent a character for a story.", "Who is your best friend?",
+           "Tell me about a pilot.", "A customer record, please.", "Name an old painter."]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string", "maxLength": 20}},
+                                                "required": ["city"], "additionalProperties": False}}}
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
+    "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"], "additionalProperties": False}}}
+TOOLS = [WEATHER, ADD]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+@pytest.fixture(scope="module", params=available_engines())
+def server(request: pytest.FixtureRequest, smollm2_model: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    engine = request.param
+    env = {"BERTH_MODEL_UID": "smol"}
+    if engine == "vllm":
+        env["DTYPE"] = "float32"
+    else:
+        env["BERTH_TOOL_CALL_PARSER"] = "hermes"
+    running = launch_serve(smollm2_model, tmp_path_factory.mktemp(f"structured-{engine}"), engine=engine, env=env)
+    yield running
+    running.stop()
+
+
+def _client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", timeout=300)
+
+
+def _chat(server: RunningServer, user: str, **kw: Any) -> Any:
+    return _client(server).chat.completions.create(model="smol", messages=[{"role": "user", "content": user}], **kw)
+
+
+def _streamed_text(server: RunningServer, user: str, **kw: Any) -> str:
+    chunks = _chat(server, user, stream=True, **kw)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_json_schema_validates_for_many_prompts_streaming_and_not(server: RunningServer) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+
+    def one(job: tuple[int, str]) -> str:
+        i, prompt = job
+        kw = {"response_format": fmt, "temperature": 0.8, "seed": i, "max_tokens": 60}
+        if i % 2:
+            return _streamed_text(server, prompt, **kw)
+        return str(_chat(server, prompt, **kw).choices[0].message.content)
+
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(one, enumerate(PROMPTS)))
+    for text in texts:
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_vllm_extension_regex_choice_and_guided_fields_match_exactly(server: RunningServer) -> None:
+    pattern = r"[A-Z][a-z]{2,7}-[0-9]{3}"
+    regex = _chat(server, "Give me a code.", temperature=1.0, seed=1, max_tokens=20,
+                  extra_body={"structured_outputs": {"regex": pattern}}).choices[0].message.content
+    assert re.fullmatch(pattern, regex or ""), regex
+    choices = ["positive", "negative", "neutral"]
+    for body in ({"structured_outputs": {"choice": choices}}, {"guided_choice": choices}):
+        answer = _streamed_text(server, "I love this film! Sentiment?", temperature=1.0, seed=2, max_tokens=10,
+                                extra_body=body)
+        assert answer in choices
+    completion = _client(server).completions.create(model="smol", prompt="The answer is", max_tokens=10,
+                                                    extra_body={"guided_regex": "(yes|no)"})
+    assert completion.choices[0].text in ("yes", "no")
+
+
+def test_tgi_grammar_through_the_client_and_invocations(server: RunningServer) -> None:
+    client = Client(server.base_url, timeout=300)
+    reply = client.generate("A person as JSON:", max_new_tokens=60,
+                            grammar=Grammar(type=GrammarType.Json, value=PERSON))
+    jsonschema.validate(json.loads(reply.generated_text), PERSON)
+    streamed = "".join(r.token.text for r in client.generate_stream(
+        "Year:", max_new_tokens=8, grammar=Grammar(type=GrammarType.Regex, value="(19|20)[0-9]{2}"))
+        if not r.token.special)
+    assert re.fullmatch("(19|20)[0-9]{2}", streamed), streamed
+    body = {"inputs": "Pick:", "parameters": {"max_new_tokens": 5, "grammar": {"type": "regex", "value": "(red|blue)"}}}
+    invoked = httpx.post(server.url("/invocations"), json=body, timeout=300).json()
+    assert invoked[0]["generated_text"] in ("red", "blue")
+    with pytest.raises(ValidationError):
+        client.generate("x", grammar=Grammar(type=GrammarType.Regex, value="(unclosed"))
+
+
+def _check_calls(calls: list[Any], names: set[str]) -> None:
+    assert calls
+    for call in calls:
+        assert call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) -> None:
+    required = _chat(server, "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=80)
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    _check_calls(choice.message.tool_calls or [], {"get_weather", "add"})
+    named = _chat(server, "Add two and three.", tools=TOOLS, max_tokens=60,
+                  tool_choice={"type": "function", "function": {"name": "add"}})
+    assert named.choices[0].finish_reason == "stop"
+    _check_calls(named.choices[0].message.tool_calls or [], {"add"})
+    single = _chat(server, "Weather in Rome and in Oslo?", tools=TOOLS, tool_choice="required", max_tokens=120,
+                   parallel_tool_calls=False, temperature=0.9, seed=3)
+    assert len(single.choices[0].message.tool_calls or []) == 1
+
+
+def test_streamed_tool_call_arguments_reassemble_into_valid_json(server: RunningServer) -> None:
+    for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        chunks = list(_chat(server, "Weather in Lyon?", tools=TOOLS, tool_choice=tool_choice, max_tokens=80,
+                            stream=True))
+        calls: dict[int, dict[str, Any]] = {}
+        for chunk in chunks:
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                call = calls.setdefault(delta.index, {"name": None, "id": None, "arguments": ""})
+                if delta.id:
+                    assert call["id"] is None and delta.function and delta.function.name  # first delta only
+                    call["id"], call["name"] = delta.id, delta.function.name
+                call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+        assert calls and all(c["id"] for c in calls.values())
+        for call in calls.values():
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+        pieces = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+        assert len(pieces) > 2  # arguments arrive in pieces, not one blob at the end
+
+
+@pytest.mark.parametrize("body", [
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+    {"structured_outputs": {"regex": "(unclosed"}},
+    {"guided_grammar": "root ::= undefined_rule"},
+    {"guided_json": "{not json"},
+])
+def test_bad_constraints_are_400_naming_the_field(server: RunningServer, body: dict[str, Any]) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _chat(server, "hi", max_tokens=5, extra_body=body)
+    field = next(iter(body))
+    assert field in str(caught.value.body)
+
+
+def test_a_constrained_row_and_free_rows_in_one_batch(server: RunningServer) -> None:
+    free = ["What is the capital of France?", "Name three colours.", "Count to five."]
+    alone = [_chat(server, p, temperature=0, max_tokens=20).choices[0].message.content for p in free]
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+
+    def job(i: int) -> str:
+        if i == len(free):
+            return str(_chat(server, "Describe a person.", temperature=0, max_tokens=60,
+                             response_format=fmt).choices[0].message.content)
+        return str(_chat(server, free[i], temperature=0, max_tokens=20).choices[0].message.content)
+
+    for _ in range(2):
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(job, range(len(free) + 1)))
+        assert together[:-1] == alone
+        jsonschema.validate(json.loads(together[-1]), PERSON)
+
+
+def test_token_level_constraints_change_the_output(server: RunningServer) -> None:
+    tokenize = httpx.post(server.url("/tokenize"), json={"inputs": " Paris"}, timeout=60).json()
+    paris = tokenize[-1]["id"]
+    biased = _chat(server, "Hi", temperature=0, max_tokens=3, logit_bias={str(paris): 100})
+    assert biased.choices[0].message.content == " Paris" * 3
+    banned = _chat(server, "What is the capital of France?", temperature=0, max_tokens=20,
+                   extra_body={"bad_words": ["Paris"]}).choices[0].message.content
+    assert "Paris" not in (banned or "") and (banned or "").startswith("The capital of France is")
+    allowed = [t["id"] for t in httpx.post(server.url("/tokenize"), json={"inputs": " yes no"}, timeout=60).json()]
+    only = _client(server).completions.create(model="smol", prompt="Answer:", max_tokens=4, temperature=1.0,
+                                              extra_body={"allowed_token_ids": allowed, "return_tokens_as_token_ids":
+                                                          True}, logprobs=0)
+    assert {int(t.removeprefix("token_id:")) for t in only.choices[0].logprobs.tokens} <= set(allowed)
+
+
+def test_list_prompts_and_truncate_prompt_tokens(server: RunningServer) -> None:
+    prompts = ["The capital of France is", "One, two, three,"]
+    many = _client(server).completions.create(model="smol", prompt=prompts, n=2, max_tokens=5, temperature=0)
+    singles = [_client(server).completions.create(model="smol", prompt=p, max_tokens=5, temperature=0)
+               for p in prompts]
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert [c.text for c in many.choices] == [singles[0].choices[0].text] * 2 + [singles[1].choices[0].text] * 2
+    assert many.usage and many.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles if s.usage)
+    cut = _client(server).completions.create(model="smol", prompt="ignore this. The capital of France is",
+                                             max_tokens=5, temperature=0, extra_body={"truncate_prompt_tokens": 5})
+    assert cut.usage and cut.usage.prompt_tokens == 5
