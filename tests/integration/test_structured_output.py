@@ -37,8 +37,9 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
                                             "parameters": {"type": "object", "properties": {
                                                 "city": {"type": "string", "maxLength": 20}},
                                                 "required": ["city"], "additionalProperties": False}}}
+SMALL = {"type": "integer", "minimum": 0, "maximum": 999}  # unbounded integers let a small model write digits forever
 ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
-    "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"], "additionalProperties": False}}}
+    "a": SMALL, "b": SMALL}, "required": ["a", "b"], "additionalProperties": False}}}
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
@@ -125,7 +126,7 @@ def _check_calls(calls: list[Any], names: set[str]) -> None:
 
 
 def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) -> None:
-    required = _chat(server, "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=80)
+    required = _chat(server, "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=120)
     choice = required.choices[0]
     assert choice.finish_reason == "tool_calls"
     _check_calls(choice.message.tool_calls or [], {"get_weather", "add"})
@@ -140,7 +141,7 @@ def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) 
 
 def test_streamed_tool_call_arguments_reassemble_into_valid_json(server: RunningServer) -> None:
     for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        chunks = list(_chat(server, "Weather in Lyon?", tools=TOOLS, tool_choice=tool_choice, max_tokens=80,
+        chunks = list(_chat(server, "Weather in Lyon?", tools=TOOLS, tool_choice=tool_choice, max_tokens=120,
                             stream=True))
         calls: dict[int, dict[str, Any]] = {}
         for chunk in chunks:

@@ -92,7 +92,9 @@ def _structural_tag(parser: str, functions: list[dict[str, Any]], parallel: bool
     for function in functions:
         begin, end = _header(parser, function["name"])
         tags.append({"type": "tag", "begin": begin, "end": end,
-                     "content": {"type": "json_schema", "json_schema": _parameters(function)}})
+                     # One space at most between tokens: small models otherwise pad with newlines.
+                     "content": {"type": "json_schema", "json_schema": _parameters(function),
+                                 "max_whitespace_cnt": 1}})
     calls: dict[str, Any] = {"type": "tags_with_separator", "tags": tags, "separator": _SEPARATORS[parser],
                              "at_least_one": True, "stop_after_first": not parallel}
     if parser in _AROUND:
