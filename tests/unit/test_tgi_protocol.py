@@ -53,11 +53,7 @@ def sse_events(data: bytes) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("name", "value"), [
     ("temperature", 0.0), ("top_k", 0), ("top_p", 1.0), ("top_p", 0.0), ("typical_p", 1.0),
     ("repetition_penalty", 0.0), ("truncate", 0), ("seed", -1), ("max_new_tokens", 0),
-<<<<<<< HEAD
-    ("best_of", 2), ("watermark", True), ("grammar", {"type": "json", "value": {}}),
-=======
-    ("best_of", 2), ("watermark", True), ("grammar", {"type": "xml", "value": "x"}), ("grammar", {"type": "regex"}), ("adapter_id", "lora"),
->>>>>>> 5f27ac8 (OpenAI/vLLM/TGI constraints: response_format (json_object, json_schema, TGI value), structured_outputs, guided_*, TGI parameters.grammar; logit_bias, allowed_token_ids, bad_words, truncate_prompt_tokens, return_tokens_as_token_ids; list prompts on /v1/completions; tool_choice required/named as constraints in hermes/llama3_json/mistral/deepseek_v3 syntax (JSON fallback without a parser); tool-call arguments stream in pieces; reasoning and reasoning_content)
+    ("best_of", 2), ("watermark", True), ("grammar", {"type": "xml", "value": "x"}), ("grammar", {"type": "regex"}),
     ("frequency_penalty", 3.0), ("stop", ["a", "b", "c", "d", "e"]), ("top_n_tokens", 0),
 ])
 def test_invalid_parameters_are_422_validation(client: FlaskClient, name: str, value: Any) -> None:

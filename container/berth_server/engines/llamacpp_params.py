@@ -156,7 +156,7 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
     llama.cpp's own defaults (top_k 40, top_p 0.95, min_p 0.05, repeat_last_n 64) differ from
     Berth's "off" defaults, so each knob is always sent. n_probs is at least 1: each streamed
     chunk then names the id of the token it carries. Raises InvalidRequest for what llama.cpp
-    cannot honour. Constrained decoding (grammar / json_schema) belongs here too.
+    cannot honour. Constraints and token biases come from llamacpp_constraints.
     """
     s = request.sampling
     if s.prompt_logprobs:
@@ -178,7 +178,9 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
     bad = [t for t in request.prompt_token_ids if not 0 <= t < n_vocab]
     _check(not bad, "prompt", bad[:3], f"token ids must be in [0, {n_vocab})")
     greedy = s.greedy or s.temperature == 0.0
-    return {
+    from berth_server.engines.llamacpp_constraints import constraint_fields
+
+    return constraint_fields(request, n_vocab) | {
         "prompt": list(request.prompt_token_ids),
         "stream": True,
         "max_tokens": request.max_new_tokens,
