@@ -117,5 +117,7 @@ def test_lora_settings_honour_sagemaker_and_lmi_names() -> None:
     assert lora_wanted(config, Settings.from_env({"LORA_ADAPTERS": "fr=/a/fr"}))
     assert lora_wanted(ModelLaunchConfig(uid="x", source="/m", model_name="m",
                                          adapters=[AdapterSource(name="fr", src="/a")]), plain)
+    assert lora_wanted(ModelLaunchConfig(uid="x", source="/m", model_name="m", engine_args={"enable_lora": True}),
+                       plain)
     with pytest.raises(SettingsError, match="LORA_ADAPTERS"):
         Settings.from_env({"LORA_ADAPTERS": "../x=/a"})

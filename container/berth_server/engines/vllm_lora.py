@@ -20,7 +20,11 @@ from berth_server.settings import Settings
 
 def lora_wanted(config: ModelLaunchConfig, settings: Settings) -> bool:
     """Whether vLLM starts with LoRA: adapters configured for this model, or BERTH_ENABLE_LORA."""
-    return bool(settings.lora.enabled or config.adapters or (config.is_default and settings.lora.adapters))
+    from berth_server.settings import parse_bool
+
+    asked = str(config.engine_args.get("enable_lora", "false"))  # a launch body's vLLM argument
+    return bool(settings.lora.enabled or config.adapters or (config.is_default and settings.lora.adapters)
+                or parse_bool("enable_lora", asked))
 
 
 def lora_kwargs(settings: Settings) -> dict[str, Any]:

@@ -22,6 +22,8 @@ ENGINE_KEYS: Mapping[str, frozenset[str]] = {
         "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
         "enable_prefix_caching", "enable_chunked_prefill", "block_size", "kv_cache_dtype",
         "enforce_eager", "max_logprobs", "swap_space", "cpu_offload_gb", "seed",
+        # LoRA sizing (peft_model_config itself is read by launch_resolver and turns LoRA on).
+        "enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras",
     }),
     "transformers": frozenset({"num_threads"}),
     # llama.cpp's own names, as Xinference's llama.cpp engine takes them (engines/llamacpp_params.py).
