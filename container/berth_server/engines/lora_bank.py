@@ -39,12 +39,12 @@ class RowLoraLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus ((x @ A_cat) * row scale) @ B_cat when any row has an adapter."""
         out = self.base(x)
-        scale = self.bank.row_scale
+        scale = self.bank.row_scale  # [B, 1, S*R] in the model's dtype, set once per forward
         if scale is None:
             return out
-        width = scale.shape[-1]  # only up to the highest slot in use
-        low = (x @ self.a_cat[:, :width]) * scale.unsqueeze(1).to(x.dtype)
-        return out + low @ self.b_cat[:width]
+        low = x @ self.a_cat
+        low.mul_(scale)
+        return out.add_(low @ self.b_cat)  # four kernels per layer, however many adapters the batch mixes
 
 
 @dataclass
@@ -66,7 +66,7 @@ class LoraBank:
         self.slots = max(1, max_loras)
         self.max_rank = max(1, max_rank)
         self.max_cpu_loras = max(self.slots, max_cpu_loras or 0)
-        self.row_scale: torch.Tensor | None = None  # [rows, slots*max_rank] for the next forward
+        self.row_scale: torch.Tensor | None = None  # [rows, 1, slots*max_rank] for the next forward
         self._shapes = linear_shapes(model)
         self._dtype = next(model.parameters()).dtype
         self._device = next(model.parameters()).device
@@ -163,15 +163,14 @@ class LoraBank:
             return any(self._users)
 
     def set_rows(self, slots: list[int | None]) -> None:
-        """The scale vectors of the rows of the next forward (None: base model)."""
+        """The scale vectors of the rows of the next forward (None: base model), shaped [B, 1, S*R]."""
         if all(s is None for s in slots):
             self.row_scale = None
             return
-        width = (max(s for s in slots if s is not None) + 1) * self.max_rank
-        scale = torch.zeros((len(slots), width), dtype=torch.float32)
+        scale = torch.zeros((len(slots), 1, self.slots * self.max_rank), dtype=self._dtype)
         for row, slot in enumerate(slots):
             if slot is not None:
-                scale[row, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
+                scale[row, 0, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
         self.row_scale = scale.to(self._device)
 
     def _free_slot(self) -> int | None:

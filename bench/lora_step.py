@@ -1,0 +1,56 @@
+"""The cost of per-row LoRA in the transformers engine, without HTTP: 16-row decode steps, base-only vs mixed.
+
+Builds SmolLM2 with four resident adapters (lora_bank.LoraBank), prefills 16 rows once, then times
+decode steps alternately with every row on the base model and with rows spread over the 4 adapters
+and the base (the bank's per-row scale vectors), and prints the ratio of step rates.
+
+    .venv/bin/python -m bench.lora_step [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.lora import OUT, _adapters
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the steps and print base/mixed step rates."""
+    from berth_server.engines.lora_bank import LoraBank
+    from berth_server.engines.transformers_batch import KVBatch
+    from berth_server.models.wheel_weights import smollm2_dir
+    from transformers import AutoModelForCausalLM
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rows", type=int, default=16)
+    args = p.parse_args(argv)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir(OUT / "models")).eval()
+    bank = LoraBank(model, max_loras=4, max_rank=16)
+    slots = []
+    for name, folder in _adapters().items():
+        bank.register(name, name, folder)
+        slots.append(bank.acquire(name))
+    mixed = [None if i % 5 == 0 else slots[i % 5 - 1] for i in range(args.rows)]
+    with torch.inference_mode():
+        batch, logits = KVBatch.prefill(model, [[1, 2, 3, 4, 5, 6, 7, 8]] * args.rows, torch.device("cpu"), False)
+        tokens = logits[:, -1, :].argmax(-1)
+        times: dict[str, list[float]] = {"base": [], "mixed": []}
+        for step in range(args.steps):
+            kind = "base" if step % 2 == 0 else "mixed"
+            bank.set_rows([None] * args.rows if kind == "base" else mixed)
+            start = time.perf_counter()
+            tokens = batch.decode(tokens).argmax(-1)
+            times[kind].append(time.perf_counter() - start)
+    base, mix = statistics.median(times["base"]), statistics.median(times["mixed"])
+    print(f"{args.rows} rows, median step: base-only {base * 1000:.1f} ms, mixed (4 adapters + base)"
+          f" {mix * 1000:.1f} ms; step-rate ratio mixed/base {base / mix:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
