@@ -64,10 +64,10 @@ test-image: image
 
 # Against the built image: the integration contract tests (fixtures pointed at a container serving the
 # tiny model from a read-only /opt/ml/model; tests that start their own servers skip), then the image's
-# own tests (tests/image). test_local_deploy is left out: it runs `serve` from the checkout, not the image.
+# own tests (tests/image).
 test-image-run: venv
 	BERTH_TEST_IMAGE=$(IMAGE) BERTH_TEST_ENGINES=transformers $(PY) -m tests.image.contract -q -rs \
-		--ignore=tests/integration/test_local_deploy.py tests/integration tests/image
+		tests/integration tests/image
 
 bench: venv
 	$(PY) -m bench.run_all

@@ -1,5 +1,5 @@
-"""The built image keeps SageMaker's container contract: what it holds, the default real model, SIGTERM drain,
-read-only weights, load failures, and weights from file:// and s3:// (a moto server)."""
+"""The built image keeps SageMaker's container contract: what it holds, the default real model, the llama.cpp
+engine, SIGTERM drain, read-only weights, load failures, and weights from file:// and s3:// (a moto server)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,18 @@ def test_default_real_model_offline_as_a_non_root_user(start_container: StartCon
     made = container.cli("exec", running.name, "stat", "-c", "%u %n",
                          "/opt/berth/home/demo-models/smollm2/berth-wheel.json").stdout
     assert made.split()[0] == "1000", made
+
+
+def test_llamacpp_engine_serves_a_gguf_file(start_container: StartContainer, smollm2_gguf: Path) -> None:
+    """The llama.cpp engine (xllamacpp) in the image: SmolLM2's Q4_1 .gguf, auto-picked, as in test_llamacpp_gguf."""
+    running = start_container(volumes=[f"{smollm2_gguf}:/opt/ml/model/{smollm2_gguf.name}:ro"],
+                              env={"HF_MODEL_ID": f"/opt/ml/model/{smollm2_gguf.name}", "BERTH_MODEL_UID": "gguf"})
+    running.wait_ready()
+    assert "engine llama.cpp (auto" in running.logs()
+    system = {"role": "system", "content": "You are a helpful assistant."}  # see test_llamacpp_gguf.py
+    reply = _chat(running, model="gguf", max_tokens=12,
+                  messages=[system, {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in reply["choices"][0]["message"]["content"]
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:

@@ -142,6 +142,17 @@ class ExternalServer:
         return 0
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """BERTH_TEST_BASE_URL mode: only tests on the shared server run (others would first build their fixtures)."""
+    if not external_base_url():
+        return
+    skip = pytest.mark.skip(reason="starts its own serve process; BERTH_TEST_BASE_URL mode only talks to the server there")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents and "berth_server" not in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
 def launch_serve(model: str | Path | None, home: Path, *, engine: str = "transformers",
                  env: dict[str, str] | None = None, wait: bool = True) -> RunningServer:
     """Start `serve` on a free port with HF_MODEL_ID=model (None: leave it unset)."""
