@@ -47,10 +47,10 @@ def _python_env() -> dict[str, str]:
             "PYTHONPATH": f"{repo / 'container'}:{repo / 'sdk'}"}
 
 
-def start_llamacpp_peer(gguf: Path, port: int) -> peers.Peer:
+def start_llamacpp_peer(gguf: Path, port: int, threads: int) -> peers.Peer:
     """llama.cpp's own server (xllamacpp.Server listening on `port`), same slots, context and threads as Berth."""
     env = {**os.environ, **_python_env()}
-    argv = [sys.executable, "-c", PEER_SCRIPT, str(gguf), str(port), str(SLOTS), str(CONTEXT), str(os.cpu_count())]
+    argv = [sys.executable, "-c", PEER_SCRIPT, str(gguf), str(port), str(SLOTS), str(CONTEXT), str(threads)]
     proc, log_path = peers._spawn(f"llamacpp-server-{port}", argv, env)
     base = f"http://127.0.0.1:{port}"
     ready = peers.wait_http_ok(f"{base}/health", proc, 300.0, log_path)
@@ -86,10 +86,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from berth_server.models.wheel_weights import smollm2_dir, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
-    berth_env = {**_python_env(), "MAX_CONCURRENT_REQUESTS": str(SLOTS), "MAX_TOTAL_TOKENS": str(CONTEXT)}
+    berth_env = {**_python_env(), "MAX_CONCURRENT_REQUESTS": str(SLOTS), "MAX_TOTAL_TOKENS": str(CONTEXT),
+                 "BERTH_LLAMACPP_THREADS": str(args.threads)}
     starters = {
         "berth-llama.cpp": lambda: peers.start_berth(gguf, args.port, "llama.cpp", extra_env=berth_env),
-        "llama.cpp-server": lambda: start_llamacpp_peer(gguf, args.port + 1),
+        "llama.cpp-server": lambda: start_llamacpp_peer(gguf, args.port + 1, args.threads),
         "berth-transformers": lambda: peers.start_berth(smollm2_dir(peers.OUT / "berth-home"), args.port + 2,
                                                         "transformers", extra_env=berth_env),
     }
@@ -119,7 +120,8 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines = [f"## llama.cpp engine: SmolLM2-135M-Instruct, {when} (commit {commit})", "",
              (f"`python -m bench.llamacpp_bench --requests {args.requests} --max-tokens {args.max_tokens}`; "
              f"{SLOTS} concurrent streaming chats, {args.max_tokens} tokens each (ignore_eos, temperature 0), "
-             f"{SLOTS} slots and {CONTEXT} tokens a request on every server, {os.cpu_count()} threads. "
+             f"{SLOTS} slots and {CONTEXT} tokens a request on every server, {args.threads} llama.cpp thread(s) "
+             f"(transformers: its default, every core). "
              f"Machine shared with other work: load average {res['loadavg_start']} at start, "
              f"{res.get('loadavg_end')} at end."), "",
              "| server | weights | tok/s | TTFT p50 s | TTFT p95 s | latency p50 s | errors | model process RSS MB |",
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=18500)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="llama.cpp threads on both llama.cpp servers (one is kinder to a loaded machine)")
     parser.add_argument("--only", action="append", help="berth-llama.cpp, llama.cpp-server or berth-transformers")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
