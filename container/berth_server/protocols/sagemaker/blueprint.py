@@ -51,9 +51,9 @@ def invocations() -> Response:
     adapter = adapters.adapter_from_headers(request.headers)
     if adapter is not None:
         body = adapters.with_adapter(body, shape, adapter)
-    if shape == "tgi":
-        return service.invoke_tgi(state, state.gateway.resolve_model(None), body)
     body = service.endpoint_model(state.gateway, body)
+    if shape == "tgi":  # a "model" naming a running model picks it, as for chat and prompt bodies
+        return service.invoke_tgi(state, state.gateway.resolve_model(body.get("model")), body)
     if shape == "chat":
         return openai_service.chat_completion(state, parse_openai(ChatCompletionRequest, body))
     return openai_service.completion(state, parse_openai(CompletionRequest, body))

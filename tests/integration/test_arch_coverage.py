@@ -1,0 +1,174 @@
+"""Every catalog architecture, on every engine: Berth's greedy tokens equal transformers' generate, or the
+engine refuses the architecture at launch with the reason (and `auto` serves it on the other engine).
+
+A tiny random model per family (arch_models.py) is launched through POST /v1/models as its catalog
+family, on a server whose MAX_TOTAL_TOKENS (2048) is past every such model's context (512): the
+launch must cap it, not fail. Prompts of different lengths (some past the sliding windows) are sent
+at once and staggered, so requests join a running batch; each one's token ids (TGI details) must equal
+transformers' generate run on that prompt alone, in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .arch_models import FAMILIES, ArchFamily, build_family
+from .conftest import MODEL_CACHE, RunningServer, available_engines, launch_serve
+
+CATALOG = Path(__file__).resolve().parents[2] / "container" / "berth_server" / "models" / "catalog"
+NEW_TOKENS = 16
+PROMPTS = (
+    "Hi",
+    "Hello there, how are you doing today?",
+    "The quick brown fox jumps over the lazy dog, and then it runs far away into the deep green forest.",
+    "Write a long story: " + " ".join(str(i) for i in range(40)),
+)
+# (engine, family) -> words the launch refusal must contain. Checked: each of these launches is refused
+# by the engine's cannot_serve before loading, and `auto` serves the family on the other engine.
+REFUSED: dict[tuple[str, str], str] = {}
+# The catalog's DeepSeek-V3 specs are FP8 checkpoints, so a float32 tiny model is registered as a custom
+# model with the catalog family's stops (its chat template is the tokenizer's).
+CUSTOM = {"deepseek-v3"}
+
+
+@pytest.fixture(scope="module", params=available_engines())
+def arch_server(request: pytest.FixtureRequest, tiny_model: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server per engine; families are launched next to its tiny default model."""
+    engine = request.param
+    server = launch_serve(tiny_model, tmp_path_factory.mktemp(f"arch-{engine}"), engine=engine,
+                          env={"BERTH_MODEL_UID": "tiny", "MAX_TOTAL_TOKENS": "2048", "DTYPE": "float32"})
+    yield server
+    server.stop()
+
+
+def _catalog(family: ArchFamily) -> dict[str, Any]:
+    return next(json.loads(p.read_text()) for p in CATALOG.glob("llm-*.json")
+                if json.loads(p.read_text())["model_name"] == family.catalog)
+
+
+def _catalog_stops(family: ArchFamily, tokenizer: Any) -> list[int]:
+    """Token ids Berth stops on for this family: the model's EOS plus the catalog's stops inside this vocabulary."""
+    spec = _catalog(family)
+    ids = {tokenizer.convert_tokens_to_ids(family.eos)}
+    ids.update(i for i in spec.get("stop_token_ids") or [] if i < len(tokenizer))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[s] for s in spec.get("stop") or [] if s in vocab)
+    return sorted(ids)
+
+
+def _reference(model_dir: Path, family: ArchFamily, prompts: list[list[int]]) -> list[list[int]]:
+    """transformers' greedy generate, one prompt at a time, float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    stops = _catalog_stops(family, tokenizer)
+    outputs = []
+    for ids in prompts:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=stops,
+                                 pad_token_id=tokenizer.pad_token_id)
+        outputs.append(out[0, len(ids):].tolist())
+    return outputs
+
+
+def _register(server: RunningServer, family: ArchFamily, model_dir: Path) -> str:
+    """Register `family`'s tiny model as a custom LLM with the catalog family's stops; returns its name."""
+    catalog = _catalog(family)
+    name = f"tiny-{family.name}"
+    registration = {
+        "version": 2, "model_name": name, "model_family": name, "context_length": 512, "model_lang": ["en"],
+        "model_ability": ["chat"], "chat_template": (model_dir / "chat_template.jinja").read_text()
+        if (model_dir / "chat_template.jinja").is_file()
+        else json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"],
+        "stop": catalog.get("stop"), "stop_token_ids": catalog.get("stop_token_ids"),
+        "model_specs": [{"model_format": "pytorch", "model_size_in_billions": 1, "quantization": "none",
+                         "model_uri": f"file://{model_dir}", "model_id": None, "model_hub": "huggingface"}],
+    }
+    response = httpx.post(server.url("/v1/model_registrations/LLM"), timeout=30,
+                          json={"model": json.dumps(registration), "persist": False})
+    assert response.status_code == 200 or "already" in response.text, response.text
+    return name
+
+
+def _launch(server: RunningServer, family: ArchFamily, model_dir: Path, engine: str) -> httpx.Response:
+    body: dict[str, Any] = {"model_name": family.catalog, "model_type": "LLM", "model_engine": engine,
+                            "model_uid": f"arch-{family.name}-{engine}", "model_path": str(model_dir)}
+    if family.name in CUSTOM:
+        body["model_name"] = _register(server, family, model_dir)
+        del body["model_path"]
+    return httpx.post(server.url("/v1/models"), json=body, timeout=600)
+
+
+def _generate_all(server: RunningServer, uid: str, texts: list[str]) -> list[dict[str, Any]]:
+    """TGI bodies on /invocations (which honours `model`) for every text: half at once, the rest after the first ones are decoding."""
+    results: list[dict[str, Any]] = [{} for _ in texts]
+
+    def one(i: int) -> None:
+        body = {"model": uid, "inputs": texts[i], "parameters": {
+            "max_new_tokens": NEW_TOKENS, "details": True, "decoder_input_details": True}}
+        response = httpx.post(server.url("/invocations"), json=body, timeout=300)  # /generate is the default model
+        payload = response.json()
+        results[i] = {"status": response.status_code, **(payload[0] if isinstance(payload, list) else payload)}
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for i, thread in enumerate(threads):
+        thread.start()
+        if i == len(texts) // 2 - 1:
+            time.sleep(0.3)  # the later ones join a running batch (when they are late enough; correct either way)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_greedy_tokens_equal_transformers(arch_server: RunningServer, family: ArchFamily) -> None:
+    from transformers import AutoTokenizer
+
+    engine = arch_server.engine
+    model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
+    launched = _launch(arch_server, family, model_dir, engine)
+    refusal = REFUSED.get((engine, family.name))
+    if refusal is not None:
+        assert 400 <= launched.status_code < 500, launched.text
+        assert refusal in launched.json()["detail"]
+        fallback = _launch(arch_server, family, model_dir, "auto")
+        assert fallback.status_code == 200, fallback.text
+        uid = fallback.json()["model_uid"]
+        described = httpx.get(arch_server.url(f"/v1/models/{uid}"), timeout=30).json()
+        assert described.get("model_engine", described.get("engine")) != engine
+        httpx.delete(arch_server.url(f"/v1/models/{uid}"), timeout=120)
+        return
+    assert launched.status_code == 200, launched.text
+    uid = launched.json()["model_uid"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in PROMPTS]
+        results = _generate_all(arch_server, uid, texts)
+        assert all(r["status"] == 200 for r in results), results
+        prompts = [[t["id"] for t in r["details"]["prefill"]] for r in results]
+        expected = _reference(model_dir, family, prompts)
+        got = [[t["id"] for t in r["details"]["tokens"]] for r in results]
+        assert got == expected
+        chat = httpx.post(arch_server.url("/v1/chat/completions"), timeout=120, json={
+            "model": uid, "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 4, "temperature": 0})
+        assert chat.status_code == 200, chat.text
+        template_ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[2]}], tokenize=True,
+                                                     add_generation_prompt=True, return_dict=True)["input_ids"]
+        assert chat.json()["usage"]["prompt_tokens"] == len(template_ids)
+        described = httpx.get(arch_server.url(f"/v1/models/{uid}"), timeout=30).json()
+        assert described["context_length"] == 512  # MAX_TOTAL_TOKENS=2048 capped by the model's own context
+    finally:
+        httpx.delete(arch_server.url(f"/v1/models/{uid}"), timeout=120)
