@@ -109,12 +109,15 @@ FAMILIES: tuple[ArchFamily, ...] = (
                    "original_max_position_embeddings": 128}},
                PHI3, "<s>", "<|end|>", ("<|user|>", "<|assistant|>", "<|system|>", "<|endoftext|>"),
                "longrope scaling (128k variant)"),
+    # topk_method and scoring_func as in DeepSeek-V3's own config.json: transformers' class implies them
+    # (and drops them on save), vLLM reads them (engines/vllm_engine.py refuses a config without them).
     ArchFamily("deepseek-v3", "deepseek-v3", "deepseek_v3",
                {"num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": 64, "kv_lora_rank": 64,
                 "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "v_head_dim": 32, "head_dim": 32,
                 "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 2,
                 "topk_group": 1, "first_k_dense_replace": 1, "moe_intermediate_size": 64,
-                "routed_scaling_factor": 2.5, "rope_parameters": {
+                "routed_scaling_factor": 2.5, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                "norm_topk_prob": True, "rope_parameters": {
                     "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
                     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "rope_theta": 10000.0}},
                DEEPSEEK, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", ("<｜User｜>", "<｜Assistant｜>"),

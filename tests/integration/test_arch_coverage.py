@@ -24,6 +24,8 @@ from .arch_models import FAMILIES, ArchFamily, build_family
 from .conftest import MODEL_CACHE, RunningServer, available_engines, launch_serve
 
 CATALOG = Path(__file__).resolve().parents[2] / "container" / "berth_server" / "models" / "catalog"
+# Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
+pytestmark = pytest.mark.timeout(1200)
 NEW_TOKENS = 16
 PROMPTS = (
     "Hi",

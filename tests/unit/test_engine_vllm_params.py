@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,24 @@ def test_cannot_serve_explains(tmp_path: Path) -> None:
         '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 2}'
     )
     assert VllmEngine.cannot_serve(CONFIG, tmp_path, cpu) is None
+
+
+def test_cannot_serve_a_deepseek_v3_config_without_its_router_keys(tmp_path: Path) -> None:
+    config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 128,
+              "num_attention_heads": 4, "head_dim": 32}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reason = VllmEngine.cannot_serve(CONFIG, tmp_path, Settings(device="cpu")) or ""
+    assert "topk_method='noaux_tc'" in reason  # transformers 5 saves DeepSeek-V3 without it
+    (tmp_path / "config.json").write_text(json.dumps({**config, "topk_method": "noaux_tc", "scoring_func": "sigmoid"}))
+    assert VllmEngine.cannot_serve(CONFIG, tmp_path, Settings(device="cpu")) is None
+
+
+def test_engine_core_failure_names_its_root_cause() -> None:
+    from berth_server.engines.stderr_tail import StderrTail
+
+    tail = StderrTail()
+    tail.lines.extend([
+        "(Worker pid=1) ERROR 11-29 09:57:16 [multiproc_executor.py:953] KeyError: 'layers.1.mlp.gate.bias'",
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ])
+    assert tail.root_cause(settle_s=0) == "KeyError: 'layers.1.mlp.gate.bias'"

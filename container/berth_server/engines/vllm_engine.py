@@ -20,6 +20,7 @@ from typing import Any
 from berth_server import errors
 from berth_server.engines import vllm_params
 from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.stderr_tail import StderrTail
 from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 MIN_CPU_HEAD_SIZE = 32
 SHUTDOWN_TIMEOUT_S = 3.0
 _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
+# config.json keys vLLM reads that transformers' classes imply (and do not save): without them vLLM
+# builds another model from the same weights (DeepSeek-V3's router bias and sigmoid scoring).
+_IMPLIED_BY_TRANSFORMERS: dict[str, dict[str, str]] = {
+    "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+}
 
 
 def _vllm_on_cpu_build(settings: Settings) -> bool:
@@ -79,6 +85,10 @@ class VllmEngine(Engine):
 
             if not torch.cuda.is_available():
                 return "vLLM's CUDA build is installed but no GPU is visible"
+        for key, value in _IMPLIED_BY_TRANSFORMERS.get(str(hf_config.get("model_type")), {}).items():
+            if hf_config.get(key) != value:
+                return (f"its config.json lacks {key}={value!r} (transformers saves {hf_config['model_type']} "
+                        "checkpoints without it), so vLLM would route its experts unlike transformers")
         architectures = hf_config.get("architectures") or []
         if architectures and not (config.trust_remote_code or settings.trust_remote_code):
             try:
@@ -107,9 +117,16 @@ class VllmEngine(Engine):
             kwargs = {**lora_kwargs(self.settings), **kwargs}  # SM_VLLM_* pass-through values win
         log.info("starting vLLM with %s", {k: v for k, v in kwargs.items() if k != "model"})
         engine_args = AsyncEngineArgs(**kwargs)
+        tail = StderrTail.install()  # before vLLM spawns its engine core, whose errors only reach stderr
         # Creation blocks for the whole load (~20 s on this CPU); a thread keeps the model process's
         # loop free to report status. AsyncLLM starts its output handler on the first generate().
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        try:
+            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        except Exception as exc:
+            # vLLM's own message says "See root cause above": put that cause in the launch error instead.
+            cause = await asyncio.to_thread(tail.root_cause) if "root cause" in str(exc) else None
+            reason = cause or _one_line(exc)
+            raise errors.InvalidRequest(f"vLLM could not load model '{self.config.model_name}': {reason}") from exc
         await self._warm_up()
         vllm_config = self._llm.vllm_config
         self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
@@ -221,6 +238,12 @@ def _cannot_serve_gguf(path: Path, settings: Settings) -> str | None:
     import torch  # the model process has it loaded already
 
     return None if torch.cuda.is_available() else "vLLM's CUDA build is installed but no GPU is visible"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line, all of it (a pydantic ValidationError's first line names no field)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines)}"[:800]
 
 
 def _token_logprobs(completion: Any, top_n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
