@@ -68,12 +68,13 @@ def _catalog_stops(family: ArchFamily, tokenizer: Any) -> list[int]:
 
 
 def _reference(model_dir: Path, family: ArchFamily, prompts: list[list[int]]) -> list[list[int]]:
-    """transformers' greedy generate, one prompt at a time, float32."""
+    """transformers' greedy generate, one prompt at a time, float32, eager attention."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # Eager attention is transformers' reference implementation (its SDPA path drops Gemma 2's soft-capping).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     stops = _catalog_stops(family, tokenizer)
     outputs = []
     for ids in prompts:

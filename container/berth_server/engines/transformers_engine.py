@@ -95,6 +95,7 @@ class TransformersEngine(Engine):
             dtype = torch.float32  # a GGUF file is dequantized: to float32 unless DTYPE says otherwise
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, trust_remote_code=self.config.trust_remote_code, **extra,
+            **_attention_kwargs(where, extra, self.config.trust_remote_code),
         )
         if dtype == "auto" and self.device.type == "cpu" and model.dtype == torch.float16:
             model = model.float()  # CPU kernels for fp16 are slow or missing; bf16 and fp32 are fine
@@ -247,3 +248,13 @@ def _load_args(path: Path) -> tuple[str, dict[str, str]]:
     """from_pretrained's arguments: the directory, or a GGUF file's folder plus {"gguf_file": name}."""
     gguf = _gguf_file(path)
     return (str(gguf.parent), {"gguf_file": gguf.name}) if gguf is not None else (str(path), {})
+
+
+def _attention_kwargs(where: str, extra: dict[str, str], trust_remote_code: bool) -> dict[str, str]:
+    """Eager attention for models that soft-cap attention logits (Gemma 2): transformers' default SDPA
+    kernel ignores the cap and gives other tokens than the model defines (and than vLLM gives)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    text = config.get_text_config(decoder=True)
+    return {"attn_implementation": "eager"} if getattr(text, "attn_logit_softcapping", None) else {}
