@@ -213,3 +213,10 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_the_engine(pipeline
     with pytest.raises(InvalidRequest) as caught:
         pipeline.prepare(request(prompt="hi", sampling=SamplingParams(stop_token_ids=(vocab,))))
     assert caught.value.param == "stop_token_ids"
+
+
+def test_family_stop_ids_past_the_vocabulary_are_dropped(tiny_dir: Path) -> None:
+    # A catalog family's ids (Qwen's 151645) launched with a smaller tokenizer: vLLM would refuse every request.
+    pipeline = make_pipeline(tiny_dir, stop_token_ids=[5, 151645])
+    stops = pipeline.stop_ids(request(prompt="x"))
+    assert 5 in stops and 151645 not in stops

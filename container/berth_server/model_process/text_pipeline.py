@@ -209,7 +209,10 @@ class TextPipeline:
         requested = frozenset(int(i) for i in request.sampling.stop_token_ids)
         if request.sampling.ignore_eos:
             return requested
-        return self.model_eos | frozenset(self.config.stop_token_ids) | requested
+        # A family's stop ids may lie past this checkpoint's vocabulary (a smaller tokenizer): such an id is
+        # never generated, and vLLM refuses every request that names one.
+        spec = frozenset(i for i in self.config.stop_token_ids if 0 <= i < self.vocab_size)
+        return self.model_eos | spec | requested
 
     def output_stream(self, request: GenerateRequest, prepared: PreparedRequest) -> OutputStream:
         """The per-request detokenizer / stop / reasoning state."""
