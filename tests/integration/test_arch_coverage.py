@@ -35,7 +35,7 @@ PROMPTS = (
 )
 # (engine, family) -> words the launch refusal must contain. Checked: each of these launches is refused
 # by the engine's cannot_serve before loading, and `auto` serves the family on the other engine.
-REFUSED: dict[tuple[str, str], str] = {}
+REFUSED: dict[tuple[str, str], str] = {("vllm", "gemma3"): "Gemma 3's greedy tokens differ"}
 # The catalog's DeepSeek-V3 specs are FP8 checkpoints, so a float32 tiny model is registered as a custom
 # model with the catalog family's stops (its chat template is the tokenizer's).
 CUSTOM = {"deepseek-v3"}

@@ -33,6 +33,12 @@ SHUTDOWN_TIMEOUT_S = 3.0
 _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
 # config.json keys vLLM reads that transformers' classes imply (and do not save): without them vLLM
 # builds another model from the same weights (DeepSeek-V3's router bias and sigmoid scoring).
+# Architectures whose greedy tokens on vLLM's CPU build differ from transformers' in float32
+# (tests/integration/test_arch_coverage.py); refused so `auto` serves them on transformers.
+_CPU_BUILD_DIFFERS: dict[str, str] = {
+    "gemma3_text": "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)",
+    "gemma3": "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)",
+}
 _IMPLIED_BY_TRANSFORMERS: dict[str, dict[str, str]] = {
     "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
 }
@@ -85,6 +91,9 @@ class VllmEngine(Engine):
 
             if not torch.cuda.is_available():
                 return "vLLM's CUDA build is installed but no GPU is visible"
+        differs = _CPU_BUILD_DIFFERS.get(str(hf_config.get("model_type")))
+        if differs and _vllm_on_cpu_build(settings):
+            return differs
         for key, value in _IMPLIED_BY_TRANSFORMERS.get(str(hf_config.get("model_type")), {}).items():
             if hf_config.get(key) != value:
                 return (f"its config.json lacks {key}={value!r} (transformers saves {hf_config['model_type']} "
