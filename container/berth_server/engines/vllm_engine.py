@@ -92,6 +92,10 @@ class VllmEngine(Engine):
             if not torch.cuda.is_available():
                 return "vLLM's CUDA build is installed but no GPU is visible"
         differs = _CPU_BUILD_DIFFERS.get(str(hf_config.get("model_type")))
+        rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+        if isinstance(rope, dict) and "longrope" in (rope.get("rope_type"), rope.get("type")):
+            differs = ("on vLLM's CPU build, longrope models' greedy tokens differ from transformers' "
+                       "(tiny Phi-3 128k layout, float32)")
         if differs and _vllm_on_cpu_build(settings):
             return differs
         for key, value in _IMPLIED_BY_TRANSFORMERS.get(str(hf_config.get("model_type")), {}).items():
