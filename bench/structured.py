@@ -58,7 +58,8 @@ async def load(base: str, constrained_workers: int, workers: int, requests: int,
     async def worker(i: int, client: httpx.AsyncClient) -> None:
         kind = "constrained" if i < constrained_workers else "free"
         for _ in range(requests):
-            per_kind[kind] += await one(client, url, body(kind == "constrained", max_tokens))
+            tokens = await one(client, url, body(kind == "constrained", max_tokens))
+            per_kind[kind] += tokens  # after the await: `+= await` would read the total before it
 
     async with httpx.AsyncClient(timeout=600) as client:
         start = time.perf_counter()
