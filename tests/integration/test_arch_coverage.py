@@ -37,6 +37,9 @@ PROMPTS = (
 # engine's cannot_serve before loading (a 4xx with the reason), and `auto` picks the other engine.
 REFUSED: dict[tuple[str, str], str] = {("vllm", "gemma3"): "Gemma 3's greedy tokens differ",
                                        ("vllm", "phi3-longrope"): "longrope models' greedy tokens differ"}
+# (engine, family) -> words the 4xx launch error must carry when the engine fails while loading (not refused
+# up front): vLLM's own root cause, which used to reach the user as "See root cause above".
+LOAD_FAILS: dict[tuple[str, str], str] = {("vllm", "deepseek-v3"): "is not supported by MLA"}
 # The catalog's DeepSeek-V3 specs are FP8 checkpoints, so a float32 tiny model is registered as a custom
 # model with the catalog family's stops (its chat template is the tokenizer's).
 CUSTOM = {"deepseek-v3"}
@@ -143,6 +146,11 @@ def test_greedy_tokens_equal_transformers(arch_server: RunningServer, family: Ar
     engine = arch_server.engine
     model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
     launched = _launch(arch_server, family, model_dir, engine)
+    load_failure = LOAD_FAILS.get((engine, family.name))
+    if load_failure is not None:
+        assert 400 <= launched.status_code < 500, launched.text
+        assert load_failure in launched.json()["detail"]
+        return
     refusal = REFUSED.get((engine, family.name))
     if refusal is not None:
         assert 400 <= launched.status_code < 500, launched.text

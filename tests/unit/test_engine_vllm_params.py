@@ -144,3 +144,10 @@ def test_engine_core_failure_names_its_root_cause() -> None:
         "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ])
     assert tail.root_cause(settle_s=0) == "KeyError: 'layers.1.mlp.gate.bias'"
+    tail.lines.extend([
+        ("(EngineCore pid=2) ERROR [core.py:1512] RuntimeError: Worker failed with error 'Head dimension 96 is "
+        "not supported by MLA.', please check the stack trace above for the root cause"),
+        ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for "
+        "the root cause."),
+    ])
+    assert "Head dimension 96 is not supported by MLA" in (tail.root_cause(settle_s=0) or "")

@@ -16,7 +16,7 @@ from collections import deque
 
 # "(Worker pid=1) ERROR 11-29 09:57:16 [file.py:953] KeyError: 'layers.1.mlp.gate.bias'" -> "KeyError: ..."
 _EXCEPTION_LINE = re.compile(r"\b((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
-_NOT_A_CAUSE = ("See root cause above", "Engine core initialization failed")
+_NOT_A_CAUSE = ("See root cause above", "Engine core initialization failed", "See stack trace (above)")
 
 
 class StderrTail:

@@ -135,12 +135,12 @@ class VllmEngine(Engine):
         # loop free to report status. AsyncLLM starts its output handler on the first generate().
         try:
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+            await self._warm_up()  # the engine core may die on its first step (an unsupported kernel)
         except Exception as exc:
             # vLLM's own message says "See root cause above": put that cause in the launch error instead.
             cause = await asyncio.to_thread(tail.root_cause) if "root cause" in str(exc) else None
             reason = cause or _one_line(exc)
             raise errors.InvalidRequest(f"vLLM could not load model '{self.config.model_name}': {reason}") from exc
-        await self._warm_up()
         vllm_config = self._llm.vllm_config
         self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         model_config = vllm_config.model_config
