@@ -20,16 +20,13 @@ _NOT_A_CAUSE = ("See root cause above", "Engine core initialization failed", "Se
 
 
 class StderrTail:
-    """fd 2 through a pipe: every byte goes on to the original stderr; the last `keep` lines are kept."""
+    """fds 1 and 2 through pipes: every byte goes on to the original stream; the last `keep` lines are kept."""
 
     _installed: StderrTail | None = None
     _lock = threading.Lock()
 
     def __init__(self, keep: int = 400) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
-        self._partial = b""
-        self._read_fd = -1
-        self._out_fd = -1
         self._last_read = time.monotonic()
 
     @classmethod
@@ -38,29 +35,31 @@ class StderrTail:
         with cls._lock:
             if cls._installed is None:
                 tail = cls()
-                tail._out_fd = os.dup(2)
-                tail._read_fd, write_fd = os.pipe()
-                os.dup2(write_fd, 2)
-                os.close(write_fd)
-                threading.Thread(target=tail._pump, name="berth-stderr-tail", daemon=True).start()
+                for fd in (1, 2):  # vLLM's logger writes to stdout, tracebacks go to stderr
+                    out_fd = os.dup(fd)
+                    read_fd, write_fd = os.pipe()
+                    os.dup2(write_fd, fd)
+                    os.close(write_fd)
+                    threading.Thread(target=tail._pump, args=(read_fd, out_fd), name=f"berth-fd{fd}-tail",
+                                     daemon=True).start()
                 cls._installed = tail
             return cls._installed
 
-    def _pump(self) -> None:
+    def _pump(self, read_fd: int, out_fd: int) -> None:
+        partial = b""
         while True:
             try:
-                chunk = os.read(self._read_fd, 65536)
+                chunk = os.read(read_fd, 65536)
             except OSError:
                 return
             if not chunk:
                 return
             self._last_read = time.monotonic()
             try:
-                os.write(self._out_fd, chunk)
+                os.write(out_fd, chunk)
             except OSError:
-                pass  # the real stderr is gone; keep the tail anyway
-            text = self._partial + chunk
-            *complete, self._partial = text.split(b"\n")
+                pass  # the real stream is gone; keep the tail anyway
+            *complete, partial = (partial + chunk).split(b"\n")
             self.lines.extend(line.decode(errors="replace") for line in complete)
 
     def root_cause(self, settle_s: float = 1.0) -> str | None:
