@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -76,3 +77,13 @@ def test_llamacpp_output_obeys_a_json_schema(engine, smollm2_gguf: Path) -> None
         text = _text(engine, smollm2_gguf, "Describe a person.", temperature=0.8, seed=seed,
                      constraint=Constraint(kind="json_schema", value=json.dumps(PERSON)))
         jsonschema.validate(json.loads(text), PERSON)
+
+
+@pytest.mark.timeout(900)
+def test_llamacpp_output_obeys_regex_and_choice(engine, smollm2_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    code = _text(engine, smollm2_gguf, "A code?", temperature=1.0, seed=1,
+                 constraint=Constraint(kind="regex", value="[A-Z][a-z]{2,7}-[0-9]{3}"))
+    assert re.fullmatch("[A-Z][a-z]{2,7}-[0-9]{3}", code), code
+    answer = _text(engine, smollm2_gguf, "Yes or no?", temperature=1.0, seed=2,
+                   constraint=Constraint(kind="choice", choices=("yes", "no")))
+    assert answer in ("yes", "no")
