@@ -10,59 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+# Re-exported: callers import SettingsError and parse_bool from here.
+from berth_server.settings_values import (
+    SettingsError,
+    env_bool,
+    env_first_int,
+    env_float,
+    env_int,
+    parse_bool,
+)
+
 EngineChoice = Literal["auto", "vllm", "transformers", "llama.cpp"]
 # Other spellings of engine names (Xinference writes "llama.cpp"; env files often avoid the dot).
 ENGINE_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp"}
 ENGINE_NAMES = ("auto", "vllm", "transformers", "llama.cpp")
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 # Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
 VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
 # Berth's own name first, then vLLM's server option as vLLM and the AWS vLLM container spell it.
 TOOL_CALL_PARSER_VARS = ("BERTH_TOOL_CALL_PARSER", "BERTH_VLLM_TOOL_CALL_PARSER", "SM_VLLM_TOOL_CALL_PARSER")
-
-
-class SettingsError(ValueError):
-    """A setting has a value Berth cannot use; the message names the variable."""
-
-
-def parse_bool(name: str, raw: str) -> bool:
-    """true/false, 1/0, yes/no, on/off (any case); SettingsError naming `name` otherwise."""
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    return default if raw is None else parse_bool(name, raw)
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
 def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
@@ -89,14 +55,6 @@ def _tool_call_parser(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _first_int(env: Mapping[str, str], names: tuple[str, ...], default: int | None) -> int | None:
-    for name in names:
-        value = _int(env, name, None, 1)
-        if value is not None:
-            return value
-    return default
-
-
 def _lora_settings(env: Mapping[str, str]) -> LoraSettings:
     """BERTH_* names first, then the AWS vLLM (SM_VLLM_*) and LMI (OPTION_*) spellings; TGI's LORA_ADAPTERS."""
     from berth_server.errors import InvalidRequest
@@ -113,10 +71,10 @@ def _lora_settings(env: Mapping[str, str]) -> LoraSettings:
             break
     return LoraSettings(
         enabled=enabled,
-        max_loras=_first_int(env, ("BERTH_MAX_LORAS", "SM_VLLM_MAX_LORAS", "OPTION_MAX_LORAS"), 4) or 4,
-        max_lora_rank=_first_int(env, ("BERTH_MAX_LORA_RANK", "SM_VLLM_MAX_LORA_RANK", "OPTION_MAX_LORA_RANK"),
+        max_loras=env_first_int(env, ("BERTH_MAX_LORAS", "SM_VLLM_MAX_LORAS", "OPTION_MAX_LORAS"), 4) or 4,
+        max_lora_rank=env_first_int(env, ("BERTH_MAX_LORA_RANK", "SM_VLLM_MAX_LORA_RANK", "OPTION_MAX_LORA_RANK"),
                                  16) or 16,
-        max_cpu_loras=_first_int(env, ("BERTH_MAX_CPU_LORAS", "SM_VLLM_MAX_CPU_LORAS", "OPTION_MAX_CPU_LORAS"),
+        max_cpu_loras=env_first_int(env, ("BERTH_MAX_CPU_LORAS", "SM_VLLM_MAX_CPU_LORAS", "OPTION_MAX_CPU_LORAS"),
                                  None),
         adapters=adapters,
     )
@@ -261,7 +219,7 @@ class Settings:
         if engine not in ENGINE_NAMES:
             raise SettingsError(f"BERTH_ENGINE={engine!r}: use {', '.join(ENGINE_NAMES)}")
         # SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
-        port = _int(env, "SAGEMAKER_BIND_TO_PORT", None, 1) or _int(env, "PORT", 8080, 1)
+        port = env_int(env, "SAGEMAKER_BIND_TO_PORT", None, 1) or env_int(env, "PORT", 8080, 1)
         home = env.get("BERTH_HOME") or str(Path.home() / ".berth")
         runtime_dir = env.get("BERTH_RUNTIME_DIR")
         quantize = env.get("HF_MODEL_QUANTIZE") or env.get("QUANTIZE") or None
@@ -270,44 +228,44 @@ class Settings:
             hf_model_revision=env.get("HF_MODEL_REVISION") or env.get("REVISION") or None,
             hf_model_gguf_file=env.get("HF_MODEL_GGUF_FILE") or None,
             model_uid=env.get("BERTH_MODEL_UID") or None,
-            trust_remote_code=_bool(env, "HF_MODEL_TRUST_REMOTE_CODE", _bool(env, "TRUST_REMOTE_CODE", False)),
+            trust_remote_code=env_bool(env, "HF_MODEL_TRUST_REMOTE_CODE", env_bool(env, "TRUST_REMOTE_CODE", False)),
             quantize=quantize,
             dtype=env.get("DTYPE") or env.get("BERTH_DTYPE") or None,
-            sm_num_gpus=_int(env, "SM_NUM_GPUS", None, 1) or _int(env, "NUM_SHARD", 1, 1) or 1,
-            max_input_tokens=_int(env, "MAX_INPUT_TOKENS", _int(env, "MAX_INPUT_LENGTH", None, 1), 1),
-            max_total_tokens=_int(env, "MAX_TOTAL_TOKENS", None, 1),
-            max_batch_prefill_tokens=_int(env, "MAX_BATCH_PREFILL_TOKENS", None, 1),
-            max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", 128, 1) or 128,
-            max_body_bytes=_int(env, "BERTH_MAX_BODY_BYTES", 6 * 1024 * 1024, 1) or 6 * 1024 * 1024,
-            messages_api_enabled=_bool(env, "MESSAGES_API_ENABLED", False),
+            sm_num_gpus=env_int(env, "SM_NUM_GPUS", None, 1) or env_int(env, "NUM_SHARD", 1, 1) or 1,
+            max_input_tokens=env_int(env, "MAX_INPUT_TOKENS", env_int(env, "MAX_INPUT_LENGTH", None, 1), 1),
+            max_total_tokens=env_int(env, "MAX_TOTAL_TOKENS", None, 1),
+            max_batch_prefill_tokens=env_int(env, "MAX_BATCH_PREFILL_TOKENS", None, 1),
+            max_concurrent_requests=env_int(env, "MAX_CONCURRENT_REQUESTS", 128, 1) or 128,
+            max_body_bytes=env_int(env, "BERTH_MAX_BODY_BYTES", 6 * 1024 * 1024, 1) or 6 * 1024 * 1024,
+            messages_api_enabled=env_bool(env, "MESSAGES_API_ENABLED", False),
             host=env.get("BERTH_HOST", "0.0.0.0"),
             port=port or 8080,
             engine=engine,  # type: ignore[arg-type]
             home=Path(home).expanduser(),
             api_key=env.get("BERTH_API_KEY") or None,
-            metrics_public=_bool(env, "BERTH_METRICS_PUBLIC", False),
+            metrics_public=env_bool(env, "BERTH_METRICS_PUBLIC", False),
             model_roots=tuple(Path(part).expanduser() for part in
                               (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
                               if part.strip()),
-            workers=_int(env, "BERTH_WORKERS", 1, 1) or 1,
-            graceful_timeout_s=_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
-            model_load_timeout_s=_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,
-            max_model_restarts=_int(env, "BERTH_MAX_MODEL_RESTARTS", 3) or 0,
+            workers=env_int(env, "BERTH_WORKERS", 1, 1) or 1,
+            graceful_timeout_s=env_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
+            model_load_timeout_s=env_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,
+            max_model_restarts=env_int(env, "BERTH_MAX_MODEL_RESTARTS", 3) or 0,
             sagemaker_model_dir=Path(env.get("BERTH_SAGEMAKER_MODEL_DIR", "/opt/ml/model")),
             runtime_dir=Path(runtime_dir) if runtime_dir else None,
             log_level=env.get("BERTH_LOG_LEVEL", "INFO").upper(),
             device=env.get("BERTH_DEVICE", "auto"),
-            max_batch_size=_int(env, "BERTH_MAX_BATCH_SIZE", 32, 1) or 32,
-            gpu_memory_utilization=_float(env, "BERTH_GPU_MEMORY_UTILIZATION", None),
-            kv_cache_gb=_float(env, "BERTH_KV_CACHE_GB", None),
-            llamacpp_threads=_int(env, "BERTH_LLAMACPP_THREADS", None, 1),
-            n_gpu_layers=_int(env, "BERTH_N_GPU_LAYERS", None, -1),
+            max_batch_size=env_int(env, "BERTH_MAX_BATCH_SIZE", 32, 1) or 32,
+            gpu_memory_utilization=env_float(env, "BERTH_GPU_MEMORY_UTILIZATION", None),
+            kv_cache_gb=env_float(env, "BERTH_KV_CACHE_GB", None),
+            llamacpp_threads=env_int(env, "BERTH_LLAMACPP_THREADS", None, 1),
+            n_gpu_layers=env_int(env, "BERTH_N_GPU_LAYERS", None, -1),
             vllm_args=_vllm_args(env),
             s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
-            download_workers=_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
+            download_workers=env_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
             tool_call_parser=_tool_call_parser(env),
-            request_timeout_s=_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
-            stream_buffer_events=_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
+            request_timeout_s=env_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
+            stream_buffer_events=env_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
             lora=_lora_settings(env),
         )
 
