@@ -53,6 +53,15 @@ def available_engines() -> list[str]:
     return engines
 
 
+def checkpoint_engines() -> list[str]:
+    """The engines of available_engines() that serve a transformers checkpoint (safetensors folder).
+
+    llama.cpp serves GGUF files only: its real-model and constraint coverage is in
+    test_llamacpp_gguf.py and tests/unit/test_llamacpp_constraints.py, on SmolLM2's own GGUF.
+    """
+    return [engine for engine in available_engines() if engine != "llama.cpp"]
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from .arch_models import FAMILIES, ArchFamily, build_family
-from .conftest import MODEL_CACHE, RunningServer, available_engines, launch_serve
+from .conftest import MODEL_CACHE, RunningServer, checkpoint_engines, launch_serve
 
 CATALOG = Path(__file__).resolve().parents[2] / "container" / "berth_server" / "models" / "catalog"
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
@@ -45,7 +45,7 @@ LOAD_FAILS: dict[tuple[str, str], str] = {("vllm", "deepseek-v3"): "is not suppo
 CUSTOM = {"deepseek-v3"}
 
 
-@pytest.fixture(scope="module", params=available_engines())
+@pytest.fixture(scope="module", params=checkpoint_engines())
 def arch_server(request: pytest.FixtureRequest, tiny_model: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server per engine; families are launched next to its tiny default model."""

@@ -21,7 +21,9 @@ def test_two_workers_api_key_and_shared_metrics(start_server, tiny_model: Path) 
         reply = httpx.post(server.url("/v1/completions"), headers={"Authorization": "Bearer sekret"},
                            json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}, timeout=60)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
-    metrics = httpx.get(server.url("/metrics"), timeout=30).text  # /metrics needs no key
+    # With an API key set, /metrics needs it too (unless BERTH_METRICS_PUBLIC=true).
+    assert httpx.get(server.url("/metrics"), timeout=30).status_code == 401
+    metrics = httpx.get(server.url("/metrics"), headers={"Authorization": "Bearer sekret"}, timeout=30).text
     match = re.search(r'berth_http_requests_total\{method="POST",route="/v1/completions",status="200"\} ([0-9.]+)',
                       metrics)
     assert match and float(match.group(1)) == 6.0, metrics[-3000:]

@@ -20,7 +20,7 @@ import openai
 import pytest
 from text_generation import Client
 
-from .conftest import RunningServer, available_engines, launch_serve
+from .conftest import RunningServer, checkpoint_engines, launch_serve
 
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
 pytestmark = pytest.mark.timeout(1200)
@@ -74,7 +74,7 @@ def expected(smollm2_model: Path) -> list[Expected]:
     return answers
 
 
-@pytest.fixture(scope="module", params=available_engines())
+@pytest.fixture(scope="module", params=checkpoint_engines())
 def smollm2_server(request: pytest.FixtureRequest, smollm2_model: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One SmolLM2 server per engine, float32."""

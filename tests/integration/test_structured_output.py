@@ -21,7 +21,7 @@ from text_generation import Client
 from text_generation.errors import ValidationError
 from text_generation.types import Grammar, GrammarType
 
-from tests.integration.conftest import RunningServer, available_engines, launch_serve
+from tests.integration.conftest import RunningServer, checkpoint_engines, launch_serve
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -44,7 +44,7 @@ TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
-@pytest.fixture(scope="module", params=available_engines())
+@pytest.fixture(scope="module", params=checkpoint_engines())
 def server(request: pytest.FixtureRequest, smollm2_model: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     engine = request.param
