@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import RunningServer
+from tests.integration.conftest import MODEL_CACHE, RunningServer
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me a story"}], "temperature": 0}
 HUGE = 2**64
@@ -54,8 +54,7 @@ def test_deeply_nested_json_is_a_4xx(berth_server: RunningServer, path: str) -> 
     assert 400 <= reply.status_code < 500 and "nests deeper" in reply.json()["detail"], reply.text
 
 
-def test_long_uid_launch_read_your_writes_and_failed_launch(berth_server: RunningServer, tiny_model: Path,
-                                                            tmp_path: Path) -> None:
+def test_long_uid_launch_read_your_writes_and_failed_launch(berth_server: RunningServer, tiny_model: Path) -> None:
     uid = "u" * 95  # within the documented 100 characters: its socket path must still work
     launched = _post(berth_server, "/v1/models", {"model_name": "llama-3.2-instruct", "model_path": str(tiny_model),
                                                   "model_engine": "transformers", "model_uid": uid})
@@ -69,8 +68,9 @@ def test_long_uid_launch_read_your_writes_and_failed_launch(berth_server: Runnin
     assert uid not in [m["id"] for m in httpx.get(berth_server.url("/v1/models"), timeout=10).json()["data"]]
     assert httpx.get(berth_server.url(f"/v1/models/{uid}"), timeout=10).status_code == 404
     # A launch that fails is reported with its reason, and can be removed.
-    broken = tmp_path / "broken"
-    broken.mkdir()
+    # Under the test-model cache, which the image tests also mount into the container at the same path.
+    broken = MODEL_CACHE / "hardening-broken-config"
+    broken.mkdir(parents=True, exist_ok=True)
     (broken / "config.json").write_text("{not json")
     (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     failed = _post(berth_server, "/v1/models", {"model_name": "llama-3.2-instruct", "model_path": str(broken),
