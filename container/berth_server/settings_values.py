@@ -1,6 +1,6 @@
 """Parsers for environment values (booleans, integers, numbers); each error names its variable.
 
-Pure functions over a mapping: settings.py is still the only module that reads os.environ.
+Pure functions over a mapping: settings.py is still the only module that reads the environment.
 """
 
 from __future__ import annotations
