@@ -147,6 +147,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     download_workers: int = 8
     tool_call_parser: str | None = None  # the default model's (protocols/openai/tool_calls.py)
+    # Set by the launcher for gunicorn's workers; prometheus_client reads the same variable itself.
+    prometheus_multiproc_dir: str | None = None
     request_timeout_s: float | None = None  # BERTH_REQUEST_TIMEOUT: a request's whole budget in its model
     stream_buffer_events: int = 8192  # BERTH_STREAM_BUFFER: events one request may have waiting in a worker
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -264,6 +266,7 @@ class Settings:
             s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
             download_workers=env_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
             tool_call_parser=_tool_call_parser(env),
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             request_timeout_s=env_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
             stream_buffer_events=env_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
             lora=_lora_settings(env),
@@ -281,3 +284,10 @@ class Settings:
         if self.runtime_dir is not None:
             return self.runtime_dir
         return Path(tempfile.mkdtemp(prefix="berth-"))
+
+
+def export_defaults(values: Mapping[str, str]) -> None:
+    """Set variables that a library reads from the environment itself (vLLM's engine core, in the
+    process it spawns); a value the user exported wins."""
+    for key, value in values.items():
+        os.environ.setdefault(key, value)

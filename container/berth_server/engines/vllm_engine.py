@@ -23,7 +23,7 @@ from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, Engi
 from berth_server.engines.stderr_tail import StderrTail
 from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
 from berth_server.models.launch import ModelLaunchConfig
-from berth_server.settings import Settings
+from berth_server.settings import Settings, export_defaults
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,8 @@ class VllmEngine(Engine):
 
         cpu = vllm_params.on_cpu(self.settings)
         if cpu:
-            # vLLM reads these from os.environ itself (in the engine-core process it spawns);
-            # setdefault keeps any value the user exported.
-            for key, value in vllm_params.cpu_environment(self.settings, os.cpu_count() or 1).items():
-                os.environ.setdefault(key, value)
+            # vLLM reads these from the environment itself, in the engine-core process it spawns.
+            export_defaults(vllm_params.cpu_environment(self.settings, os.cpu_count() or 1))
         kwargs = vllm_params.engine_kwargs(self.model_dir, self.config, self.settings, cpu)
         if self._adapters.enabled:
             kwargs = {**lora_kwargs(self.settings), **kwargs}  # SM_VLLM_* pass-through values win

@@ -64,7 +64,7 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
 
         gateway = Gateway(settings, control, runtime_dir)
     app.extensions["berth"] = FrontendState(settings=settings, gateway=gateway, control=control,
-                                            metrics=FrontendMetrics(gateway))
+                                            metrics=FrontendMetrics(gateway, settings.prometheus_multiproc_dir))
     register_error_handlers(app)
     install_auth(app, settings.api_key, settings.metrics_public)
     app.before_request(lambda: _check_content_length(settings.max_body_bytes))

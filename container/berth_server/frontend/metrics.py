@@ -7,7 +7,6 @@ counters go to prometheus_client's shared files and a scrape aggregates every wo
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,11 +17,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
-
-
-def _multiprocess_dir() -> str | None:
-    """prometheus_client itself reads this variable at import; we follow the same switch."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class ModelProcessCollector(Collector):
@@ -59,9 +53,11 @@ class ModelProcessCollector(Collector):
 class FrontendMetrics:
     """This app's metric objects (one registry per app, so tests can build many apps)."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Any, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
         self.gateway = gateway
+        # Settings.prometheus_multiproc_dir: the switch prometheus_client itself follows at import.
+        self.multiprocess = bool(multiprocess_dir)
         self.requests = Counter("berth_http_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)
         self.latency = Histogram("berth_http_request_duration_seconds", "Time to the response headers",
@@ -79,7 +75,7 @@ class FrontendMetrics:
 
     def exposition(self) -> bytes:
         """The text a scrape returns: all workers' counters (multiprocess) plus model gauges."""
-        if _multiprocess_dir():
+        if self.multiprocess:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
