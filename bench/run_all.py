@@ -250,6 +250,11 @@ def render_startup(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def _built(model: Path | None) -> Path:
+    assert model is not None, "main() builds the model for the stages that need one"
+    return model
+
+
 def _append(lines: list[str]) -> None:
     with open(RESULTS, "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         _append(header)
     print("\n".join(header), flush=True)
-    runners = {"xinference": lambda r: stage_xinference(model, args, r), "vllm": lambda r: stage_vllm(model, args, r),
+    runners = {"xinference": lambda r: stage_xinference(_built(model), args, r), "vllm": lambda r: stage_vllm(_built(model), args, r),
                "startup": lambda r: stage_startup(args, r)}
     renderers = {"xinference": render_xinference, "vllm": render_vllm, "startup": render_startup}
     for stage in stages:
