@@ -8,7 +8,7 @@ STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 IMAGE ?= berth:cpu
 
-.PHONY: venv run test test-unit test-integration test-vllm bench fuzz soak lint clean image test-image test-image-run chromium
+.PHONY: venv run test test-unit test-integration test-vllm bench bench-real fuzz soak lint clean image test-image test-image-run chromium
 
 venv: $(STAMP)
 
@@ -71,6 +71,11 @@ test-image-run: venv
 
 bench: venv
 	$(PY) -m bench.run_all
+
+# SmolLM2-135M (real weights) on Berth's two engines vs vLLM's server and Xinference 4.1 (needs bench/.venv-xinference).
+bench-real: venv
+	$(PY) -c "from bench import peers; peers.xinference_installed() or peers.install_xinference()"
+	$(PY) -m bench.real_model
 
 # The deeper schemathesis run against a live tiny-model server (CI runs 5 examples for 90 s); record it in bench/RESULTS.md.
 fuzz: venv

@@ -119,10 +119,11 @@ def phase(model_dir: Path, workers: int, seconds: float, concurrency: int, port:
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, str]) -> str:
     """Markdown for bench/RESULTS.md."""
-    header = (f"Soak, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m bench.soak --seconds "
-              f"{args.seconds:g} --concurrency {args.concurrency}`; {info.get('nproc')} cores, load average at "
-              f"start {info.get('loadavg (start)')}.")
-    lines = [header, ""]
+    lines = [(f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — soak, {args.seconds:g} s per phase,"
+             f" {args.concurrency} concurrent streams, tiny model, transformers engine"), "",
+             (f"Command: `python -m bench.soak --seconds {args.seconds:g} --concurrency {args.concurrency}`"
+             " (= `make soak`, from the repo root)"), "", "Machine:", "```",
+             *(f"{k}: {v}" for k, v in info.items()), "```", ""]
     for result in results:
         lines += [f"BERTH_WORKERS={result['workers']}: {result['requests_ok']} streams ok, {result['errors']} "
                   f"errors in {result['seconds']:.0f} s" + (f" ({result['error_samples']})" if result["errors"]
@@ -143,13 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="measured seconds per phase")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--port", type=int, default=18931)
+    parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
     info = machine()
     model_dir = build_model("tiny")
     results = [phase(model_dir, workers, args.seconds, args.concurrency, args.port + workers) for workers in (1, 2)]
     peers.OUT.mkdir(parents=True, exist_ok=True)
     (peers.OUT / "soak.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    print(render(results, args, info))
+    info["loadavg (end)"] = Path("/proc/loadavg").read_text().strip()
+    section = render(results, args, info)
+    print(section)
+    if not args.no_write:
+        with open(peers.REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as results_file:
+            results_file.write("\n" + section + "\n")
     return 1 if any(result["errors"] for result in results) else 0
 
 

@@ -144,6 +144,15 @@ def test_abort_and_early_close_free_the_request(vllm: Harness) -> None:
     assert len(_tokens(vllm.collect(_request("after", max_new=3)))) == 3
 
 
+def test_a_request_vllm_refuses_is_refused_by_submit_before_any_step(vllm: Harness) -> None:
+    # vLLM's own validation (logprobs above its max_logprobs of 20) runs in add_request: submit raises it,
+    # so the model process answers with a 4xx instead of starting a stream.
+    with pytest.raises(InvalidRequest, match="vLLM rejected the request"):
+        vllm.run(vllm.engine.submit(_request("lp100", SamplingParams(greedy=True, logprobs=100))))  # type: ignore[attr-defined]
+    assert vllm.engine.counts() == (0, 0)  # type: ignore[attr-defined]
+    assert len(_tokens(vllm.collect(_request("fine", max_new=2)))) == 2
+
+
 def test_typical_p_is_rejected(vllm: Harness) -> None:
     with pytest.raises(InvalidRequest, match="typical_p"):
         vllm.collect(_request("tp", SamplingParams(typical_p=0.9)))

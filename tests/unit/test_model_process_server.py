@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ class FakeEngine(Engine):
     async def start(self) -> EngineLoadInfo:
         return EngineLoadInfo("fake", "cpu", "float32", max_model_len=256, max_batch_size=8)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:  # type: ignore[override]
+    def check(self, request: EngineRequest) -> None:
         if self.reject is not None:
             raise self.reject
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:  # type: ignore[override]
         self.running.add(request.request_id)
         try:
             for n in range(request.max_new_tokens):
@@ -86,19 +89,20 @@ class Client:
         self.socket = context.socket(zmq.DEALER)
         self.socket.connect(address)
         self.batches: list[list[Any]] = []
+        self.returned: set[int] = set()  # ids of the events until() has handed back
 
     async def send(self, message: Any) -> None:
         await self.socket.send(ipc.encode(message))
 
     async def until(self, done: Callable[[Any], bool]) -> Any:
-        """Receive batches until an event satisfies `done`; return it."""
+        """The first event received so far (or next) that satisfies `done` and was not returned before."""
         async def loop() -> Any:
             while True:
-                batch = ipc.decode_event_batch(await self.socket.recv()).events
-                self.batches.append(batch)
-                for event in batch:
-                    if done(event):
+                for event in (e for batch in self.batches for e in batch):
+                    if id(event) not in self.returned and done(event):
+                        self.returned.add(id(event))
                         return event
+                self.batches.append(ipc.decode_event_batch(await self.socket.recv()).events)
         return await asyncio.wait_for(loop(), WAIT_S)
 
     def events(self, request_id: str) -> list[Any]:
@@ -140,8 +144,12 @@ def test_generate_streams_accepted_then_deltas_and_counts(pipeline: TextPipeline
     engine = FakeEngine(script)
 
     async def test(server: ModelServer, client: Client) -> None:
+        engine.gate = asyncio.Event()  # both requests in the batch before the first step, as in a real engine
         await client.send(gen("a", sampling=SamplingParams(max_new_tokens=len(script))))
         await client.send(gen("b", sampling=SamplingParams(max_new_tokens=len(script))))
+        await client.until(lambda e: isinstance(e, Accepted) and e.request_id == "a")
+        await client.until(lambda e: isinstance(e, Accepted) and e.request_id == "b")
+        engine.gate.set()
         await client.until(finished("a"))
         await client.until(finished("b"))
         events = client.events("a")
@@ -235,6 +243,53 @@ def test_engine_rejection_fails_before_accepted(pipeline: TextPipeline, tmp_path
         assert [t.logprob for t in accepted.prefill] == [None, *[-1.0] * (accepted.prompt_tokens - 1)]
 
     engine = FakeEngine([9], reject=InvalidRequest("temperature must be >= 0"))
+    serve(pipeline, engine, tmp_path, test)
+
+
+class SlowToRefuseEngine(FakeEngine):
+    """Learns that it refuses a request only after a while (as llama.cpp does, in its own thread)."""
+
+    async def submit(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        await asyncio.sleep(0.3)  # far longer than any fixed grace period a server might wait
+        if self.reject is not None:
+            raise self.reject
+        return self.generate(request)
+
+
+def test_a_late_engine_refusal_still_fails_before_accepted(pipeline: TextPipeline, tmp_path: Path) -> None:
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("late-bad"))
+        failure = await client.until(finished("late-bad"))
+        assert client.events("late-bad") == [failure] and failure.error_type == "validation"
+
+    engine = SlowToRefuseEngine([9], reject=InvalidRequest("grammar: unknown rule"))
+    serve(pipeline, engine, tmp_path, test)
+
+
+def test_a_slow_prompt_does_not_stall_other_streams(pipeline: TextPipeline, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare = pipeline.prepare
+
+    def slow_prepare(request: GenerateRequest) -> Any:
+        if request.request_id == "huge":
+            time.sleep(1.0)  # a huge prompt's template + tokenizer work, blocking whatever thread runs it
+        return prepare(request)
+
+    monkeypatch.setattr(pipeline, "prepare", slow_prepare)
+
+    async def test(server: ModelServer, client: Client) -> None:
+        engine.step_delay_s = 0.01
+        await client.send(gen("flowing", sampling=SamplingParams(max_new_tokens=20)))
+        await client.until(lambda e: isinstance(e, Accepted))
+        await client.send(gen("huge", sampling=SamplingParams(max_new_tokens=2)))
+        await client.until(finished("huge"))
+        await client.until(finished("flowing"))
+        order = [(type(e).__name__, e.request_id) for batch in client.batches for e in batch]
+        # "flowing" finished (~0.2 s of steps) while "huge" was still being prepared: the loop kept going.
+        last_flowing = max(i for i, event in enumerate(order) if event == ("Delta", "flowing"))
+        assert last_flowing < order.index(("Accepted", "huge"))
+
+    engine = FakeEngine(pipeline.encode("one two three four", False))
     serve(pipeline, engine, tmp_path, test)
 
 

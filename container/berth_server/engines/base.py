@@ -81,6 +81,19 @@ class Engine(abc.ABC):
         Closing the iterator early (aclose) must abort the request and free its slot.
         """
 
+    def check(self, request: EngineRequest) -> None:
+        """Raise InvalidRequest (or another BerthError) for a request this engine cannot run; queues nothing."""
+
+    async def submit(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """Check and queue a request, then hand back its steps.
+
+        Everything the engine refuses is raised here, before the model process tells the frontend the
+        request was accepted: a refusal is always a 4xx, never an error inside a stream that already
+        started. Engines that only learn of a refusal once the request runs override this.
+        """
+        self.check(request)
+        return self.generate(request)
+
     @abc.abstractmethod
     async def abort(self, request_id: str) -> None:
         """Stop a request now; its iterator ends with finish='abort'."""

@@ -120,6 +120,13 @@ class LlamaCppEngine(Engine):
             raise errors.InvalidRequest(f"llama.cpp cannot load {str(options.model_path)!r}: {exc}",
                                         param="model") from None
 
+    async def submit(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """llama.cpp checks a request only when its thread runs it: wait for the first step, so its
+        refusal is raised here (a 4xx) rather than inside a stream that already started."""
+        steps = self.generate(request)
+        first = await steps.__anext__()  # an error or a cancellation here has already closed `steps`
+        return _chained(first, steps)
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
         """Run the request in llama.cpp and yield its token ids; closing early stops it and frees its slot."""
         body = llamacpp_params.completion_body(request, self._n_vocab)
@@ -279,3 +286,16 @@ def _gpu_visible() -> bool:
         return any(str(d.get("type", "")).upper().endswith("GPU") for d in xllamacpp.get_device_info())
     except Exception:  # noqa: BLE001 - no GPU info means CPU
         return False
+
+
+async def _chained(first: EngineStep, rest: AsyncIterator[EngineStep]) -> AsyncIterator[EngineStep]:
+    """`first`, then the rest of a request's steps; closing this closes the request's own iterator."""
+    try:
+        yield first
+        if first.finish is None:
+            async for step in rest:
+                yield step
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -138,7 +138,7 @@ class TransformersEngine(Engine):
 
     # ---- requests ------------------------------------------------------------------------------
 
-    def _validate(self, request: EngineRequest) -> None:
+    def check(self, request: EngineRequest) -> None:
         """Reject what would break the loop, before it reaches the batch."""
         from berth_server.engines.sampling import validate_sampling
 
@@ -164,7 +164,7 @@ class TransformersEngine(Engine):
         """Queue the request and yield its steps; closing early aborts it and frees its slot."""
         from berth_server.engines.transformers_rows import Slot
 
-        self._validate(request)
+        self.check(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineStep | BaseException] = asyncio.Queue()
 

@@ -162,41 +162,58 @@ class VllmEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
         """Queue the request in vLLM and yield its token deltas; closing early aborts it."""
+        steps = await self.submit(request)
+        try:
+            async for step in steps:
+                yield step
+        finally:
+            await steps.aclose()  # type: ignore[attr-defined]  # _steps' generator: frees vLLM's slot now
+
+    async def submit(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """vLLM validates and queues the request in add_request: its refusal is raised here, as a 4xx."""
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         params = vllm_params.sampling_params(request)
         lora_request = self._adapters.request_for(request.adapter)
-        stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params, request.request_id,
-            lora_request=lora_request,
-        )
+        try:
+            collector = await self._llm.add_request(
+                request.request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params,
+                lora_request=lora_request)
+        except (ValueError, VLLMClientError) as exc:  # VLLMValidationError and vLLM's older ValueErrors
+            raise errors.InvalidRequest(f"vLLM rejected the request: {exc}") from exc
+        return self._steps(collector, request)
+
+    async def _steps(self, collector: Any, request: EngineRequest) -> AsyncIterator[EngineStep]:
+        """Drain vLLM's per-request output collector (as AsyncLLM.generate does); closing early aborts."""
         top_n = request.sampling.logprobs
         first = True
         finished = False
         self._in_flight += 1
         try:
-            async for output in stream:
-                completion = output.outputs[0]
+            while not finished:
+                # get_nowait first: no task switch when outputs are already waiting (vLLM does the same).
+                output = collector.get_nowait() or await collector.get()
+                finished = bool(output.finished)
+                completion = output.outputs[0] if output.outputs else None
+                if completion is None:  # vLLM's end-of-stream marker carries no output
+                    continue
                 step = EngineStep(token_ids=list(completion.token_ids))
                 if top_n is not None:
                     step.logprobs, step.top_logprobs = _token_logprobs(completion, top_n)
                 if first and request.sampling.prompt_logprobs:
                     step.prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, request.prompt_token_ids)
                 first = False
-                if output.finished:
-                    finished = True
+                if finished:
                     if str(completion.finish_reason) not in _FINISH:  # vLLM's "error": the request failed
                         raise errors.GenerationFailed(f"vLLM ended the request with {completion.finish_reason!r}")
                     step.finish = _FINISH[str(completion.finish_reason)]
                 yield step
-        except ValueError as exc:  # vLLM's request validation (VLLMValidationError is a ValueError)
-            raise errors.InvalidRequest(f"vLLM rejected the request: {exc}") from exc
         finally:
             self._in_flight -= 1
-            if not finished:
-                # Closing vLLM's generator from here aborts the request in its engine core.
-                await self._llm.abort(request.request_id)
-            await stream.aclose()
+            collector.close()
+            if not finished:  # a stop string, an abort or a disconnect: free vLLM's slot now
+                await self._llm.abort(collector.request_id, internal=True)  # vLLM's id for this request
 
     async def add_adapter(self, name: str, src: str, folder: Path, pin: bool = False) -> dict[str, Any]:
         """Load a LoRA adapter into vLLM (LoRA must have been on at start)."""

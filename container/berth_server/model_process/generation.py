@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from berth_server.model_process.server import ModelServer
 
 log = logging.getLogger(__name__)
-ENGINE_CHECK_S = 0.01  # how long Accepted waits for an engine-side rejection
 
 
 def _failure(request_id: str, exc: BerthError) -> Failure:
@@ -30,9 +29,13 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
     assert pipeline is not None and engine is not None
     rid = request.request_id
     try:
-        prepared = pipeline.prepare(request)
+        prepared = await pipeline.prepare_async(request)
         if request.sampling.constraint is not None:
             prepared = await pipeline.constrain(prepared, request.sampling.constraint)
+    except asyncio.CancelledError:  # aborted while its prompt was being prepared
+        server.emit(peer, Failure(request_id=rid, message="the request was aborted before it started",
+                                  error_type="overloaded"))
+        return
     except BerthError as exc:
         server.emit(peer, _failure(rid, exc))
         return
@@ -45,17 +48,16 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
     stream = pipeline.output_stream(request, prepared)
     accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids), prompt_text=prepared.prompt_text)
     accepted_sent = False
-    steps = engine.generate(prepared.engine_request).__aiter__()
-    # The engine validates what it alone knows (vocab range, sampling values) when it first runs:
-    # give it a moment so such a rejection arrives as a 4xx Failure instead of after Accepted.
-    first: asyncio.Future[EngineStep] = asyncio.ensure_future(steps.__anext__())
+    steps: AsyncIterator[EngineStep] | None = None
     engine_done = False
     try:
-        await asyncio.wait({first}, timeout=ENGINE_CHECK_S)
-        if not request.sampling.prompt_logprobs and not (first.done() and first.exception() is not None):
+        # The engine checks and queues the request here and raises what it refuses, so a refusal is
+        # a Failure (a 4xx) before Accepted, never an error inside a stream that already started.
+        steps = await engine.submit(prepared.engine_request)
+        if not request.sampling.prompt_logprobs:
             server.emit(peer, accepted)
             accepted_sent = True
-        step: EngineStep | None = await first
+        step: EngineStep | None = await anext_or_none(steps)
         while step is not None:
             engine_done = step.finish is not None
             if not accepted_sent:  # prompt logprobs come with the first step and belong in Accepted
@@ -88,8 +90,6 @@ async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequ
         log.exception("request %s: generation failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))
     finally:
-        if not first.done():
-            first.cancel()
         aclose = getattr(steps, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(BaseException):

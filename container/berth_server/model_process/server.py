@@ -193,7 +193,7 @@ class ModelServer:
         if isinstance(message, ipc.Tokenize):
             if self.pipeline is None:
                 raise _not_supported("tokenize")
-            return ipc.Tokenized(message.request_id, self.pipeline.tokenize(message))
+            return ipc.Tokenized(message.request_id, await self.pipeline.tokenize_async(message))
         if self.encoder is None:
             raise _not_supported("embeddings" if isinstance(message, ipc.Embed) else "rerank")
         if isinstance(message, ipc.Embed):

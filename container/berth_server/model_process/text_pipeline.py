@@ -7,9 +7,11 @@ EOS set, and hands each request an OutputStream that turns engine steps back int
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,9 @@ class TextPipeline:
         self._token_text: dict[int, str] = {}
         self.logits_width = len(tokenizer)  # the model's vocab (logits) size; load() reads config.json
         self._constraints: Any = None  # engines.constraints.ConstraintCompiler, built on first use
+        # Templating and tokenizing run here, off the event loop that streams every request's tokens: a
+        # long prompt must not stall the others. Two threads, so a huge prompt does not hold up a small one.
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="berth-prepare")
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelLaunchConfig, settings: Settings,
@@ -122,6 +127,14 @@ class TextPipeline:
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         """Text to ids."""
         return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=add_special_tokens)]
+
+    async def prepare_async(self, request: GenerateRequest) -> PreparedRequest:
+        """prepare() on the pipeline's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self.prepare, request)
+
+    async def tokenize_async(self, message: Tokenize) -> list[TokenSpan]:
+        """tokenize() on the pipeline's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self.tokenize, message)
 
     def prepare(self, request: GenerateRequest) -> PreparedRequest:
         """Render, tokenize, truncate and check limits; InvalidRequest/InputTooLong otherwise."""
