@@ -113,7 +113,9 @@ def phase(model_dir: Path, workers: int, seconds: float, concurrency: int, port:
         rss = [(t, s[role][0]) for t, s in samples if role in s]
         fds = [(t, float(s[role][1])) for t, s in samples if role in s]
         table[role] = {"rss_start_mib": rss[0][1], "rss_end_mib": rss[-1][1], "rss_slope_mib_per_min": slope(rss),
-                       "fds_start": int(fds[0][1]), "fds_end": int(fds[-1][1]), "fds_slope_per_min": slope(fds)}
+                       "fds_start": int(fds[0][1]), "fds_end": int(fds[-1][1]), "fds_slope_per_min": slope(fds),
+                       # The whole series, so a plateau can be told from steady growth.
+                       "rss_series_mib": [round(v, 1) for _, v in rss]}
     return {"workers": workers, **result, "processes": table}
 
 
@@ -121,18 +123,22 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
     """Markdown for bench/RESULTS.md."""
     lines = [(f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — soak, {args.seconds:g} s per phase,"
              f" {args.concurrency} concurrent streams, tiny model, transformers engine"), "",
-             (f"Command: `python -m bench.soak --seconds {args.seconds:g} --concurrency {args.concurrency}`"
+             (f"Command: `python -m bench.soak --seconds {args.seconds:g} --concurrency {args.concurrency} --workers"
+             f" {' '.join(map(str, args.workers))}`"
              " (= `make soak`, from the repo root)"), "", "Machine:", "```",
              *(f"{k}: {v}" for k, v in info.items()), "```", ""]
     for result in results:
         lines += [f"BERTH_WORKERS={result['workers']}: {result['requests_ok']} streams ok, {result['errors']} "
                   f"errors in {result['seconds']:.0f} s" + (f" ({result['error_samples']})" if result["errors"]
                                                              else "."), "",
-                  "| process | RSS start → end (MiB) | RSS slope (MiB/min) | fds start → end | fds slope (/min) |",
-                  "| --- | --- | --- | --- | --- |"]
+                  ("| process | RSS start → end (MiB) | RSS slope (MiB/min) | RSS at each fifth of the run (MiB) |"
+                  " fds start → end | fds slope (/min) |"),
+                  "| --- | --- | --- | --- | --- | --- |"]
         for role, row in sorted(result["processes"].items()):
+            series = row["rss_series_mib"]
+            fifths = " ".join(f"{series[round(i * (len(series) - 1) / 5)]:.0f}" for i in range(6))
             lines.append(f"| {role} | {row['rss_start_mib']:.0f} → {row['rss_end_mib']:.0f} | "
-                         f"{row['rss_slope_mib_per_min']:+.2f} | {row['fds_start']} → {row['fds_end']} | "
+                         f"{row['rss_slope_mib_per_min']:+.2f} | {fifths} | {row['fds_start']} → {row['fds_end']} | "
                          f"{row['fds_slope_per_min']:+.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -144,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="measured seconds per phase")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--port", type=int, default=18931)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="BERTH_WORKERS of each phase")
     parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
     info = machine()
     model_dir = build_model("tiny")
-    results = [phase(model_dir, workers, args.seconds, args.concurrency, args.port + workers) for workers in (1, 2)]
+    results = [phase(model_dir, workers, args.seconds, args.concurrency, args.port + workers)
+               for workers in args.workers]
     peers.OUT.mkdir(parents=True, exist_ok=True)
     (peers.OUT / "soak.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     info["loadavg (end)"] = Path("/proc/loadavg").read_text().strip()
