@@ -100,6 +100,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines.append("")
     lines.append("- dtypes: " + "; ".join(f"{n} {results.get(n, {}).get('dtype', '—')}" for n in args.only or SERVERS))
     for a, b, goal in PAIRS:
+        if not {a, b} <= set(args.only or SERVERS):
+            continue
         for length in args.lengths:
             ra, rb = results.get(a, {}).get(f"t{length}"), results.get(b, {}).get(f"t{length}")
             tok = _ratio(ra and ra["output_tok_s"], rb and rb["output_tok_s"])
