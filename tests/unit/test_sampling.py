@@ -106,6 +106,17 @@ def test_banned_tokens_are_never_chosen() -> None:
     assert _tokens(torch.tensor([[1.0, 3.0, 2.0, 0, 0, 0, 0, 0]]), [row]) == [2]
 
 
+def test_knobs_near_zero_take_their_limit_instead_of_failing() -> None:
+    # Found by schemathesis: repetition_penalty=2.2e-309 made x / p overflow to +inf, then NaN: a 500.
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0, 0, 0, 0, 0]])
+    tiny_penalty = [_row(prompt=(2,), repetition_penalty=2.2e-309, seed=s) for s in range(5)]
+    assert _tokens(logits.repeat(5, 1), tiny_penalty) == [2] * 5  # the seen token wins outright
+    cold = [_row(temperature=1e-40, seed=s) for s in range(5)]  # x / t overflows float32
+    assert _tokens(logits.repeat(5, 1), cold) == [0] * 5  # the limit of temperature -> 0 is the argmax
+    both = _row(prompt=(1, 2), repetition_penalty=1e-300, temperature=1e-40, seed=3)
+    assert _tokens(logits, [both]) in ([1], [2])
+
+
 def test_a_row_with_broken_logits_fails_alone() -> None:
     logits = torch.tensor([[float("nan")] * V, [0.0, 5.0, 0, 0, 0, 0, 0, 0]])
     bad, good = sample(logits, [_row(seed=1), _row(seed=1)])

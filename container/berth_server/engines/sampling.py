@@ -13,6 +13,7 @@ from berth_server.canonical import SamplingParams
 from berth_server.errors import InvalidRequest
 
 _NEG_INF = float("-inf")
+_MAX_LOGIT = torch.finfo(torch.float32).max
 
 
 def validate_sampling(params: SamplingParams, vocab_size: int) -> None:
@@ -122,7 +123,8 @@ def _penalise(logits: torch.Tensor, rows: Sequence[RowSampler]) -> None:
         if row.seen is not None:
             p = row.params.repetition_penalty
             x = logits[i]
-            logits[i] = torch.where(row.seen, torch.where(x < 0, x * p, x / p), x)
+            # A penalty near 0 (say 1e-300) would push x / p past float32: keep it finite, as strongly preferred.
+            logits[i] = torch.where(row.seen, torch.where(x < 0, x * p, (x / p).clamp(max=_MAX_LOGIT)), x)
         if row.counts is not None:
             c = row.counts
             logits[i] -= row.params.frequency_penalty * c + row.params.presence_penalty * (c > 0).float()
@@ -164,8 +166,15 @@ def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
 def _warp(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:
     """Temperature, top-k, top-p, min-p and typical-p, vectorised across the sampling rows."""
     device = logits.device
-    temps = torch.tensor([r.params.temperature for r in rows], device=device, dtype=logits.dtype)
-    logits = logits / temps.unsqueeze(1)
+    temps = torch.tensor([r.params.temperature for r in rows], device=device, dtype=logits.dtype).unsqueeze(1)
+    scaled = logits / temps
+    overflowed = scaled.isposinf().any(dim=-1, keepdim=True)
+    if bool(overflowed.any()):
+        # A temperature near 0 overflows x / t, and softmax of several +inf is NaN. Shifting by the row's
+        # max first keeps every value <= 0, so the limit comes out right: all the mass on the argmax.
+        shifted = (logits - logits.max(dim=-1, keepdim=True).values) / temps
+        scaled = torch.where(overflowed, shifted, scaled)
+    logits = scaled
     vocab = logits.shape[-1]
     ks = [r.params.top_k if 0 < r.params.top_k < vocab else vocab for r in rows]
     top_ps = [r.params.top_p for r in rows]

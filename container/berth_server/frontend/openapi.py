@@ -50,6 +50,10 @@ QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
 TEXT_PLAIN = {"berth_core.metrics"}
 # Every error body, whatever the protocol, carries "detail" (frontend/errors.py).
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
+# OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);
+# `data` carries the protocol's JSON chunk (or OpenAI's closing "[DONE]").
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                              "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}
 _CONVERTER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 
 
@@ -72,11 +76,11 @@ def _responses(endpoint: str) -> dict[str, Any]:
     elif endpoint.startswith("ui."):  # the web UI's page and static files
         ok = {"*/*": {"schema": {}}}
     elif endpoint in ALWAYS_STREAMING:
-        ok = {"text/event-stream": {"schema": {"type": "string"}}}
+        ok = {"text/event-stream": {"schema": SSE_EVENT}}
     else:
         ok = {"application/json": {"schema": {}}}
         if endpoint in STREAMING:
-            ok["text/event-stream"] = {"schema": {"type": "string"}}
+            ok["text/event-stream"] = {"schema": SSE_EVENT}
     return {"200": {"description": "OK", "content": ok},
             "default": {"description": "An error; `detail` says what and why",
                         "content": {"application/json": {"schema": ERROR}}}}
