@@ -52,7 +52,7 @@ TEXT_PLAIN = {"berth_core.metrics"}
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 # OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);
 # `data` carries the protocol's JSON chunk (or OpenAI's closing "[DONE]").
-SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+SSE_EVENT: dict[str, Any] = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
                                               "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}
 _CONVERTER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 
@@ -71,6 +71,7 @@ def _body(endpoint: str, refs: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _responses(endpoint: str) -> dict[str, Any]:
+    ok: dict[str, dict[str, Any]]
     if endpoint in TEXT_PLAIN:
         ok = {"text/plain": {"schema": {"type": "string"}}}
     elif endpoint.startswith("ui."):  # the web UI's page and static files
