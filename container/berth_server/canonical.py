@@ -58,7 +58,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     prompt_logprobs: bool = False  # TGI decoder_input_details
     skip_special_tokens: bool = True
     constraint: Constraint | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), biases in [-100, 100]
     allowed_token_ids: tuple[int, ...] | None = None  # None: every token; else only these
     bad_words: tuple[str, ...] = ()  # words never generated (tokenized by the model process)
 

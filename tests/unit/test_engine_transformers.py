@@ -66,7 +66,7 @@ def _req(rid: str, prompt: list[int], sampling: SamplingParams = GREEDY, n: int 
 
 
 async def _collect(engine: TransformersEngine, request: EngineRequest) -> list[EngineStep]:
-    return [step async for step in engine.generate(request)]
+    return [step async for step in await engine.submit(request)]  # the model process's path: check, then run
 
 
 def _ids(steps: list[EngineStep]) -> list[int]:

@@ -34,7 +34,7 @@ def test_each_constraint_kind_maps_to_a_llamacpp_field() -> None:
 
 
 def test_token_biases_allowed_ids_and_bad_words() -> None:
-    body = constraint_fields(_request(logit_bias=((3, 500.0),), allowed_token_ids=(3, 4), bad=((5,),)), 8)
+    body = constraint_fields(_request(logit_bias=((3, 100.0),), allowed_token_ids=(3, 4), bad=((5,),)), 8)
     assert {t: v for t, v in body["logit_bias"]} == {3: 100.0, 0: False, 1: False, 2: False, 5: False,
                                                            6: False, 7: False}
     with pytest.raises(InvalidRequest) as caught:

@@ -217,3 +217,8 @@ def test_tgi_client_chat_stream_has_no_done_line(client: FlaskClient) -> None:
     body = client.post("/v1/chat/completions", json={**CHAT, "model": "tgi", "stream": True}).get_data(as_text=True)
     events = sse_payloads(body)
     assert "[DONE]" not in events and events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_logit_bias_is_clamped_to_openai_range_once_for_every_engine() -> None:
+    request = ChatCompletionRequest.model_validate({**CHAT, "logit_bias": {"3": 500, "4": -900, "5": 2.5}})
+    assert request.logit_biases() == ((3, 100.0), (4, -100.0), (5, 2.5))

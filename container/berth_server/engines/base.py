@@ -76,7 +76,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
-        """Queue a request and yield its steps as the batch produces them.
+        """Queue a request and yield its steps as the batch produces them (submit() checks it first).
 
         Closing the iterator early (aclose) must abort the request and free its slot.
         """

@@ -66,7 +66,7 @@ def constraint_fields(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
             body["grammar"] = c.value
         else:
             body["grammar"] = _ebnf(c.kind, c.value)
-    bias: dict[int, float | bool] = {token: max(-100.0, min(100.0, value)) for token, value in s.logit_bias}
+    bias: dict[int, float | bool] = dict(s.logit_bias)
     if s.allowed_token_ids is not None:
         allowed = set(s.allowed_token_ids)
         bias.update({token: False for token in range(n_vocab) if token not in allowed})

@@ -77,8 +77,8 @@ class RowSampler:
             if p.allowed_token_ids is not None:
                 self.bias.fill_(_NEG_INF)
                 self.bias[torch.tensor(list(p.allowed_token_ids), device=self.device)] = 0.0
-            for token, value in p.logit_bias:  # OpenAI clamps biases to [-100, 100]
-                self.bias[token] += max(-100.0, min(100.0, value))
+            for token, value in p.logit_bias:
+                self.bias[token] += value
         if p.seed is not None:
             self.generator = torch.Generator(device=self.device)
             self.generator.manual_seed(p.seed)

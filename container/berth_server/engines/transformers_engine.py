@@ -164,7 +164,6 @@ class TransformersEngine(Engine):
         """Queue the request and yield its steps; closing early aborts it and frees its slot."""
         from berth_server.engines.transformers_rows import Slot
 
-        self.check(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineStep | BaseException] = asyncio.Queue()
 

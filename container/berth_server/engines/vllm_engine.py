@@ -31,14 +31,12 @@ log = logging.getLogger(__name__)
 MIN_CPU_HEAD_SIZE = 32
 SHUTDOWN_TIMEOUT_S = 3.0
 _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
-# config.json keys vLLM reads that transformers' classes imply (and do not save): without them vLLM
-# builds another model from the same weights (DeepSeek-V3's router bias and sigmoid scoring).
 # Architectures whose greedy tokens on vLLM's CPU build differ from transformers' in float32
 # (tests/integration/test_arch_coverage.py); refused so `auto` serves them on transformers.
-_CPU_BUILD_DIFFERS: dict[str, str] = {
-    "gemma3_text": "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)",
-    "gemma3": "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)",
-}
+_GEMMA3_DIFFERS = "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)"
+_CPU_BUILD_DIFFERS: dict[str, str] = {"gemma3_text": _GEMMA3_DIFFERS, "gemma3": _GEMMA3_DIFFERS}
+# config.json keys vLLM reads that transformers' classes imply (and do not save): without them vLLM
+# builds another model from the same weights (DeepSeek-V3's router bias and sigmoid scoring).
 _IMPLIED_BY_TRANSFORMERS: dict[str, dict[str, str]] = {
     "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
 }

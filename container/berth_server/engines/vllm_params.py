@@ -52,7 +52,7 @@ def sampling_params(request: EngineRequest) -> Any:
     stop_ids = sorted(request.stop_token_ids)
     extra: dict[str, Any] = {}
     if s.logit_bias:
-        extra["logit_bias"] = {token: max(-100.0, min(100.0, bias)) for token, bias in s.logit_bias}
+        extra["logit_bias"] = dict(s.logit_bias)
     if s.allowed_token_ids is not None:
         extra["allowed_token_ids"] = list(s.allowed_token_ids)
     if s.bad_words:

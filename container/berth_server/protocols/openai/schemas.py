@@ -138,13 +138,15 @@ class SamplingFields(OpenAIBase):
         return value
 
     def logit_biases(self) -> tuple[tuple[int, float], ...]:
-        """logit_bias as (token id, bias) pairs; keys must be token ids (OpenAI sends them as strings)."""
+        """logit_bias as (token id, bias) pairs, each bias clamped to [-100, 100] as OpenAI does, once for
+        every engine; keys must be token ids (OpenAI sends them as strings)."""
         pairs = []
         for key, value in (self.logit_bias or {}).items():
             try:
-                pairs.append((int(key), float(value)))
+                token = int(key)
             except ValueError:
                 raise InvalidRequest(f"logit_bias keys must be token ids, not {key!r}", param="logit_bias") from None
+            pairs.append((token, max(-100.0, min(100.0, float(value)))))
         return tuple(pairs)
 
     def output_constraint(self) -> Constraint | None:
