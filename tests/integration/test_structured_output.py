@@ -139,23 +139,53 @@ def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) 
     assert len(single.choices[0].message.tool_calls or []) == 1
 
 
+def _streamed_calls(server: RunningServer, **kw: Any) -> tuple[list[dict[str, Any]], str | None, int]:
+    """Reassemble a streamed reply's tool calls: (calls in index order, finish_reason, pieces received)."""
+    calls: dict[int, dict[str, Any]] = {}
+    finish, pieces = None, 0
+    for chunk in _chat(server, "Weather in Lyon?", stream=True, **kw):
+        if not chunk.choices:
+            continue
+        finish = chunk.choices[0].finish_reason or finish
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            pieces += 1
+            call = calls.setdefault(delta.index, {"name": None, "id": None, "arguments": ""})
+            if delta.id:
+                assert call["id"] is None and delta.function and delta.function.name  # first delta only
+                call["id"], call["name"] = delta.id, delta.function.name
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    assert all(c["id"] for c in calls.values())
+    return [calls[i] for i in sorted(calls)], finish, pieces
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
+
+
 def test_streamed_tool_call_arguments_reassemble_into_valid_json(server: RunningServer) -> None:
+    # Sampled, so a small model sometimes spends max_tokens mid-call: then the finish_reason must be
+    # "length" (a client would run a call that said "tool_calls"), and the whole reply must agree.
     for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        chunks = list(_chat(server, "Weather in Lyon?", tools=TOOLS, tool_choice=tool_choice, max_tokens=120,
-                            stream=True))
-        calls: dict[int, dict[str, Any]] = {}
-        for chunk in chunks:
-            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-                call = calls.setdefault(delta.index, {"name": None, "id": None, "arguments": ""})
-                if delta.id:
-                    assert call["id"] is None and delta.function and delta.function.name  # first delta only
-                    call["id"], call["name"] = delta.id, delta.function.name
-                call["arguments"] += (delta.function.arguments or "") if delta.function else ""
-        assert calls and all(c["id"] for c in calls.values())
-        for call in calls.values():
-            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
-        pieces = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
-        assert len(pieces) > 2  # arguments arrive in pieces, not one blob at the end
+        whole_runs = 0
+        for seed in (0, 1, 2):
+            kw = {"tools": TOOLS, "tool_choice": tool_choice, "max_tokens": 120, "temperature": 1.0, "seed": seed}
+            calls, finish, pieces = _streamed_calls(server, **kw)
+            whole = _chat(server, "Weather in Lyon?", **kw).choices[0]
+            assert calls and finish == whole.finish_reason, (calls, finish, whole)
+            if finish == "length":
+                assert not all(_parses(c["arguments"]) for c in calls)
+                continue
+            whole_runs += 1
+            assert pieces > 2 * len(calls)  # arguments arrive in pieces, not one blob at the end
+            for call in calls:
+                jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+            assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+                (c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls or []]
+        assert whole_runs, f"every sampled run ran out of tokens for {tool_choice}"
 
 
 @pytest.mark.parametrize("body", [

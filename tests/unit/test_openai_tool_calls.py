@@ -17,6 +17,7 @@ from berth_server.protocols.openai.tool_calls import (
     ChoiceToolStream,
     ToolCall,
     ToolCallParser,
+    fold_message,
 )
 from berth_server.protocols.openai.tool_stream import ArgsPiece, CallStart
 from berth_server.protocols.openai.tool_syntax import ToolChoice
@@ -159,6 +160,21 @@ def test_arguments_stream_in_pieces_after_a_first_delta_with_the_name() -> None:
     assert second is not None and [d["index"] for d in second] == [1, 1]
     assert choice.finish_reason("stop") == "tool_calls" and choice.finish_reason(None) is None
     assert ChoiceToolStream(TOOL_CALL_PARSERS["hermes"]).finish_reason("length") == "length"
+
+
+def test_a_call_cut_by_max_tokens_keeps_length_as_the_whole_reply_does() -> None:
+    cut = '<tool_call>{"name": "f", "arguments": {"city": "Ly'
+    streamed = ChoiceToolStream(TOOL_CALL_PARSERS["hermes"], ToolChoice("required"))
+    streamed.step(cut, last=True)
+    assert streamed.count == 1 and streamed.finish_reason("length") == "length"
+    assert fold_message(TOOL_CALL_PARSERS["hermes"], {"content": cut}, "length", ToolChoice("required")) == (
+        {"content": cut}, "length")
+    whole = ChoiceToolStream(TOOL_CALL_PARSERS["hermes"], ToolChoice("required"))
+    whole.step('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n<tool_call>{"na', last=True)
+    assert whole.finish_reason("length") == "tool_calls"  # every call sent is whole; the cut one never began
+    named = ChoiceToolStream(ToolCallParser(named="f"), ToolChoice("named", "f"))
+    named.step('{"a": [1, ', last=True)
+    assert named.finish_reason("length") == "length"
 
 
 def test_parallel_tool_calls_false_keeps_the_first_call_only() -> None:

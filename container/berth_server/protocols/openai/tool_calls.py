@@ -189,6 +189,7 @@ class ChoiceToolStream:
         self.count = 0  # calls started
         self.closed = 0  # calls finished
         self.call_id = ""
+        self.arguments = ""  # the last sent call's arguments so far
 
     def step(self, text: str, last: bool) -> tuple[str, list[dict[str, Any]] | None]:
         """Feed one delta's text (`last`: it carries the finish_reason)."""
@@ -207,12 +208,22 @@ class ChoiceToolStream:
                 deltas.append({"index": self.count, "id": self.call_id, "type": "function",
                                "function": {"name": event.name, "arguments": ""}})
                 self.count += 1
+                self.arguments = ""
             elif isinstance(event, ArgsPiece):
                 deltas.append({"index": self.count - 1, "function": {"arguments": event.text}})
+                self.arguments += event.text
             elif isinstance(event, CallEnd):
                 self.closed += 1
         return "".join(out), deltas or None
 
     def finish_reason(self, reason: str | None) -> str | None:
-        """tool_calls once any call was sent (stop for a named tool_choice)."""
-        return _finish(reason, self.choice) if reason is not None and self.count else reason
+        """tool_calls once any call was sent (stop for a named tool_choice).
+
+        A call cut mid-arguments by max_tokens keeps "length", as the whole reply does (it leaves
+        such a reply as text): a client that saw "tool_calls" would run the broken call.
+        """
+        if reason is None or not self.count:
+            return reason
+        if reason == "length" and not _is_json(self.arguments.strip() or "{}"):
+            return reason
+        return _finish(reason, self.choice)
