@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import MODEL_CACHE, RunningServer
+from tests.integration.hang_up import assert_hang_up_aborts
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me a story"}], "temperature": 0}
 HUGE = 2**64
@@ -95,24 +96,17 @@ def _model_pid(server: RunningServer) -> int:
     return int(matches[-1])
 
 
-def _aborted_total(server: RunningServer) -> float:
-    text = httpx.get(server.url("/metrics"), timeout=10).text
-    match = re.search(r'^berth_model_aborted_requests\{model="[^"]+"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_non_streaming_client_disconnect_aborts_generation(start_server, tiny_model: Path) -> None:
     server = start_server(tiny_model, env={"BERTH_MODEL_UID": "tiny"})
-    before = _aborted_total(server)
-    body = json.dumps({**CHAT, "max_tokens": 1500, "ignore_eos": True}).encode()
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        time.sleep(1.0)  # generating now; the client gives up
-    deadline = time.monotonic() + 15
-    while _aborted_total(server) <= before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _aborted_total(server) == before + 1
+
+    def hang_up() -> None:
+        body = json.dumps({**CHAT, "max_tokens": 1500, "ignore_eos": True}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(1.0)  # generating now; the client gives up
+
+    assert_hang_up_aborts(server, hang_up)
 
 
 def test_stuck_model_times_out_then_crash_ends_streams_and_it_serves_again(start_server, tiny_model: Path) -> None:

@@ -26,10 +26,12 @@ class ModelProcessCollector(Collector):
         self.gateway = gateway
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Yield queue depth, running batch size and aborted totals per model uid."""
+        """Yield queue depth, running batch size, and aborted and finished totals per model uid."""
         running = GaugeMetricFamily("berth_model_running_requests", "Requests in the running batch", labels=["model"])
         waiting = GaugeMetricFamily("berth_model_queue_depth", "Requests waiting for a batch slot", labels=["model"])
         aborted = GaugeMetricFamily("berth_model_aborted_requests", "Requests aborted (cumulative)", labels=["model"])
+        finished = GaugeMetricFamily("berth_model_finished_requests", "Requests that ran to their end (cumulative)",
+                                     labels=["model"])
         try:
             statuses = self.gateway.statuses()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the launcher is busy
@@ -45,9 +47,11 @@ class ModelProcessCollector(Collector):
             running.add_metric([uid], stats.running)
             waiting.add_metric([uid], stats.waiting)
             aborted.add_metric([uid], stats.aborted_total)
+            finished.add_metric([uid], stats.finished_total)
         yield running
         yield waiting
         yield aborted
+        yield finished
 
 
 class FrontendMetrics:

@@ -37,6 +37,11 @@ _CLOSED = object()  # put in a request queue to wake a reader after close()
 _OVERFLOW = object()  # put in a request queue whose reader fell too far behind (backpressure)
 # Events one request may have waiting in a worker before it is ended (BERTH_STREAM_BUFFER overrides).
 DEFAULT_STREAM_BUFFER = 8192
+# gevent can miss the edge on a zmq socket's FD; zmq.green then re-checks only after its
+# `_gevent_bug_timeout` of 11.6 s. Seen here: a stream's reader waited exactly 11.6 s for frames the
+# model process had sent on time. Re-checking this often bounds such a miss; an idle reader pays
+# one non-blocking recv per interval.
+MISSED_EVENT_RECHECK_S = 0.1
 
 
 def new_request_id() -> str:
@@ -61,6 +66,8 @@ class ModelClient:
         # The monitor tells at once when the model process's end of the connection goes away (a crash):
         # every request waiting on it fails then, instead of at the next liveness check.
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        for green_socket in (self._socket, self._monitor):
+            green_socket._gevent_bug_timeout = MISSED_EVENT_RECHECK_S  # zmq.green's knob for this
         self._socket.connect(address)
         self._reader = gevent.spawn(self._demultiplex)
         self._watcher = gevent.spawn(self._watch_connection)
