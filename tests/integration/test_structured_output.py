@@ -125,18 +125,30 @@ def _check_calls(calls: list[Any], names: set[str]) -> None:
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
+def _finished_choice(server: RunningServer, user: str, **kw: Any) -> Any:
+    """The first of three seeded samples that ends before max_tokens (a small model can spend them
+    mid-call; such a reply must say "length" and carry no tool_calls)."""
+    for seed in (0, 1, 2):
+        reply = _chat(server, user, seed=seed, **kw)
+        choice = reply.choices[0]
+        if choice.finish_reason != "length":
+            return choice
+        assert reply.usage.completion_tokens == kw["max_tokens"] and not choice.message.tool_calls
+    raise AssertionError(f"three samples of {user!r} all ran out of tokens")
+
+
 def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) -> None:
-    required = _chat(server, "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=120)
-    choice = required.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    _check_calls(choice.message.tool_calls or [], {"get_weather", "add"})
-    named = _chat(server, "Add two and three.", tools=TOOLS, max_tokens=60,
-                  tool_choice={"type": "function", "function": {"name": "add"}})
-    assert named.choices[0].finish_reason == "stop"
-    _check_calls(named.choices[0].message.tool_calls or [], {"add"})
-    single = _chat(server, "Weather in Rome and in Oslo?", tools=TOOLS, tool_choice="required", max_tokens=120,
-                   parallel_tool_calls=False, temperature=0.9, seed=3)
-    assert len(single.choices[0].message.tool_calls or []) == 1
+    required = _finished_choice(server, "What is the weather in Paris?", tools=TOOLS, tool_choice="required",
+                                max_tokens=120)
+    assert required.finish_reason == "tool_calls"
+    _check_calls(required.message.tool_calls or [], {"get_weather", "add"})
+    named = _finished_choice(server, "Add two and three.", tools=TOOLS, max_tokens=60,
+                             tool_choice={"type": "function", "function": {"name": "add"}})
+    assert named.finish_reason == "stop"
+    _check_calls(named.message.tool_calls or [], {"add"})
+    single = _finished_choice(server, "Weather in Rome and in Oslo?", tools=TOOLS, tool_choice="required",
+                              max_tokens=120, parallel_tool_calls=False, temperature=0.9)
+    assert len(single.message.tool_calls or []) == 1
 
 
 def _streamed_calls(server: RunningServer, **kw: Any) -> tuple[list[dict[str, Any]], str | None, int]:
