@@ -121,11 +121,28 @@ class _RegistrationBase(_Base):
     is_builtin: bool = False
 
     @model_validator(mode="after")
-    def _custom_name(self) -> _RegistrationBase:
-        # Built-in names follow Xinference's own (with dots: "qwen2.5-instruct"); custom names are strict.
-        if not self.is_builtin:
-            check_name(self.model_name)
+    def _rules_hold(self) -> _RegistrationBase:
+        problems = self.rule_problems({**self.__dict__, **(self.__pydantic_extra__ or {})})
+        if problems:
+            raise ValueError("; ".join(f"{where}: {message}" for where, message in problems))
         return self
+
+    @classmethod
+    def rule_problems(cls, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """(field, why) for every rule across fields that `values` breaks.
+
+        Works on raw JSON as well as on validated fields, so a registration that also fails field
+        validation is told every fault at once (pydantic skips model validators after a field error).
+        """
+        problems: list[tuple[str, str]] = []
+        # Built-in names follow Xinference's own (with dots: "qwen2.5-instruct"); custom names are strict.
+        name = values.get("model_name")
+        if not values.get("is_builtin") and isinstance(name, str):
+            try:
+                check_name(name)
+            except ValueError as exc:
+                problems.append(("model_name", str(exc)))
+        return problems
 
     def warnings(self) -> list[str]:
         """What Berth accepts but does not act on."""
@@ -153,17 +170,21 @@ class LLMRegistration(_RegistrationBase):
     # Berth's name of the model's tool-call format ("hermes", "llama3_json"); None: tool calls stay text.
     tool_call_parser: str | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> LLMRegistration:
-        if not self.is_builtin and not self.model_family:
-            raise ValueError("model_family is required for a custom LLM")
-        if bool(self.reasoning_start_tag) != bool(self.reasoning_end_tag):
-            raise ValueError("reasoning_start_tag and reasoning_end_tag go together")
-        if "hybrid" in self.model_ability and "reasoning" not in self.model_ability:
-            raise ValueError("the hybrid ability needs the reasoning ability too")
-        if "embed" in self.model_ability:
-            raise ValueError("register embedding models with model_type 'embedding'")
-        return self
+    @classmethod
+    def rule_problems(cls, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """The base rules plus an LLM's: a family, paired reasoning tags, abilities that fit together."""
+        problems = super().rule_problems(values)
+        if not values.get("is_builtin") and not values.get("model_family"):
+            problems.append(("model_family", "model_family is required for a custom LLM"))
+        if bool(values.get("reasoning_start_tag")) != bool(values.get("reasoning_end_tag")):
+            problems.append(("reasoning_end_tag", "reasoning_start_tag and reasoning_end_tag go together"))
+        abilities = values.get("model_ability", [])
+        abilities = abilities if isinstance(abilities, list) else []
+        if "hybrid" in abilities and "reasoning" not in abilities:
+            problems.append(("model_ability", "the hybrid ability needs the reasoning ability too"))
+        if "embed" in abilities:
+            problems.append(("model_ability", "register embedding models with model_type 'embedding'"))
+        return problems
 
 
 class EmbeddingRegistration(_RegistrationBase):
@@ -204,11 +225,18 @@ def check_model_type(model_type: str) -> str:
     raise RegistrationError(f"model_type {model_type!r} is not supported; use one of {', '.join(MODEL_TYPES)}")
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, cls: type[_RegistrationBase], data: dict[str, Any]) -> str:
+    """Every fault at once: pydantic's field errors, then the cross-field rules it did not get to run."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "registration"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        message = error["msg"].removeprefix("Value error, ")
+        # A model-level error (empty loc) is rule_problems' own text, which names its fields already.
+        parts.append(f"{'.'.join(str(p) for p in error['loc'])}: {message}" if error["loc"] else message)
+    failed_fields = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    for where, message in cls.rule_problems(data):
+        text = f"{where}: {message}"
+        if where not in failed_fields and not any(message in part for part in parts):
+            parts.append(text)
     return "; ".join(parts)
 
 
@@ -230,4 +258,4 @@ def parse_registration(model_type: str, model: str | dict[str, Any], *, builtin:
     try:
         return cls.model_validate(data)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise RegistrationError(f"invalid {model_type} registration: {_explain(exc)}") from None
+        raise RegistrationError(f"invalid {model_type} registration: {_explain(exc, cls, data)}") from None

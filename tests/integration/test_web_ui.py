@@ -317,11 +317,14 @@ def _launch(page: Page, name: str, uid: str) -> None:
 def test_registrations_and_encoder_try_out(page: Page, server: RunningServer, tiny_embedding_model: Path,
                                            tiny_rerank_model: Path, shoot: Callable[[Page, str], None]) -> None:
     alert = page.locator("#registrations").get_by_role("alert")
-    # Invalid JSON, then valid JSON that is not a registration: the server's own words in the alert.
-    for text in ("{not json", '{"model_name": "half"}'):
+    # Invalid JSON, then valid JSON that is not a registration, then one with several faults: the
+    # server's own words in the alert, every fault named at once.
+    for text in ("{not json", '{"model_name": "half"}', '{"model_name": "../bad"}'):
         _register(page, "LLM", text)
         said = httpx.post(server.url("/v1/model_registrations/LLM"), json={"model": text}, timeout=30).json()
         expect(alert).to_have_text(said["detail"])
+    for fault in ("model_specs", "model_name '../bad' is invalid", "model_family is required"):
+        expect(alert).to_contain_text(fault)
     shoot(page, "invalid")
 
     _register(page, "embedding", _encoder_registration("embedding", "emb-ui", tiny_embedding_model), persist=True)

@@ -105,3 +105,19 @@ def test_is_builtin_comes_from_the_caller_not_the_json() -> None:
 
 def test_size_key() -> None:
     assert size_key(7) == "7" and size_key(0.5) == "0_5" and size_key("1.5") == "1_5" and size_key(7.0) == "7"
+
+
+def test_every_fault_is_named_in_one_error() -> None:
+    # pydantic stops before cross-field rules when a field fails; the user must still hear of all faults.
+    faults = {"model_name": "../bad", "model_specs": None, "model_family": None, "reasoning_start_tag": "<think>",
+              "model_ability": ["chat", "hybrid"], "context_length": 0}
+    with pytest.raises(RegistrationError) as refused:
+        data = {k: v for k, v in json.loads(_with(LLM, **faults)).items() if k not in ("model_specs", "model_family")}
+        parse_registration("LLM", data)
+    message = str(refused.value)
+    for named in ("model_specs: Field required", "model_name '../bad' is invalid", "model_family is required",
+                  "go together", "hybrid ability needs", "context_length"):
+        assert named in message, (named, message)
+    with pytest.raises(RegistrationError) as one_rule:  # fields valid, one rule broken: named once, no prefix
+        parse_registration("LLM", _with(LLM, model_name="../bad"))
+    assert str(one_rule.value).startswith("invalid LLM registration: model_name: model_name ")
