@@ -107,7 +107,8 @@ class RunningServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.logs()[-6000:]}")
+                raise ServerDidNotStart(f"serve ({self.engine}) exited with {self.process.returncode}:\n"
+                                        f"{self.logs()[-6000:]}")
             try:
                 if httpx.get(self.url("/ping"), timeout=2.0).status_code == 200:
                     return
@@ -115,7 +116,34 @@ class RunningServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"serve did not become ready in {timeout_s:.0f} s:\n{self.logs()[-6000:]}")
+        raise ServerDidNotStart(f"serve ({self.engine}) did not become ready in {timeout_s:.0f} s:\n"
+                                f"{self.logs()[-6000:]}")
+
+
+class ServerDidNotStart(RuntimeError):
+    """A server a fixture started never answered /ping; the message ends with its log's tail."""
+
+
+# Which test first reported each failed server start (by the exception pytest caches for a shared fixture).
+_FIRST_REPORT = pytest.StashKey[dict[int, tuple[BaseException, str]]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A shared server that cannot start fails every test that needs it, but shows its log only once.
+
+    pytest re-raises a session or module fixture's cached error in each of its tests; dozens of copies
+    of the same log tail would bury it, so the later ones point at the first.
+    """
+    outcome = yield
+    if call.when != "setup" or call.excinfo is None or not call.excinfo.errisinstance(ServerDidNotStart):
+        return
+    reported = item.config.stash.setdefault(_FIRST_REPORT, {})
+    error = call.excinfo.value
+    _, first = reported.setdefault(id(error), (error, item.nodeid))
+    if first != item.nodeid:
+        report = outcome.get_result()  # type: ignore[attr-defined]
+        report.longrepr = f"{str(error).splitlines()[0]} (the server's log is in the error of {first})"
 
 
 # BERTH_TEST_BASE_URL mode: a server someone else started serves the tiny model with this env
