@@ -35,8 +35,7 @@ PROMPTS = (
 )
 # (engine, family) -> words the launch refusal must contain: each of these launches is refused by the
 # engine's cannot_serve before loading (a 4xx with the reason), and `auto` picks the other engine.
-REFUSED: dict[tuple[str, str], str] = {("vllm", "gemma3"): "Gemma 3's greedy tokens differ",
-                                       ("vllm", "phi3-longrope"): "longrope models' greedy tokens differ"}
+REFUSED: dict[tuple[str, str], str] = {("vllm", "phi3-longrope"): "long factors for every sequence"}
 # (engine, family) -> words the 4xx launch error must carry when the engine fails while loading (not refused
 # up front): vLLM's own root cause, which used to reach the user as "See root cause above".
 LOAD_FAILS: dict[tuple[str, str], str] = {("vllm", "deepseek-v3"): "is not supported by MLA"}

@@ -3,12 +3,16 @@
 Eight different chats are sent at once, so continuous batching runs them together; each answer must
 equal transformers' generate run on that chat alone. Checked non-streaming and streaming on the
 OpenAI route, through TGI's own client, and through /invocations (chat and TGI bodies), on each
-engine (vLLM with DTYPE=float32: its CPU default, bfloat16, gives other tokens). Usage counts must
+engine, served as `make run` serves it (vLLM keeps the float32 checkpoint in float32 on a CPU: in
+bfloat16 it gives other tokens and loops on the README's first question). Usage counts must
 equal the chat template's token count and the generated token count.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +29,8 @@ from .conftest import RunningServer, checkpoint_engines, launch_serve
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
 pytestmark = pytest.mark.timeout(1200)
 MAX_NEW = 24
+# The README promises answers "in seconds"; this leaves room for a loaded 2-core CI machine.
+README_TIMEOUT_S = 30.0
 QUESTIONS = (
     "What is the capital of France?",
     "Name three primary colors.",
@@ -77,11 +83,43 @@ def expected(smollm2_model: Path) -> list[Expected]:
 @pytest.fixture(scope="module", params=checkpoint_engines())
 def smollm2_server(request: pytest.FixtureRequest, smollm2_model: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One SmolLM2 server per engine, float32."""
-    server = launch_serve(smollm2_model, tmp_path_factory.mktemp(f"smollm2-{request.param}"), engine=request.param,
-                          env={"BERTH_MODEL_UID": "smollm2", "DTYPE": "float32"})
+    """One SmolLM2 server per engine, configured as `make run` starts it: `demo://smollm2`, no DTYPE.
+
+    On vLLM the engine is `auto`, as in `make run` with vllm installed; the demo checkpoint is the
+    one already made (linked into the server's home), so nothing is dequantized twice.
+    """
+    home = tmp_path_factory.mktemp(f"smollm2-{request.param}")
+    (home / "demo-models").mkdir()
+    (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
+    env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if request.param == "vllm" else {})
+    server = launch_serve("demo://smollm2", home, engine=request.param, env=env)
     yield server
     server.stop()
+
+
+def _readme_requests() -> list[tuple[str, dict[str, Any]]]:
+    """The (path, body) of each curl under the README's "Talk to it", exactly as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Talk to it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    calls = re.findall(r"curl localhost:8080(\S+) .*?-d '([^']*)'", section, flags=re.DOTALL)
+    assert calls, "the README's first requests moved: keep this test pointed at them"
+    return [(path, json.loads(body)) for path, body in calls]
+
+
+def test_readme_requests_answer_in_seconds(smollm2_server: RunningServer, expected: list[Expected]) -> None:
+    # A newcomer's first request has no max_tokens: on the engine `make run` picks, it must stop on its own.
+    (path, body), *others = _readme_requests()
+    assert path == "/v1/chat/completions" and "max_tokens" not in body
+    started = time.monotonic()
+    reply = httpx.post(smollm2_server.url(path), json=body, timeout=README_TIMEOUT_S)
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    assert expected[0].stopped and choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == expected[0].text  # "The capital of France is Paris."
+    for other_path, other_body in others:
+        answer = httpx.post(smollm2_server.url(other_path), json=other_body, timeout=README_TIMEOUT_S)
+        assert answer.status_code == 200, (other_path, answer.text)
+    assert time.monotonic() - started < README_TIMEOUT_S
 
 
 def _all_at_once(call: Any, count: int) -> list[Any]:
@@ -131,7 +169,7 @@ def test_tgi_client_and_invocations_equal_generate(smollm2_server: RunningServer
                                                    expected: list[Expected]) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_server.env["HF_MODEL_ID"])
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_server.home / "demo-models" / "smollm2")
     prompts = [tokenizer.apply_chat_template(_messages(i), add_generation_prompt=True, tokenize=False)
                for i in range(len(QUESTIONS))]
     tgi = Client(smollm2_server.base_url, timeout=300)

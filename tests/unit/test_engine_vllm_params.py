@@ -151,3 +151,38 @@ def test_engine_core_failure_names_its_root_cause() -> None:
         "the root cause."),
     ])
     assert "Head dimension 96 is not supported by MLA" in (tail.root_cause(settle_s=0) or "")
+
+
+def test_a_worker_killed_by_a_signal_is_named_with_what_it_means() -> None:
+    from berth_server.engines.stderr_tail import StderrTail
+
+    tail = StderrTail()
+    tail.lines.extend([  # what vLLM 0.32's executor monitor logs when its worker dies of SIGILL, then its error
+        ("(EngineCore pid=7) ERROR 12-02 10:01:02 [multiproc_executor.py:316] Worker proc VllmWorker-0 died "
+         "unexpectedly (exit code: -4), shutting down executor."),
+        "RuntimeError: cancelled",
+    ])
+    assert tail.process_death(settle_s=0) == (
+        "its process VllmWorker-0 was killed by SIGILL (illegal instruction: this CPU lacks or blocks an "
+        "instruction vLLM's kernels use for this dtype and shape)")
+    tail.lines.append("RuntimeError: Process EngineCore_DP0 (PID: 12) died with exit code -9")
+    assert "EngineCore_DP0 was killed by SIGKILL" in (tail.process_death(settle_s=0) or "")
+    assert StderrTail().process_death(settle_s=0) is None
+
+
+@pytest.mark.parametrize(("declared", "expected"), [
+    ({"torch_dtype": "float32"}, "float32"),
+    ({"dtype": "float32"}, "float32"),
+    ({"text_config": {"dtype": "float32"}}, "float32"),
+    ({"torch_dtype": "bfloat16"}, None),  # vLLM's own choice
+    ({}, None),
+])
+def test_a_float32_checkpoint_stays_float32_on_the_cpu(tmp_path: Path, declared: dict[str, object],
+                                                        expected: str | None) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 256, **declared}))
+    cpu = vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(), cpu=True)
+    assert cpu.get("dtype") == expected
+    gpu = vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(), cpu=False)
+    assert "dtype" not in gpu  # on a GPU vLLM's auto (float32 -> float16/bfloat16) stays
+    chosen = vllm_params.engine_kwargs(tmp_path, CONFIG, Settings(dtype="bfloat16"), cpu=True)
+    assert chosen["dtype"] == "bfloat16"  # DTYPE opts in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from berth_server import ipc
 from berth_server.canonical import Delta, GenerateRequest, SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines import select
+from berth_server.engines.base import EngineCrashedAtStart, EngineLoadInfo
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.settings import Settings
 
@@ -128,3 +130,47 @@ def test_missing_engine_package_is_a_reason(tmp_path: Path, monkeypatch: pytest.
     config = ModelLaunchConfig(uid="m", source="x", model_name="tiny", engine="vllm")
     with pytest.raises(select.EngineUnavailable, match="surely_not_an_installed_package_xyz is not installed"):
         select.choose_engine(config, tmp_path, Settings())
+
+
+class _CrashesAtStart(_Serves):
+    shut_down = False
+
+    async def start(self) -> EngineLoadInfo:
+        raise EngineCrashedAtStart("vLLM could not load model 'big': its process VllmWorker-0 was killed by SIGILL")
+
+    async def shutdown(self) -> None:
+        type(self).shut_down = True
+
+
+class _Starts(_Serves):
+    async def start(self) -> EngineLoadInfo:
+        return EngineLoadInfo(engine="transformers", device="cpu", dtype="float32", max_model_len=64,
+                              max_batch_size=1)
+
+
+@pytest.fixture
+def crashing_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = type(sys)("crashing_engines_for_select")
+    module.Crashes, module.Starts = _CrashesAtStart, _Starts  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(select, "ENGINES", {"vllm": (module.__name__, "Crashes"),
+                                            "transformers": (module.__name__, "Starts")})
+    monkeypatch.setattr(select, "REQUIRED_PACKAGE", {})
+    _CrashesAtStart.shut_down = False
+
+
+def test_auto_serves_on_the_next_engine_when_one_crashes_at_start(
+        crashing_engines: None, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    config = ModelLaunchConfig(uid="m", source="x", model_name="big")
+    with caplog.at_level("WARNING"):
+        engine, info = asyncio.run(select.start_engine(config, tmp_path, Settings()))
+    assert isinstance(engine, _Starts) and info.engine == "transformers"
+    assert _CrashesAtStart.shut_down  # what the crashed engine held is released before the next loads
+    assert "the vllm engine crashed at start (vLLM could not load model 'big': its process VllmWorker-0 " \
+           "was killed by SIGILL); auto serves it on transformers instead" in caplog.text
+
+
+def test_an_explicit_engine_that_crashes_at_start_fails_the_launch(crashing_engines: None, tmp_path: Path) -> None:
+    config = ModelLaunchConfig(uid="m", source="x", model_name="big", engine="vllm")
+    with pytest.raises(EngineCrashedAtStart, match="killed by SIGILL"):
+        asyncio.run(select.start_engine(config, tmp_path, Settings()))

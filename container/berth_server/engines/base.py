@@ -19,6 +19,13 @@ from berth_server.errors import InvalidRequest, NotFound
 EngineFinish = Literal["length", "eos", "abort"]
 
 
+class EngineCrashedAtStart(InvalidRequest):
+    """The engine's own process died while loading or on its first step (a signal, an unsupported kernel).
+
+    The engine cannot run this model on this machine; `auto` then tries the next engine.
+    """
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """What an engine needs to generate: the prompt's ids and the sampling knobs."""

@@ -7,13 +7,15 @@ serve a spec instead of failing late; `auto` uses it to fall back, an explicit c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-from berth_server.engines.base import Engine
+from berth_server.engines.base import Engine, EngineCrashedAtStart, EngineLoadInfo
 from berth_server.errors import InvalidRequest
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -30,6 +32,8 @@ ENGINES: dict[str, tuple[str, str]] = {
 # llama.cpp comes first: it serves GGUF files only, and it is the fast way to serve them on a CPU.
 AUTO_ORDER: tuple[str, ...] = ("llama.cpp", "vllm", "transformers")
 # The package each engine needs at all; a missing one is a reason, not an import error.
+# How long an engine that crashed at start gets to release what it holds before the next one loads.
+CRASHED_SHUTDOWN_S = 10.0
 REQUIRED_PACKAGE: dict[str, str] = {"vllm": "vllm", "transformers": "transformers", "llama.cpp": "xllamacpp"}
 
 
@@ -58,8 +62,11 @@ def why_not(name: str, config: ModelLaunchConfig, model_dir: Path, settings: Set
     return check(config, model_dir, settings) if check is not None else None
 
 
-def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str:
-    """The engine name to use, logging which one and why; EngineUnavailable when none fits."""
+def candidate_engines(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> list[str]:
+    """The engines to try, in order: the explicit choice alone, or under `auto` every engine that says it can.
+
+    Logs why each skipped engine cannot serve; EngineUnavailable when none can.
+    """
     choice = config.engine if config.engine != "auto" else settings.engine
     if choice != "auto":
         if choice not in ENGINES:
@@ -68,21 +75,50 @@ def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings
         if reason:
             raise EngineUnavailable(f"the {choice} engine cannot serve model '{config.model_name}': {reason}")
         log.info("model %s: engine %s (explicitly chosen)", config.uid, choice)
-        return choice
+        return [choice]
     reasons: list[str] = []
+    able: list[str] = []
     for name in (n for n in AUTO_ORDER if n in ENGINES):
         reason = why_not(name, config, model_dir, settings)
         if reason is None:
-            skipped = f"; skipped {'; '.join(reasons)}" if reasons else ""
-            log.info("model %s: engine %s (auto%s)", config.uid, name, skipped)
-            return name
-        reasons.append(f"{name}: {reason}")
-    raise EngineUnavailable(f"no engine can serve model '{config.model_name}': {'; '.join(reasons)}")
+            able.append(name)
+        else:
+            reasons.append(f"{name}: {reason}")
+    if not able:
+        raise EngineUnavailable(f"no engine can serve model '{config.model_name}': {'; '.join(reasons)}")
+    skipped = f"; skipped {'; '.join(reasons)}" if reasons else ""
+    log.info("model %s: engine %s (auto%s)", config.uid, able[0], skipped)
+    return able
+
+
+def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str:
+    """The engine name to use first, logging which one and why; EngineUnavailable when none fits."""
+    return candidate_engines(config, model_dir, settings)[0]
 
 
 def create_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
     """Build (not start) the engine for `config` with weights in `model_dir`."""
-    name = choose_engine(config, model_dir, settings)
+    return _build(choose_engine(config, model_dir, settings), config, model_dir, settings)
+
+
+def _build(name: str, config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
     cls: Any = engine_class(name)  # concrete engines take (model_dir, config, settings)
     engine: Engine = cls(model_dir, config, settings)
     return engine
+
+
+async def start_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> tuple[Engine, EngineLoadInfo]:
+    """Build and start the engine; under `auto`, an engine that crashes at start hands over to the next one."""
+    names = await asyncio.to_thread(candidate_engines, config, model_dir, settings)
+    for position, name in enumerate(names):
+        engine = await asyncio.to_thread(_build, name, config, model_dir, settings)
+        try:
+            return engine, await engine.start()
+        except EngineCrashedAtStart as exc:
+            with contextlib.suppress(Exception):  # what is left of a crashed engine may not stop cleanly
+                await asyncio.wait_for(engine.shutdown(), CRASHED_SHUTDOWN_S)
+            if position + 1 == len(names):
+                raise
+            log.warning("model %s: the %s engine crashed at start (%s); auto serves it on %s instead",
+                        config.uid, name, exc.message, names[position + 1])
+    raise EngineUnavailable(f"no engine can serve model '{config.model_name}'")  # names is never empty

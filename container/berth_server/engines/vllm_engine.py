@@ -19,9 +19,17 @@ from typing import Any
 
 from berth_server import errors
 from berth_server.engines import vllm_params
-from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.base import (
+    Engine,
+    EngineCrashedAtStart,
+    EngineFinish,
+    EngineLoadInfo,
+    EngineRequest,
+    EngineStep,
+)
 from berth_server.engines.stderr_tail import StderrTail
 from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
+from berth_server.models.context import capped_length, model_context_length
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings, export_defaults
 
@@ -31,10 +39,6 @@ log = logging.getLogger(__name__)
 MIN_CPU_HEAD_SIZE = 32
 SHUTDOWN_TIMEOUT_S = 3.0
 _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": "abort"}
-# Architectures whose greedy tokens on vLLM's CPU build differ from transformers' in float32
-# (tests/integration/test_arch_coverage.py); refused so `auto` serves them on transformers.
-_GEMMA3_DIFFERS = "on vLLM's CPU build, Gemma 3's greedy tokens differ from transformers' (tiny Gemma 3, float32)"
-_CPU_BUILD_DIFFERS: dict[str, str] = {"gemma3_text": _GEMMA3_DIFFERS, "gemma3": _GEMMA3_DIFFERS}
 # config.json keys vLLM reads that transformers' classes imply (and do not save): without them vLLM
 # builds another model from the same weights (DeepSeek-V3's router bias and sigmoid scoring).
 _IMPLIED_BY_TRANSFORMERS: dict[str, dict[str, str]] = {
@@ -89,11 +93,7 @@ class VllmEngine(Engine):
 
             if not torch.cuda.is_available():
                 return "vLLM's CUDA build is installed but no GPU is visible"
-        differs = _CPU_BUILD_DIFFERS.get(str(hf_config.get("model_type")))
-        rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
-        if isinstance(rope, dict) and "longrope" in (rope.get("rope_type"), rope.get("type")):
-            differs = ("on vLLM's CPU build, longrope models' greedy tokens differ from transformers' "
-                       "(tiny Phi-3 128k layout, float32)")
+        differs = _longrope_differs(hf_config, config, model_dir, settings)
         if differs and _vllm_on_cpu_build(settings):
             return differs
         for key, value in _IMPLIED_BY_TRANSFORMERS.get(str(hf_config.get("model_type")), {}).items():
@@ -133,7 +133,12 @@ class VllmEngine(Engine):
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
             await self._warm_up()  # the engine core may die on its first step (an unsupported kernel)
         except Exception as exc:
-            # vLLM's own message says "See root cause above": put that cause in the launch error instead.
+            # A worker killed by a signal reaches us only as "RuntimeError: cancelled"; its exit code is in
+            # vLLM's log. Otherwise vLLM's message says "See root cause above": put that cause here instead.
+            death = await asyncio.to_thread(tail.process_death)
+            if death:
+                raise EngineCrashedAtStart(
+                    f"vLLM could not load model '{self.config.model_name}': {death}") from exc
             cause = await asyncio.to_thread(tail.root_cause) if "root cause" in str(exc) else None
             reason = cause or _one_line(exc)
             raise errors.InvalidRequest(f"vLLM could not load model '{self.config.model_name}': {reason}") from exc
@@ -264,6 +269,28 @@ def _cannot_serve_gguf(path: Path, settings: Settings) -> str | None:
     import torch  # the model process has it loaded already
 
     return None if torch.cuda.is_available() else "vLLM's CUDA build is installed but no GPU is visible"
+
+
+def _longrope_differs(hf_config: dict[str, Any], config: ModelLaunchConfig, model_dir: Path,
+                      settings: Settings) -> str | None:
+    """Why vLLM's answers would differ from transformers' for a longrope (Phi-3 128k) model, or None.
+
+    vLLM 0.32 uses the long rope factors for every sequence once max_model_len exceeds
+    original_max_position_embeddings (phi3_long_rope_scaled_rope.py); transformers, like Phi-3's own
+    code, uses the short factors until a sequence outgrows that length. Reproduced with vLLM alone
+    (README, "vLLM on a CPU"); with a context no longer than the original one both agree.
+    """
+    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or "longrope" not in (rope.get("rope_type"), rope.get("type")):
+        return None
+    original = rope.get("original_max_position_embeddings") or hf_config.get("original_max_position_embeddings")
+    wanted = config.max_total_tokens or settings.max_total_tokens or config.context_length
+    max_len = capped_length(wanted, model_dir)[0] if wanted else model_context_length(model_dir)
+    if not isinstance(original, int) or max_len is None or max_len <= original:
+        return None
+    return (f"vLLM uses longrope's long factors for every sequence when the context ({max_len}) exceeds "
+            f"original_max_position_embeddings ({original}), so its greedy tokens differ from transformers' "
+            f"on short prompts; set MAX_TOTAL_TOKENS to at most {original} to serve it on vLLM")
 
 
 def _one_line(exc: BaseException) -> str:

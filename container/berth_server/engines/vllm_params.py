@@ -19,7 +19,7 @@ from typing import Any
 from berth_server import errors
 from berth_server.canonical import Constraint
 from berth_server.engines.base import EngineRequest
-from berth_server.models.context import capped_length
+from berth_server.models.context import capped_length, checkpoint_dtype
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError, parse_bool
 
@@ -209,7 +209,7 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
         "disable_log_stats": True,
         "enable_log_requests": False,
     }
-    dtype = config.dtype or settings.dtype
+    dtype = config.dtype or settings.dtype or (cpu_default_dtype(model_dir) if cpu else None)
     if dtype:
         kwargs["dtype"] = dtype
     quantization = config.quantization or settings.quantize
@@ -237,6 +237,17 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
     kwargs.update({k: v for k, v in config.engine_args.items() if k in fields})
     kwargs.update(passthrough_args(settings.vllm_args))
     return kwargs
+
+
+def cpu_default_dtype(model_dir: Path) -> str | None:
+    """float32 for a float32 checkpoint on the CPU; None (vLLM's own choice) for any other.
+
+    vLLM's CPU build casts a float32 checkpoint to bfloat16 by default. Berth keeps it in float32, as
+    its transformers engine does: in bfloat16 SmolLM2-135M loops instead of answering the README's
+    first question, and on Intel CPUs with AMX, bfloat16 sends attention through vLLM's AMX kernels,
+    whose worker dies with SIGILL on 32-wide heads (README, "vLLM on a CPU"). DTYPE=bfloat16 opts in.
+    """
+    return "float32" if checkpoint_dtype(model_dir) == "float32" else None
 
 
 def _engine_args_class() -> Any:

@@ -43,3 +43,15 @@ def capped_length(requested: int | None, model_dir: Path) -> tuple[int | None, i
     if requested is None or own is None:
         return requested or own, own
     return min(requested, own), own
+
+
+def checkpoint_dtype(model_dir: Path) -> str | None:
+    """The dtype the checkpoint's config.json declares its weights in (`dtype`, or the older `torch_dtype`)."""
+    config = _read(Path(model_dir) / "config.json")
+    nested = config.get("text_config")
+    for source in (config, nested if isinstance(nested, dict) else {}):
+        for key in ("dtype", "torch_dtype"):
+            value = source.get(key)
+            if isinstance(value, str) and value:
+                return value.removeprefix("torch.")
+    return None
