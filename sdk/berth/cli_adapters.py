@@ -39,9 +39,10 @@ def adapters() -> None:
 @click.argument("name")
 @click.argument("src")
 @click.option("--pin", is_flag=True, help="Keep it resident on the device.")
+@click.option("--persist", is_flag=True, help="Berth server: register it again after a server restart.")
 @click.option("--wait/--no-wait", default=True, help="SageMaker: wait until the component is InService.")
 @_target
-def add(name: str, src: str, pin: bool, wait: bool, endpoint: str, api_key: str | None,
+def add(name: str, src: str, pin: bool, persist: bool, wait: bool, endpoint: str, api_key: str | None,
         sagemaker_endpoint: str | None, region: str | None) -> None:
     """Attach adapter NAME from SRC (a folder, s3:// prefix or .tar.gz; on SageMaker an s3:// .tar.gz)."""
     if sagemaker_endpoint:
@@ -51,7 +52,8 @@ def add(name: str, src: str, pin: bool, wait: bool, endpoint: str, api_key: str 
             components.wait(name)
     else:
         client = ModelsClient(endpoint, api_key)
-        response = client.http.post("/adapters", json={"name": name, "src": src, "preload": True, "pin": pin})
+        response = client.http.post("/adapters", json={"name": name, "src": src, "preload": True, "pin": pin,
+                                                        "persist": persist})
         if response.status_code != 200:
             raise click.ClickException(f"POST /adapters failed ({response.status_code}): {response.text[:300]}")
     click.echo(f"Adapter {name} registered")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tarfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,3 +183,44 @@ def test_sdk_and_cli_select_adapters(server: RunningServer, smollm2_adapters: An
         runtime_api.stop()
     removed = runner.invoke(main, ["adapters", "remove", "foxtrot", *endpoint])
     assert removed.exit_code == 0 and "foxtrot" not in runner.invoke(main, ["adapters", "list", *endpoint]).output
+
+
+def test_run_time_adapters_survive_restarts(smollm2_model: Path, smollm2_adapters: Any, tokenizer: Any,
+                                            tmp_path: Path) -> None:
+    # A model process that dies comes back with every adapter added at run time; a server restart on
+    # the same BERTH_HOME brings back those added with persist, and only those.
+    from tests.integration.test_openai_crash import model_process_pid
+
+    folders = smollm2_adapters.folders
+    ids = tokenizer(PROMPT)["input_ids"]
+
+    def tokens(server: RunningServer, name: str) -> list[int]:
+        reply = _tgi(server, name)
+        assert reply.status_code == 200, reply.text
+        return [t["id"] for t in reply.json()["details"]["tokens"]]
+
+    first = launch_serve(smollm2_model, tmp_path, env={"BERTH_MODEL_UID": "smol"})
+    try:
+        assert _register(first, "alpha", folders["alpha"]).status_code == 200
+        assert _register(first, "bravo", folders["bravo"], persist=True).status_code == 200
+        os.kill(model_process_pid(first.process.pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and httpx.get(first.url("/ping")).status_code == 200:
+            time.sleep(0.1)  # the launcher notices the death; then it restarts the model process
+        first.wait_ready()
+        assert {a["name"] for a in httpx.get(first.url("/adapters")).json()} == {"alpha", "bravo"}
+        assert tokens(first, "alpha") == smollm2_adapters.greedy("alpha", ids, N)
+    finally:
+        first.stop()
+    second = launch_serve(smollm2_model, tmp_path, env={"BERTH_MODEL_UID": "smol"})
+    try:
+        assert [a["name"] for a in httpx.get(second.url("/adapters")).json()] == ["bravo"]
+        assert tokens(second, "bravo") == smollm2_adapters.greedy("bravo", ids, N)
+        assert httpx.delete(second.url("/adapters/bravo")).status_code == 200
+    finally:
+        second.stop()
+    third = launch_serve(smollm2_model, tmp_path, env={"BERTH_MODEL_UID": "smol"})
+    try:  # removed adapters stay removed
+        assert httpx.get(third.url("/adapters")).json() == []
+    finally:
+        third.stop()

@@ -11,7 +11,8 @@ import msgspec
 
 from berth_server import ipc
 from berth_server.engines.base import Engine
-from berth_server.errors import InvalidRequest, WeightsNotFound
+from berth_server.errors import BerthError, InvalidRequest, WeightsNotFound
+from berth_server.model_process.adapter_store import AdapterStore
 from berth_server.models.adapters import AdapterSource, check_adapter_name
 from berth_server.settings import Settings
 
@@ -44,14 +45,35 @@ async def add_adapters(engine: Engine, settings: Settings, adapters: Iterable[Ad
         await add_adapter(engine, settings, adapter)
 
 
-async def handle_adapter_message(engine: Engine | None, settings: Settings,
+async def reapply_stored_adapters(engine: Engine, settings: Settings, store: AdapterStore) -> None:
+    """Register again the adapters added at run time before a restart; one that fails is logged and skipped."""
+    registered = {a["name"] for a in engine.adapters()}
+    for adapter in store.load():
+        if adapter.name in registered:
+            continue  # a launch adapter of the same name came first
+        try:
+            await add_adapter(engine, settings, adapter)
+        except BerthError as exc:
+            log.warning("adapter %s (from %s) was not registered again after the restart: %s",
+                        adapter.name, adapter.src, exc.message)
+
+
+async def handle_adapter_message(engine: Engine | None, settings: Settings, store: AdapterStore | None,
                                  message: ipc.AdapterAdd | ipc.AdapterRemove | ipc.AdapterQuery) -> ipc.Adapters:
-    """Apply an adapter message and answer with the adapters registered afterwards."""
+    """Apply an adapter message (recording it for restarts) and answer with the adapters registered afterwards."""
     if engine is None:
         raise InvalidRequest("this model does not generate text, so it takes no LoRA adapters", param="adapter")
     if isinstance(message, ipc.AdapterAdd):
         await add_adapter(engine, settings, message.adapter)
+        if store is not None:
+            try:
+                await asyncio.to_thread(store.record, message.adapter)
+            except BaseException:
+                await engine.remove_adapter(message.adapter.name)  # not recorded: not registered either
+                raise
     elif isinstance(message, ipc.AdapterRemove):
         await engine.remove_adapter(message.name)
+        if store is not None:
+            await asyncio.to_thread(store.forget, message.name)
     return ipc.Adapters(request_id=message.request_id,
                         adapters=[msgspec.convert(a, ipc.AdapterInfo) for a in engine.adapters()])

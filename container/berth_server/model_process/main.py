@@ -135,14 +135,17 @@ class ModelProcess:
             info, server = await self._load_encoder(model_dir, address)
             limits = (info.max_model_len, info.max_model_len)
         else:
-            from berth_server.engines.select import create_engine
+            from berth_server.engines.select import start_engine
+            from berth_server.model_process.adapter_store import AdapterStore
+            from berth_server.model_process.adapters import reapply_stored_adapters
             from berth_server.model_process.text_pipeline import TextPipeline
 
-            self.engine = await asyncio.to_thread(create_engine, config, model_dir, settings)
-            info = await self.engine.start()
+            self.engine, info = await start_engine(config, model_dir, settings)
             await self._add_launch_adapters()
+            store = AdapterStore.for_model(config.uid, self.runtime_dir, settings.home)
+            await reapply_stored_adapters(self.engine, settings, store)
             pipeline = await asyncio.to_thread(TextPipeline.load, model_dir, config, settings, info.max_model_len)
-            server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline)
+            server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline, adapter_store=store)
             limits = (pipeline.limits.max_input, pipeline.limits.max_total)
         server.bind()
         description = ModelDescription(

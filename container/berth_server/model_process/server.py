@@ -22,6 +22,7 @@ from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
 from berth_server.engines.base import Engine
 from berth_server.errors import BerthError
+from berth_server.model_process.adapter_store import AdapterStore
 from berth_server.model_process.text_pipeline import TextPipeline
 from berth_server.settings import Settings
 
@@ -53,8 +54,10 @@ class ModelServer:
     """Serves one model's engine (or encoder service) on a zmq.asyncio ROUTER."""
 
     def __init__(self, settings: Settings, address: str, *, engine: Engine | None = None,
-                 pipeline: TextPipeline | None = None, encoder: EncoderService | None = None):
+                 pipeline: TextPipeline | None = None, encoder: EncoderService | None = None,
+                 adapter_store: AdapterStore | None = None):
         self.settings = settings
+        self.adapter_store = adapter_store
         self.address = address
         self.engine = engine
         self.pipeline = pipeline
@@ -189,7 +192,7 @@ class ModelServer:
         if isinstance(message, (ipc.AdapterAdd, ipc.AdapterRemove, ipc.AdapterQuery)):
             from berth_server.model_process.adapters import handle_adapter_message
 
-            return await handle_adapter_message(self.engine, self.settings, message)
+            return await handle_adapter_message(self.engine, self.settings, self.adapter_store, message)
         if isinstance(message, ipc.Tokenize):
             if self.pipeline is None:
                 raise _not_supported("tokenize")

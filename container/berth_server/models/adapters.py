@@ -13,12 +13,13 @@ ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 class AdapterSource(msgspec.Struct, frozen=True, kw_only=True):
-    """One adapter to register: SageMaker's POST /adapters body ({name, src, preload, pin})."""
+    """One adapter to register: SageMaker's POST /adapters body ({name, src, preload, pin}) plus Berth's persist."""
 
     name: str
     src: str  # local folder, file://, s3:// prefix, .tar.gz, or a hub id: resolved like model weights
     preload: bool = True
     pin: bool = False
+    persist: bool = False  # Berth's: re-applied after a server restart too (BERTH_HOME/adapters)
 
 
 def check_adapter_name(name: object, param: str = "name") -> str:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,10 @@ from berth.registration import (
     parse_registration,
 )
 
+from berth_server.atomic_file import out_of_space, write_atomically
 from berth_server.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound
 
 # A full disk, a full quota, or a file-size limit: the write cannot succeed, and the client should know.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 log = logging.getLogger(__name__)
 CATALOG_DIR = Path(__file__).with_name("catalog")
 
@@ -175,23 +173,14 @@ class Registry:
         return self.get(model_type or "LLM", name)
 
     def _write(self, model_type: str, registration: Registration) -> None:
-        """Persist atomically: write a temp file in the same directory, then os.replace it."""
+        """Persist atomically (a restart finds the old file or the new one)."""
         assert self._dir is not None
         directory = self._dir / model_type
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = registration.model_dump_json(indent=2, exclude={"is_builtin"})
-        tmp: str | None = None
+        payload = registration.model_dump_json(indent=2, exclude={"is_builtin"}).encode()
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, directory / f"{check_name(registration.model_name)}.json")
-        except BaseException as exc:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            write_atomically(directory / f"{check_name(registration.model_name)}.json", payload)
+        except OSError as exc:
+            if out_of_space(exc):
                 raise InsufficientStorage(
                     f"cannot persist registration {registration.model_name!r} under {directory}: "
                     f"{os.strerror(exc.errno or 0)}; nothing was changed") from None

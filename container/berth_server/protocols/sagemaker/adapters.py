@@ -30,12 +30,14 @@ class RegisterAdapterBody(BaseModel):
     src: str = Field(min_length=1, max_length=4096)
     preload: bool = True
     pin: bool = False
+    persist: bool = False  # Berth's: kept under BERTH_HOME, so a server restart registers it again
 
 
 def register(state: FrontendState, body: dict[str, Any]) -> str:
     """Register an adapter on the default model; SageMaker's reply text."""
     spec = parse(RegisterAdapterBody, body)
-    adapter = AdapterSource(name=check_adapter_name(spec.name), src=spec.src, preload=spec.preload, pin=spec.pin)
+    adapter = AdapterSource(name=check_adapter_name(spec.name), src=spec.src, preload=spec.preload, pin=spec.pin,
+                            persist=spec.persist)
     state.gateway.add_adapter(state.gateway.resolve_model(None), adapter)
     return f"Adapter {spec.name} registered"
 
