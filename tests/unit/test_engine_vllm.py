@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 T = TypeVar("T")
 PROMPT = [1, 100, 200, 300, 400]
 GREEDY = SamplingParams(greedy=True)
-# float32 on both engines, so greedy tokens can be compared exactly (vLLM's auto dtype is bf16 on CPU).
+# float32 on both engines, so greedy tokens can be compared exactly (set, not left to the checkpoint-dtype default).
 SETTINGS = Settings(device="cpu", dtype="float32", max_total_tokens=256, kv_cache_gb=1)
 
 
