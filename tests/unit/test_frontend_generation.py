@@ -15,11 +15,13 @@ from berth_server.frontend.generation import FINISH_REASONS, start_generation, w
 from tests.unit.test_frontend_gateway import FakeModel, request, runtime  # noqa: F401 - fixture
 
 
-def test_start_folds_every_choice_and_closes(runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
+def test_start_relays_every_choice_and_closes(runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
     gateway, model = runtime
     generation = start_generation(gateway, [request("go"), request("go2")])
-    folded = generation.fold()
-    assert [f.text for f in folded] == ["ab", "ab"] and [f.finish_reason for f in folded] == ["length"] * 2
+    deltas = [list(generation.deltas(index)) for index in range(2)]
+    generation.close()
+    assert ["".join(d.text for d in choice) for choice in deltas] == ["ab", "ab"]
+    assert [choice[-1].finish_reason for choice in deltas] == ["length"] * 2
     assert generation.prompt_tokens == 2 and all(s.closed for s in generation.streams)
     assert not any(isinstance(m, ipc.Abort) for m in model.received)  # finished: nothing to abort
 
@@ -35,13 +37,20 @@ def test_one_rejected_choice_closes_the_others(runtime: tuple[Gateway, FakeModel
 
 def test_a_client_that_hangs_up_aborts_a_non_streaming_generation(
         runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
+    from berth_server.frontend.replies import render
+    from berth_server.protocols.reply import FoldRules, WireReply
+    from flask import Flask
+
     gateway, model = runtime
     server_side, client_side = gevent.socket.socketpair()
     try:
-        generation = start_generation(gateway, [request("hang")], {"gunicorn.socket": server_side})
-        gevent.spawn_later(0.05, client_side.close)
-        with gevent.Timeout(3), pytest.raises(ClientDisconnected):
-            generation.fold()
+        generation = start_generation(gateway, [request("hang")])
+        events = ({"text": delta.text} for delta in generation.deltas())
+        reply = WireReply([events], FoldRules(), lambda folded: folded[0], on_close=generation.close)
+        with Flask(__name__).test_request_context(environ_overrides={"gunicorn.socket": server_side}):
+            gevent.spawn_later(0.05, client_side.close)
+            with gevent.Timeout(3), pytest.raises(ClientDisconnected):
+                render(reply)
         with gevent.Timeout(2):
             while not any(isinstance(m, ipc.Abort) and m.request_id == "r-hang" for m in model.received):
                 gevent.sleep(0.01)
@@ -58,8 +67,10 @@ def test_one_finish_reason_table() -> None:
     assert set(FINISH_REASONS) == {"openai", "tgi"}
 
 
-def test_no_module_folds_or_maps_finish_reasons_on_its_own() -> None:
+def test_no_service_folds_or_maps_finish_reasons_on_its_own() -> None:
+    # Whole replies come from protocols/reply.py's fold of the streamed events, nowhere else.
     root = Path(__file__).resolve().parents[2] / "container" / "berth_server" / "protocols"
     for path in root.rglob("service.py"):
         text = path.read_text()
-        assert "_FINISH" not in text and "class Fold" not in text, path
+        assert "_FINISH" not in text and "class Fold" not in text and "def fold" not in text, path
+        assert "jsonify" not in text and "sse_response" not in text, path  # replies are WireReplies

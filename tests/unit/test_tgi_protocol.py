@@ -182,5 +182,5 @@ def test_tokens_that_arrive_together_are_written_in_one_chunk(app: Flask, gatewa
         pair = [TokenInfo(id=1, text="a", logprob=-0.1), TokenInfo(id=2, text="b", logprob=-0.2)]
         generation.streams[0]._script = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
                                                finish_reason="length")]
-        (events,) = list(service.event_batches(batch, generation))
+        (events,) = list(service.token_events(batch, generation, 0))
     assert [e["index"] for e in events] == [1, 2] and events[1]["generated_text"] == "ab"

@@ -6,15 +6,18 @@ import importlib
 import logging
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
+from flask.typing import ResponseReturnValue
 
 from berth_server.errors import PayloadTooLarge
 from berth_server.frontend.auth import install_auth
 from berth_server.frontend.errors import register_error_handlers
 from berth_server.frontend.metrics import FrontendMetrics, install_metrics
 from berth_server.frontend.openapi import install_openapi
+from berth_server.frontend.replies import render
 from berth_server.frontend.state import FrontendState
 from berth_server.frontend.webui import ui_bp
+from berth_server.protocols.reply import WireReply
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,16 @@ PROTOCOL_BLUEPRINTS = (
     ("berth_server.protocols.xinference.blueprint", "xinference_bp"),
     ("berth_server.protocols.openai.blueprint", "openai_bp"),
 )
+
+
+class BerthFlask(Flask):
+    """Flask that also takes a protocol's WireReply as a view's return value (streamed or folded)."""
+
+    def make_response(self, rv: ResponseReturnValue | WireReply) -> Response:
+        """Render a WireReply (frontend/replies.py); anything else as Flask does."""
+        if isinstance(rv, WireReply):
+            return render(rv)
+        return super().make_response(rv)
 
 
 def _register_protocols(app: Flask) -> None:
@@ -50,7 +63,7 @@ def _check_content_length(limit: int) -> None:
 
 def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> Flask:
     """Build the frontend for these settings; tests pass fake gateway/control objects."""
-    app = Flask("berth_server.frontend", static_folder=None)  # no file serving: every route is an API route
+    app = BerthFlask("berth_server.frontend", static_folder=None)  # no file serving: every route is an API route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]

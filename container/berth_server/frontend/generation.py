@@ -1,23 +1,20 @@
-"""The one way a protocol service runs generations: start, await acceptance, relay or fold, and always close.
+"""The one way a protocol service runs generations: start, await acceptance, relay, and always close.
 
 OpenAI, TGI and SageMaker services all call start_generation(): it sends every request (one per
 choice or per batched prompt), waits until each is accepted (so a rejection is still an HTTP 4xx,
-before any stream starts), and closes them all if anything fails. A non-streaming reply folds
-the deltas with Generation.fold(), which watches the client's socket meanwhile: a client that
-hangs up aborts its generation. A streaming reply iterates Generation.deltas() inside
-frontend/sse.py's sse_response(on_close=generation.close). Canonical finish reasons become wire
-ones through the one table, FINISH_REASONS.
+before any stream starts), and closes them all if anything fails. The service then writes its wire
+events from Generation.deltas(); the HTTP layer streams them or folds them into the whole reply
+(protocols/reply.py), and calls Generation.close when the reply is done or the client has left.
+Canonical finish reasons become wire ones through the one table, FINISH_REASONS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from berth_server.canonical import Accepted, Delta, GenerateRequest, TokenInfo
-from berth_server.errors import ClientDisconnected, GenerationFailed
-from berth_server.frontend.sse import start_disconnect_watcher
+from berth_server.canonical import Accepted, Delta, GenerateRequest
+from berth_server.errors import GenerationFailed
 
 WireFamily = Literal["openai", "tgi"]
 # Canonical finish reason -> each wire's. OpenAI has no word for an aborted or failed request; TGI
@@ -38,29 +35,6 @@ def wire_finish_reason(reason: str | None, family: WireFamily) -> str:
     return table[reason]
 
 
-@dataclass
-class Folded:
-    """One choice's whole output, folded from its deltas (the one fold every protocol uses)."""
-
-    text: str = ""
-    reasoning: str = ""
-    tokens: list[TokenInfo] = field(default_factory=list)
-    completion_tokens: int = 0
-    finish_reason: str | None = None  # canonical
-    stop_sequence: str | None = None
-
-    def add(self, delta: Delta) -> None:
-        """Fold one delta in."""
-        self.text += delta.text
-        self.reasoning += delta.reasoning
-        if delta.tokens:
-            self.tokens.extend(delta.tokens)
-        self.completion_tokens = max(self.completion_tokens, delta.completion_tokens, len(self.tokens))
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
-            self.stop_sequence = delta.stop_sequence
-
-
 def coalesce(batch: Sequence[Delta]) -> Delta:
     """Deltas that arrived together as one (FINDINGS: fewer, larger writes halve the relay cost)."""
     if len(batch) == 1:
@@ -76,10 +50,8 @@ def coalesce(batch: Sequence[Delta]) -> Delta:
 class Generation:
     """Started, accepted generations of one HTTP request (one stream per choice or prompt)."""
 
-    def __init__(self, streams: list[Any], environ: dict[str, Any] | None = None) -> None:
+    def __init__(self, streams: list[Any]) -> None:
         self.streams = streams
-        self._environ = environ
-        self.client_gone = False
 
     @property
     def accepted(self) -> list[Accepted]:
@@ -96,42 +68,18 @@ class Generation:
         for batch in self.streams[index].batches():
             yield coalesce(batch)
 
-    def fold(self) -> list[Folded]:
-        """Fold every stream (non-streaming replies), aborting all if the client hangs up; always closes."""
-        watcher = start_disconnect_watcher(self._environ, self._client_left) if self._environ else None
-        try:
-            folded = []
-            for stream in self.streams:
-                one = Folded()
-                for delta in stream:
-                    one.add(delta)
-                folded.append(one)
-            if self.client_gone:
-                raise ClientDisconnected("the client disconnected; its generation was aborted")
-            return folded
-        finally:
-            if watcher is not None:
-                watcher.kill(block=True)
-            self.close()
-
-    def _client_left(self) -> None:
-        self.client_gone = True
-        self.close()
-
     def close(self) -> None:
         """Close every stream (aborting unfinished ones); idempotent."""
         for stream in self.streams:
             stream.close()
 
 
-def start_generation(gateway: Any, requests: Sequence[GenerateRequest],
-                     environ: dict[str, Any] | None = None) -> Generation:
+def start_generation(gateway: Any, requests: Sequence[GenerateRequest]) -> Generation:
     """Send every request, then wait until each is accepted; on any failure close them all and re-raise.
 
     Args:
         gateway: frontend.gateway.Gateway (or a test double with generate()).
         requests: canonical requests, sent before any is awaited so the model batches them.
-        environ: the WSGI environ, to notice a client that disconnects while a reply is folded.
     """
     streams: list[Any] = []
     try:
@@ -143,4 +91,4 @@ def start_generation(gateway: Any, requests: Sequence[GenerateRequest],
         for stream in streams:
             stream.close()
         raise
-    return Generation(streams, environ)
+    return Generation(streams)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint
 
 from berth_server.frontend.errors import request_json
 from berth_server.frontend.state import get_state
@@ -18,13 +18,13 @@ _STARTED = int(time.time())  # "created" for listed models: when this worker sta
 
 
 @openai_bp.post("/chat/completions")
-def chat_completions() -> Response:
+def chat_completions() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """Chat completion, streaming or not."""
     return service.chat_completion(get_state(), parse(ChatCompletionRequest, request_json()))
 
 
 @openai_bp.post("/completions")
-def completions() -> Response:
+def completions() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """Text completion, streaming or not."""
     return service.completion(get_state(), parse(CompletionRequest, request_json()))
 

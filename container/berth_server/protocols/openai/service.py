@@ -1,4 +1,4 @@
-"""OpenAI service: canonical streams in, OpenAI replies out; non-streaming folds the same delta stream."""
+"""OpenAI service: canonical streams in, OpenAI chunks out; a whole reply is the fold of the same chunks."""
 
 from __future__ import annotations
 
@@ -7,22 +7,20 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, has_request_context, jsonify, request
-
 from berth_server.canonical import Accepted, TokenInfo
 from berth_server.errors import BerthError
-from berth_server.frontend.generation import Folded, Generation, start_generation, wire_finish_reason
-from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.generation import Generation, start_generation, wire_finish_reason
 from berth_server.frontend.state import FrontendState
 from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
+from berth_server.protocols.reply import FoldRules, WireReply
 
 SYSTEM_FINGERPRINT = "berth"
 
 
 def start(state: FrontendState, requests: list[Any]) -> Generation:
     """Start every choice's request and await their acceptance (a rejection is still an HTTP error)."""
-    return start_generation(state.gateway, requests, request.environ if has_request_context() else None)
+    return start_generation(state.gateway, requests)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -80,63 +78,55 @@ def _target(state: FrontendState, body: ChatCompletionRequest | CompletionReques
 
 
 # -- chat -----------------------------------------------------------------------------------
-def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> Response:
-    """Serve POST /v1/chat/completions."""
+CHAT_RULES = FoldRules(concat=frozenset({"content", "reasoning_content", "reasoning", "arguments"}),
+                       by_index=frozenset({"choices", "tool_calls"}))
+COMPLETION_RULES = FoldRules(concat=frozenset({"text"}), by_index=frozenset({"choices"}))
+
+
+def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> WireReply:
+    """Serve POST /v1/chat/completions: chunks, streamed or folded into one chat.completion."""
     uid, adapter = _target(state, body)
-    choice = body.tool_choice_mode()
+    choice = body.tool_choice_mode()  # refuses a bad tool_choice before the model is asked anything
     parser_name = tool_calls.parser_name(state.gateway, uid) if body.tools else None
     parser = tool_calls.parser_for(parser_name, choice) if body.tools else None
     generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, parser_name, adapter))
-    model = body.model or uid
-    if body.stream:
-        # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
-        return sse_response(_chat_chunks(state, body, uid, model, generation, parser), on_close=generation.close,
-                            done=body.model != "tgi")
-    folded = generation.fold()
-    reply = _header("chat.completion", model)
-    reply["choices"] = []
-    for index, f in enumerate(folded):
-        message, finish = tool_calls.fold_message(parser, _message(f), wire_finish_reason(f.finish_reason, "openai"),
-                                                  choice, body.parallel_tool_calls is not False)
-        logprobs = chat_logprobs(f.tokens, bool(body.return_tokens_as_token_ids)) if body.logprobs else None
-        reply["choices"].append({"index": index, "message": message, "logprobs": logprobs,
-                                 "finish_reason": finish})
-    reply["usage"] = _usage(state, uid, generation, folded)
-    return jsonify(reply)
+    chunks = _chat_chunks(state, body, uid, body.model or uid, generation, parser,
+                          include_usage=body.include_usage or not body.stream)
+    # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
+    return WireReply([chunks], CHAT_RULES, _whole_chat, stream=bool(body.stream), done=body.model != "tgi",
+                     on_close=generation.close)
 
 
-def _usage(state: FrontendState, uid: str, generation: Generation, folded: list[Folded],
-           per_prompt: int = 0) -> dict[str, int]:
-    """Count a folded request's tokens once (metrics) and return its usage object."""
-    completion_tokens = sum(f.completion_tokens for f in folded)
-    prompt_tokens = _prompt_tokens(generation, per_prompt)
-    _count(state, uid, prompt_tokens, completion_tokens)
-    return usage(prompt_tokens, completion_tokens)
+def _whole_chat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Folded chunks as one chat.completion: each choice's delta becomes its message."""
+    folded = parts[0]
+    choices = []
+    for choice in folded.get("choices", []):
+        message = dict(choice.get("delta") or {})
+        calls = message.get("tool_calls")
+        if calls:
+            message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in calls]
+            message["content"] = message.get("content") or None  # OpenAI: null content beside calls
+        choices.append({"index": choice["index"], "message": message, "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason")})
+    return {**_header_of(folded, "chat.completion"), "choices": choices, "usage": folded.get("usage")}
 
 
-def _prompt_tokens(generation: Generation, per_prompt: int) -> int:
-    """Prompt tokens counted once per prompt (several prompts on /v1/completions, each with n choices)."""
-    if per_prompt <= 0:
-        return generation.prompt_tokens
-    return sum(accepted.prompt_tokens for accepted in generation.accepted[::per_prompt])
-
-
-def _message(folded: Folded) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": folded.text, "tool_calls": None}
-    if folded.reasoning:  # both names: reasoning_content (DeepSeek, vLLM before 0.10) and vLLM's reasoning
-        message["reasoning_content"] = message["reasoning"] = folded.reasoning
-    return message
+def _header_of(folded: dict[str, Any], kind: str) -> dict[str, Any]:
+    keys = ("id", "object", "created", "model", "system_fingerprint")
+    return {**{key: folded.get(key) for key in keys}, "object": kind}
 
 
 def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, model: str,
-                 generation: Generation, parser: tool_calls.ToolCallParser | None) -> Iterator[str]:
+                 generation: Generation, parser: tool_calls.ToolCallParser | None,
+                 include_usage: bool) -> Iterator[dict[str, Any]]:
     """Chat chunks; every delta carries role and tool_calls (TGI's client needs them)."""
     header = _header("chat.completion.chunk", model)
     completion_tokens = 0
     for index in range(len(generation.streams)):
-        yield sse_event({**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
-                                                                           "tool_calls": None},
-                                                 "logprobs": None, "finish_reason": None}]})
+        yield {**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
+                                                                "tool_calls": None},
+                                      "logprobs": None, "finish_reason": None}]}
         tools = None if parser is None else tool_calls.ChoiceToolStream(
             parser, body.tool_choice_mode(), body.parallel_tool_calls is not False)
         for delta in generation.deltas(index):
@@ -144,7 +134,7 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
             if tools is not None:
                 text, calls = tools.step(delta.text, delta.finish_reason is not None)
             choice_delta: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": calls}
-            if delta.reasoning:
+            if delta.reasoning:  # both names: reasoning_content (DeepSeek, vLLM before 0.10) and vLLM's reasoning
                 choice_delta["reasoning_content"] = choice_delta["reasoning"] = delta.reasoning
             logprobs = chat_logprobs(delta.tokens, bool(body.return_tokens_as_token_ids)) \
                 if body.logprobs and delta.tokens else None
@@ -155,37 +145,37 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
                 completion_tokens += delta.completion_tokens
             if not text and not calls and not delta.reasoning and finish is None and logprobs is None:
                 continue
-            yield sse_event({**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
-                                                    "finish_reason": finish}]})
+            yield {**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
+                                          "finish_reason": finish}]}
     prompt_tokens = generation.prompt_tokens
     _count(state, uid, prompt_tokens, completion_tokens)
-    if body.include_usage:
-        yield sse_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+    if include_usage:
+        yield {**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
 
 # -- completions ----------------------------------------------------------------------------
-def completion(state: FrontendState, body: CompletionRequest) -> Response:
-    """Serve POST /v1/completions."""
+def completion(state: FrontendState, body: CompletionRequest) -> WireReply:
+    """Serve POST /v1/completions: chunks, streamed or folded into one text_completion."""
     uid, adapter = _target(state, body)
     generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, adapter))
-    model = body.model or uid
-    if body.stream:
-        return sse_response(_completion_chunks(state, body, uid, model, generation), on_close=generation.close,
-                            done=True)
-    folded = generation.fold()
-    as_ids = bool(body.return_tokens_as_token_ids)
-    reply = _header("text_completion", model)
-    reply["choices"] = []
-    for index, (f, accepted) in enumerate(zip(folded, generation.accepted, strict=True)):
-        prefix = _echo(body, accepted)
-        reply["choices"].append({
-            "index": index,
-            "text": prefix + f.text,
-            "logprobs": completion_logprobs(f.tokens, len(prefix), as_ids) if body.logprobs is not None else None,
-            "finish_reason": wire_finish_reason(f.finish_reason, "openai"),
-        })
-    reply["usage"] = _usage(state, uid, generation, folded, body.choices)
-    return jsonify(reply)
+    chunks = _completion_chunks(state, body, uid, body.model or uid, generation,
+                                include_usage=body.include_usage or not body.stream)
+    return WireReply([chunks], COMPLETION_RULES, _whole_completion, stream=bool(body.stream), done=True,
+                     on_close=generation.close)
+
+
+def _whole_completion(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    folded = parts[0]
+    choices = [{"index": c["index"], "text": c.get("text") or "", "logprobs": c.get("logprobs"),
+                "finish_reason": c.get("finish_reason")} for c in folded.get("choices", [])]
+    return {**_header_of(folded, "text_completion"), "choices": choices, "usage": folded.get("usage")}
+
+
+def _prompt_tokens(generation: Generation, per_prompt: int) -> int:
+    """Prompt tokens counted once per prompt (several prompts on /v1/completions, each with n choices)."""
+    if per_prompt <= 0:
+        return generation.prompt_tokens
+    return sum(accepted.prompt_tokens for accepted in generation.accepted[::per_prompt])
 
 
 def _echo(body: CompletionRequest, accepted: Accepted) -> str:
@@ -198,15 +188,14 @@ def _echo(body: CompletionRequest, accepted: Accepted) -> str:
 
 
 def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, model: str,
-                       generation: Generation) -> Iterator[str]:
+                       generation: Generation, include_usage: bool) -> Iterator[dict[str, Any]]:
     header = _header("text_completion", model)
     completion_tokens = 0
     for index, accepted in enumerate(generation.accepted):
         prefix = _echo(body, accepted)
         offset = len(prefix)
         if prefix:
-            yield sse_event({**header, "choices": [{"index": index, "text": prefix, "logprobs": None,
-                                                    "finish_reason": None}]})
+            yield {**header, "choices": [{"index": index, "text": prefix, "logprobs": None, "finish_reason": None}]}
         for delta in generation.deltas(index):
             logprobs = None
             if body.logprobs is not None and delta.tokens:
@@ -217,12 +206,12 @@ def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, 
                 completion_tokens += delta.completion_tokens
             if not delta.text and finish is None and logprobs is None:
                 continue
-            yield sse_event({**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
-                                                    "finish_reason": finish}]})
+            yield {**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
+                                          "finish_reason": finish}]}
     prompt_tokens = _prompt_tokens(generation, body.choices)
     _count(state, uid, prompt_tokens, completion_tokens)
-    if body.include_usage:
-        yield sse_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+    if include_usage:
+        yield {**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
 
 # -- models ---------------------------------------------------------------------------------

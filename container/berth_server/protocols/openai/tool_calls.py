@@ -96,7 +96,11 @@ class ToolCallParser:
         return MarkupStreamer(self.markup)
 
     def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """Whole output -> (remaining content stripped, or None; calls). Unusable calls leave it all content."""
+        """A whole output through this format's streamer -> (content stripped, or None; calls).
+
+        Replies never use it (a whole reply folds the streamed chunks); it checks the markup streamers
+        on whole texts. Unusable calls leave it all content.
+        """
         streamer = self.streamer()
         content, calls = _collect([*streamer.feed(text), *streamer.finish()])
         if any(not _is_json(call.arguments) for call in calls):
@@ -159,19 +163,6 @@ def parser_for(name: str | None, choice: ToolChoice) -> ToolCallParser | None:
     return None
 
 
-def fold_message(parser: ToolCallParser | None, message: dict[str, Any], finish_reason: str,
-                 choice: ToolChoice, parallel: bool = True) -> tuple[dict[str, Any], str]:
-    """Move the calls out of a non-streaming message's content; finish_reason per OpenAI."""
-    if parser is None or not message.get("content"):
-        return message, finish_reason
-    content, calls = parser.parse(message["content"])
-    if not calls:
-        return message, finish_reason
-    calls = calls if parallel else calls[:1]
-    message = {**message, "content": content, "tool_calls": [call.to_message() for call in calls]}
-    return message, _finish(finish_reason, choice)
-
-
 def _finish(reason: str, choice: ToolChoice) -> str:
     """OpenAI: "stop" after a named tool_choice, "tool_calls" after required or auto calls."""
     if reason in ("abort", "error"):
@@ -190,6 +181,8 @@ class ChoiceToolStream:
         self.closed = 0  # calls finished
         self.call_id = ""
         self.arguments = ""  # the last sent call's arguments so far
+        self.held = ""  # trailing whitespace of the content so far: dropped if a call follows it
+        self.sent_content = False
 
     def step(self, text: str, last: bool) -> tuple[str, list[dict[str, Any]] | None]:
         """Feed one delta's text (`last`: it carries the finish_reason)."""
@@ -200,10 +193,11 @@ class ChoiceToolStream:
         deltas: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, str):
-                out.append(event)
+                out.append(self._content(event))
             elif not self.parallel and (self.closed or (self.count and isinstance(event, CallStart))):
                 continue  # parallel_tool_calls false: only the first call
             elif isinstance(event, CallStart):
+                self.held = ""  # the whitespace between text and a call is the markup's, not content
                 self.call_id = f"call_{uuid.uuid4().hex[:24]}"
                 deltas.append({"index": self.count, "id": self.call_id, "type": "function",
                                "function": {"name": event.name, "arguments": ""}})
@@ -214,7 +208,21 @@ class ChoiceToolStream:
                 self.arguments += event.text
             elif isinstance(event, CallEnd):
                 self.closed += 1
+        if last and not self.count:
+            out.append(self.held)  # no call came: the text keeps its own trailing whitespace
         return "".join(out), deltas or None
+
+    def _content(self, text: str) -> str:
+        """Content to send now: trailing whitespace waits (a call may follow it), and content that
+        starts after a call starts without the whitespace the markup left, so the content is trimmed
+        at both ends as a reply with calls should be, streamed or whole."""
+        text = self.held + text
+        kept = text.rstrip()
+        self.held = text[len(kept):]
+        if self.count and not self.sent_content:
+            kept = kept.lstrip()
+        self.sent_content = self.sent_content or bool(kept)
+        return kept
 
     def finish_reason(self, reason: str | None) -> str | None:
         """tool_calls once any call was sent (stop for a named tool_choice).

@@ -42,7 +42,7 @@ def ping() -> Any:
 
 
 @sagemaker_bp.post("/invocations")
-def invocations() -> Response:
+def invocations() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """One SageMaker invocation, answered by the protocol its body speaks."""
     state = get_state()
     body = request_json()

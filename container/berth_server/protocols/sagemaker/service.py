@@ -8,23 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
-
 from berth_server.errors import NotFound
 from berth_server.frontend.state import FrontendState
+from berth_server.protocols.reply import WireReply
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
 from berth_server.protocols.tgi import service as tgi_service
 from berth_server.protocols.tgi.schemas import parse
 
 
-def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> Response:
+def invoke_tgi(state: FrontendState, uid: str, body: dict[str, Any]) -> WireReply:
     """A TGI-shaped invocation: a list [{generated_text, details?}] per input, or TGI token events."""
     invocation = parse(InvocationTgiBody, body)
     bodies = invocation.bodies()
-    if invocation.stream:
-        return tgi_service.stream(state, bodies[0], uid)
     # Every prompt is started before any is folded, so the model batches them.
-    return jsonify(tgi_service.replies(state, bodies, uid))
+    return tgi_service.reply(state, bodies[:1] if invocation.stream else bodies, uid, stream=invocation.stream)
 
 
 def endpoint_model(gateway: Any, body: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, jsonify
 
 from berth_server import __version__
 from berth_server.frontend.errors import request_json
@@ -22,25 +22,23 @@ def _default_model() -> str:
 
 
 @tgi_bp.post("/")
-def compat_generate() -> Any:
+def compat_generate() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """TGI's POST /: a list [{generated_text, details}], or token events when "stream" is true."""
     body = parse(GenerateBody, request_json())
-    if body.stream:
-        return service.stream(get_state(), body, _default_model())
-    return jsonify(service.replies(get_state(), [body], _default_model()))
+    return service.reply(get_state(), [body], _default_model(), stream=body.stream)
 
 
 @tgi_bp.post("/generate")
-def generate() -> Any:
+def generate() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """TGI's POST /generate: one {generated_text, details?} object."""
-    body = parse(GenerateBody, request_json())
-    return jsonify(service.replies(get_state(), [body], _default_model())[0])
+    return service.reply(get_state(), [parse(GenerateBody, request_json())], _default_model(), stream=False,
+                         single=True)
 
 
 @tgi_bp.post("/generate_stream")
-def generate_stream() -> Response:
+def generate_stream() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
     """TGI's POST /generate_stream: SSE token events; the last carries generated_text and details."""
-    return service.stream(get_state(), parse(GenerateBody, request_json()), _default_model())
+    return service.reply(get_state(), [parse(GenerateBody, request_json())], _default_model(), stream=True)
 
 
 @tgi_bp.post("/tokenize")

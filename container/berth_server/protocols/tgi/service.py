@@ -1,18 +1,16 @@
-"""TGI service: canonical streams folded into TGI replies (/generate, /) or TGI token events (/generate_stream)."""
+"""TGI service: canonical streams in, TGI token events out; /generate's whole reply is the fold of the same events."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, has_request_context, request
-
 from berth_server.canonical import Accepted, TokenInfo
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.generation import Folded, Generation, start_generation, wire_finish_reason
-from berth_server.frontend.sse import sse_event, sse_response
+from berth_server.frontend.generation import Generation, start_generation, wire_finish_reason
 from berth_server.frontend.state import FrontendState
 from berth_server.frontend.streams import new_request_id
+from berth_server.protocols.reply import FoldRules, WireReply
 from berth_server.protocols.tgi.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
@@ -37,12 +35,16 @@ def prefill_json(accepted: Accepted) -> list[dict[str, Any]]:
     return [{"id": t.id, "text": t.text, "logprob": t.logprob} for t in accepted.prefill or []]
 
 
-def generated_text(body: GenerateBody, folded: Folded) -> str:
+def generated_text(body: GenerateBody, text: str, stop_sequence: str | None) -> str:
     """TGI's generated_text: the matched stop sequence kept, the prompt in front when return_full_text."""
-    text = folded.text
-    if folded.stop_sequence and not text.endswith(folded.stop_sequence):
-        text += folded.stop_sequence
+    if stop_sequence and not text.endswith(stop_sequence):
+        text += stop_sequence
     return body.inputs + text if body.parameters.return_full_text else text
+
+
+# Each event carries its real tokens under whole-only keys: the whole reply's details.tokens are
+# their fold, and the empty token that closes a stream cut by a stop sequence is not among them.
+TGI_RULES = FoldRules()
 
 
 class TgiRequests:
@@ -58,12 +60,7 @@ class TgiRequests:
 
     def start(self) -> Generation:
         """Start them all and await acceptance (so validation errors are HTTP errors)."""
-        environ = request.environ if has_request_context() else None
-        return start_generation(self.state.gateway, self.requests, environ)
-
-    def count(self, generation: Generation, folded: Folded) -> None:
-        """Count one finished generation's tokens."""
-        self.state.metrics.count_tokens(self.uid, generation.prompt_tokens, folded.completion_tokens)
+        return start_generation(self.state.gateway, self.requests)
 
     def seed(self, index: int) -> int | None:
         """The seed TGI reports: the one sampled with, None when greedy."""
@@ -71,71 +68,75 @@ class TgiRequests:
         return sampling.seed if not sampling.greedy else None
 
 
-def replies(state: FrontendState, bodies: list[GenerateBody], uid: str) -> list[dict[str, Any]]:
-    """Fold each body's generation into TGI's GenerateResponse {generated_text, details?} (started together)."""
+def reply(state: FrontendState, bodies: list[GenerateBody], uid: str, stream: bool,
+          single: bool = False) -> WireReply:
+    """TGI's reply to one or more bodies (started together, so the model batches them).
+
+    Streamed: token events of bodies[0]. Whole: a list with one {generated_text, details?} per body
+    (the object alone when `single`, as /generate answers), each the fold of that body's token events.
+    """
     batch = TgiRequests(state, bodies, uid)
     generation = batch.start()
-    out = []
-    for index, (body, folded, accepted) in enumerate(zip(bodies, generation.fold(), generation.accepted,
-                                                         strict=True)):
-        batch.count(generation, folded)
-        reply: dict[str, Any] = {"generated_text": generated_text(body, folded)}
-        if body.parameters.details:
-            details: dict[str, Any] = {
-                "finish_reason": wire_finish_reason(folded.finish_reason, "tgi"),
-                "generated_tokens": folded.completion_tokens,
-                "seed": batch.seed(index),
-                "prefill": prefill_json(accepted),
-                "tokens": [token_json(t) for t in folded.tokens],
-                "best_of_sequences": None,
-            }
-            if body.parameters.top_n_tokens:
-                details["top_tokens"] = [top_tokens_json(t) for t in folded.tokens]
-            reply["details"] = details
-        out.append(reply)
-    return out
+    parts = [token_events(batch, generation, index) for index in range(len(bodies))]
+
+    def whole(folded: list[dict[str, Any]]) -> Any:
+        replies = [_whole_reply(body, events) for body, events in zip(bodies, folded, strict=True)]
+        return replies[0] if single else replies
+
+    return WireReply(parts, TGI_RULES, whole, stream=stream, on_close=generation.close)
 
 
-def stream(state: FrontendState, body: GenerateBody, uid: str) -> Response:
-    """TGI token events as SSE, one chunk per group of deltas; no [DONE] (TGI's stream ends at close)."""
-    batch = TgiRequests(state, [body], uid)
-    generation = batch.start()
-    chunks = ("".join(sse_event(event) for event in events) for events in event_batches(batch, generation))
-    return sse_response(chunks, on_close=generation.close)
+def _whole_reply(body: GenerateBody, folded: dict[str, Any]) -> dict[str, Any]:
+    """Folded token events as TGI's GenerateResponse."""
+    reply: dict[str, Any] = {"generated_text": folded.get("generated_text") or ""}
+    if body.parameters.details:
+        final = folded.get("details") or {}
+        details: dict[str, Any] = {
+            "finish_reason": final.get("finish_reason"), "generated_tokens": final.get("generated_tokens"),
+            "seed": final.get("seed"), "prefill": folded.get("_prefill", []), "tokens": folded.get("_tokens", []),
+            "best_of_sequences": None,
+        }
+        if body.parameters.top_n_tokens:
+            details["top_tokens"] = folded.get("_top_tokens", [])
+        reply["details"] = details
+    return reply
 
 
-def event_batches(batch: TgiRequests, generation: Generation) -> Iterator[list[dict[str, Any]]]:
-    """TGI StreamResponse events, grouped per delta; the last carries generated_text and details."""
-    body = batch.bodies[0]
-    folded = Folded()
-    index = 0
+def token_events(batch: TgiRequests, generation: Generation, index: int) -> Iterator[list[dict[str, Any]]]:
+    """TGI StreamResponse events of body `index`, one per token, grouped per delta (one write each);
+    the last carries generated_text and details."""
+    body = batch.bodies[index]
     want_top = bool(body.parameters.top_n_tokens)
-    for delta in generation.deltas():
-        folded.add(delta)
+    text, position, stop_sequence = "", 0, None
+    for delta in generation.deltas(index):
+        text += delta.text
         tokens = list(delta.tokens or [])
         if not tokens and delta.finish_reason is None:
             continue
-        if not tokens:
+        closing = not tokens
+        if closing:
             # The final delta brought no token (a stop sequence was cut): close with an empty special one.
             tokens = [TokenInfo(id=0, text="", logprob=None, special=True)]
-        events = []
-        for position, token in enumerate(tokens):
-            index += 1
-            last = delta.finish_reason is not None and position == len(tokens) - 1
-            details = None
-            if last:
-                batch.count(generation, folded)
-                details = {"finish_reason": wire_finish_reason(folded.finish_reason, "tgi"),
-                           "generated_tokens": folded.completion_tokens, "seed": batch.seed(0),
-                           "input_length": generation.prompt_tokens}
-            events.append({
-                "index": index,
-                "token": token_json(token),
-                "top_tokens": top_tokens_json(token) if want_top else None,
-                "generated_text": generated_text(body, folded) if last else None,
-                "details": details,
-            })
-        yield events
+        group = []
+        for offset, token in enumerate(tokens):
+            position += 1
+            event: dict[str, Any] = {"index": position, "token": token_json(token),
+                                     "top_tokens": top_tokens_json(token) if want_top else None,
+                                     "generated_text": None, "details": None,
+                                     "_tokens": [] if closing else [token_json(token)],
+                                     "_top_tokens": [] if closing or not want_top else [top_tokens_json(token)]}
+            if position == 1:
+                event["_prefill"] = prefill_json(generation.accepted[index])
+            if delta.finish_reason is not None and offset == len(tokens) - 1:
+                stop_sequence = delta.stop_sequence
+                accepted = generation.accepted[index]
+                batch.state.metrics.count_tokens(batch.uid, accepted.prompt_tokens, delta.completion_tokens)
+                event["generated_text"] = generated_text(body, text, stop_sequence)
+                event["details"] = {"finish_reason": wire_finish_reason(delta.finish_reason, "tgi"),
+                                    "generated_tokens": delta.completion_tokens, "seed": batch.seed(index),
+                                    "input_length": accepted.prompt_tokens}
+            group.append(event)
+        yield group
 
 
 def tokenize(gateway: Any, uid: str, body: TokenizeBody) -> list[dict[str, Any]]:
