@@ -65,10 +65,13 @@ def test_inputs_body_gets_a_tgi_list_reply(client: FlaskClient, gateway: FakeGat
 
 
 def test_inputs_batch_gets_one_reply_per_prompt(client: FlaskClient, gateway: FakeGateway) -> None:
-    reply = client.post("/invocations", json={"inputs": ["a", "b", "c"], "parameters": {"max_new_tokens": 1}})
+    counted: list[tuple[str, int, int]] = []
+    client.application.extensions["berth"].metrics.count_tokens = lambda *args: counted.append(args)
+    reply = client.post("/invocations", json={"inputs": ["a", "bb", "ccc"], "parameters": {"max_new_tokens": 1}})
     assert reply.json == [{"generated_text": "Hello"}] * 3
-    assert [r.prompt for r in gateway.requests] == ["a", "b", "c"]
+    assert [r.prompt for r in gateway.requests] == ["a", "bb", "ccc"]
     assert all(stream.closed for stream in gateway.streams)
+    assert [prompt for _, prompt, _ in counted] == [1, 2, 3]  # each input's own prompt tokens
 
 
 def test_inputs_stream_gives_tgi_token_events(client: FlaskClient) -> None:

@@ -28,7 +28,9 @@ class FakeStream:
         prefill = None
         if request.sampling.prompt_logprobs:
             prefill = [TokenInfo(id=1, text="<s>", logprob=None), TokenInfo(id=7, text="hi", logprob=-0.5)]
-        self._accepted = Accepted(request_id=request.request_id, prompt_tokens=2, prefill=prefill)
+        # One "token" per prompt character, so batched prompts of different lengths count differently.
+        prompt_tokens = len(request.prompt) if request.prompt else 2
+        self._accepted = Accepted(request_id=request.request_id, prompt_tokens=prompt_tokens, prefill=prefill)
 
     @property
     def accepted(self) -> Accepted:
