@@ -89,6 +89,7 @@ soak: venv
 lint: venv
 	$(VENV)/bin/ruff check container sdk tests bench
 	$(VENV)/bin/mypy container/berth_server sdk/berth
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

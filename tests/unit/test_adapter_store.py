@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from berth_server.adapter_specs import AdapterSource
 from berth_server.errors import InsufficientStorage
 from berth_server.model_process.adapter_store import AdapterStore
-from berth_server.models.adapters import AdapterSource
 
 
 def _store(tmp_path: Path, run: str = "run") -> AdapterStore:

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from berth_server.frontend.app import create_app
-from berth_server.frontend.auth import OPEN_PATHS
-from berth_server.frontend.webui import is_ui_path
+from berth_server.http.app import create_app
+from berth_server.http.auth import OPEN_PATHS
+from berth_server.http.webui import is_ui_path
 from berth_server.settings import Settings
 from flask import Flask
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from berth_server import ipc
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.models.launch_keys import ENGINE_KEYS, check_engine_args
 from berth_server.models.launch_resolver import parse_launch
 from berth_server.protocols import bounds

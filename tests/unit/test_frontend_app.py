@@ -7,9 +7,17 @@ import subprocess
 import sys
 
 import pytest
-from berth_server.errors import Conflict, GenerationFailed, InvalidRequest, NotFound, NotReady, Overloaded
-from berth_server.frontend.app import create_app
-from berth_server.frontend.errors import error_body, from_control_error
+from berth_server.errors import (
+    Conflict,
+    GenerationFailed,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    Overloaded,
+    from_control_error,
+)
+from berth_server.http.app import create_app
+from berth_server.http.errors import error_body
 from berth_server.settings import Settings
 from flask import Flask
 
@@ -23,7 +31,7 @@ def make_app(tmp_path, gateway: FakeGateway | None = None, **settings: object) -
 
 
 def test_building_the_app_imports_no_engine(tmp_path) -> None:
-    code = ("import sys, berth_server.frontend.wsgi; from berth_server.frontend.app import create_app; "
+    code = ("import sys, berth_server.http.wsgi; from berth_server.http.app import create_app; "
             "from berth_server.settings import Settings; "
             f"create_app(Settings(runtime_dir={str(tmp_path)!r})); "
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm', 'xllamacpp', 'gguf')]; "

@@ -11,6 +11,8 @@ import pytest
 import zmq.green as zmq
 from berth_server import control, ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.client.control_client import ControlClient
+from berth_server.client.gateway import Gateway
 from berth_server.errors import (
     Conflict,
     IncompleteGeneration,
@@ -19,8 +21,6 @@ from berth_server.errors import (
     NotFound,
     NotReady,
 )
-from berth_server.frontend.control_client import ControlClient
-from berth_server.frontend.gateway import Gateway
 from berth_server.settings import Settings
 
 Script = Callable[[Any], list[Any]]

@@ -1,4 +1,4 @@
-"""frontend/generation.py over the real gateway and zmq.green stand-ins: start, accept, fold, close, disconnect."""
+"""client/generation.py over the real gateway and zmq.green stand-ins: start, accept, fold, close, disconnect."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import gevent
 import gevent.socket
 import pytest
 from berth_server import ipc
+from berth_server.client.gateway import Gateway
+from berth_server.client.generation import FINISH_REASONS, start_generation, wire_finish_reason
 from berth_server.errors import ClientDisconnected, GenerationFailed, InvalidRequest
-from berth_server.frontend.gateway import Gateway
-from berth_server.frontend.generation import FINISH_REASONS, start_generation, wire_finish_reason
 
 from tests.unit.test_frontend_gateway import FakeModel, request, runtime  # noqa: F401 - fixture
 
@@ -37,7 +37,7 @@ def test_one_rejected_choice_closes_the_others(runtime: tuple[Gateway, FakeModel
 
 def test_a_client_that_hangs_up_aborts_a_non_streaming_generation(
         runtime: tuple[Gateway, FakeModel]) -> None:  # noqa: F811
-    from berth_server.frontend.replies import render
+    from berth_server.http.replies import render
     from berth_server.protocols.reply import FoldRules, WireReply
     from flask import Flask
 

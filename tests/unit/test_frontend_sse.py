@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import gevent
 import gevent.event
 from berth_server.errors import GenerationFailed
-from berth_server.frontend.sse import SSE_DONE, sse_event, sse_response, start_disconnect_watcher
+from berth_server.http.sse import SSE_DONE, sse_event, sse_response, start_disconnect_watcher
 from flask import Flask
 from gevent import socket
 

@@ -84,4 +84,4 @@ def test_gunicorn_command_uses_gevent_and_binds_the_port() -> None:
     assert command[command.index("--workers") + 1] == "3"
     assert command[command.index("--bind") + 1] == "0.0.0.0:7001"
     assert "--no-control-socket" in command
-    assert command[-1] == "berth_server.frontend.wsgi:create_app()"
+    assert command[-1] == "berth_server.http.wsgi:create_app()"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from berth_server.errors import GenerationFailed, InvalidRequest
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, parse
 from berth_server.settings import Settings
 from flask.testing import FlaskClient

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.models.launch import ModelDescription
 from berth_server.models.launch_resolver import LaunchRequest, build_config, parse_launch
 from berth_server.models.registry import Registry
@@ -299,3 +299,11 @@ def test_default_model_gets_the_catalog_parser_unless_set(tmp_path) -> None:
     chosen = settings.replace(tool_call_parser="llama3_json")
     assert default_model_config(chosen).tool_call_parser == "llama3_json"
     assert default_model_config(settings.replace(hf_model_id="demo://tiny")).tool_call_parser is None
+
+
+def test_every_known_parser_name_has_a_parser() -> None:
+    from berth_server import canonical
+
+    assert set(TOOL_CALL_PARSERS) == set(canonical.TOOL_CALL_PARSERS)
+    with pytest.raises(ValueError, match="use one of deepseek_v3, hermes"):
+        canonical.check_parser_name("nope")

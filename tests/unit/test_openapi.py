@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import schemathesis
-from berth_server.frontend.app import create_app
-from berth_server.frontend.openapi import REQUEST_BODIES
+from berth_server.http.app import create_app
+from berth_server.http.openapi import REQUEST_BODIES
 from berth_server.settings import Settings
 
 from tests.unit.test_frontend_fake import FakeControl, FakeGateway

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.protocols.sagemaker.schemas import shape_of
 from berth_server.settings import Settings
 from flask.testing import FlaskClient

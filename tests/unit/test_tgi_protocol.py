@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from berth_server.errors import InvalidRequest, Overloaded
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.protocols.tgi.schemas import DEFAULT_MAX_NEW_TOKENS, GenerateBody, parse
 from berth_server.settings import Settings
 from flask import Flask
@@ -173,7 +173,7 @@ def test_generated_tokens_are_counted_in_metrics(app: Flask, client: FlaskClient
 
 def test_tokens_that_arrive_together_are_written_in_one_chunk(app: Flask, gateway: FakeGateway) -> None:
     from berth_server.canonical import Delta, TokenInfo
-    from berth_server.frontend.state import get_state
+    from berth_server.client.state import get_state
     from berth_server.protocols.tgi import service
 
     with app.test_request_context():

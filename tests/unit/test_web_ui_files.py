@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from berth_server.frontend.webui import UI_DIR
+from berth_server.http.webui import UI_DIR
 
 from tests.unit.test_frontend_app import make_app
 
@@ -41,8 +41,8 @@ def test_ui_files_need_no_key_but_the_api_does(tmp_path: Path) -> None:
 
 
 def test_every_file_is_package_data() -> None:
-    line = re.search(r'^"berth_server\.frontend" = (\[.*\])$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
-    assert line, "pyproject.toml has no package-data for berth_server.frontend"
+    line = re.search(r'^"berth_server\.http" = (\[.*\])$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert line, "pyproject.toml has no package-data for berth_server.http"
     globs = json.loads(line.group(1))
     for path in UI_FILES:
         relative = path.relative_to(UI_DIR.parent).as_posix()

@@ -11,7 +11,7 @@ from typing import Any
 
 from berth_server import ipc
 from berth_server.errors import NotFound
-from berth_server.frontend.app import create_app
+from berth_server.http.app import create_app
 from berth_server.models.management import control_handlers
 from berth_server.settings import Settings
 from flask.testing import FlaskClient

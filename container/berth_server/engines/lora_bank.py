@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from berth_server.adapter_specs import check_adapter_name
 from berth_server.engines.lora_weights import AdapterWeights, linear_shapes, read_adapter
 from berth_server.errors import Conflict, InvalidRequest, NotFound
-from berth_server.models.adapters import check_adapter_name
 
 
 class RowLoraLinear(torch.nn.Module):

@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import msgspec
 
+from berth_server.adapter_specs import AdapterSource
 from berth_server.atomic_file import out_of_space, write_atomically
 from berth_server.errors import InsufficientStorage
-from berth_server.models.adapters import AdapterSource
 
 log = logging.getLogger(__name__)
 _ADAPTERS = msgspec.json.Decoder(list[AdapterSource])

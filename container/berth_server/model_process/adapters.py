@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 
 from berth_server import ipc
+from berth_server.adapter_specs import AdapterSource, check_adapter_name
 from berth_server.engines.base import Engine
 from berth_server.errors import BerthError, InvalidRequest, WeightsNotFound
 from berth_server.model_process.adapter_store import AdapterStore
-from berth_server.models.adapters import AdapterSource, check_adapter_name
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)

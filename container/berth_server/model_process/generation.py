@@ -6,16 +6,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.engines.base import EngineStep
+from berth_server.engines.base import Engine, EngineStep
 from berth_server.errors import BerthError
-
-if TYPE_CHECKING:
-    from berth_server.model_process.server import ModelServer
+from berth_server.model_process.text_pipeline import TextPipeline
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Cumulative counters behind ModelStats (incremented here, reported by the server)."""
+
+    requests_total: int = 0
+    generated_tokens_total: int = 0
+    prompt_tokens_total: int = 0
+    aborted_total: int = 0
+    finished_total: int = 0
+
+
+class GenerationHost(Protocol):
+    """What a generation needs from the model server that runs it (server.ModelServer)."""
+
+    pipeline: TextPipeline | None
+    engine: Engine | None
+    counters: Counters
+
+    def emit(self, peer: bytes, event: Any) -> None:
+        """Queue an event for `peer`."""
 
 
 def _failure(request_id: str, exc: BerthError) -> Failure:
@@ -23,7 +44,7 @@ def _failure(request_id: str, exc: BerthError) -> Failure:
                    param=exc.param)
 
 
-async def run_generation(server: ModelServer, peer: bytes, request: GenerateRequest) -> None:
+async def run_generation(server: GenerationHost, peer: bytes, request: GenerateRequest) -> None:
     """Validate, stream the engine's steps as Deltas to `peer`, and always free the engine slot."""
     pipeline, engine, counters = server.pipeline, server.engine, server.counters
     assert pipeline is not None and engine is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ import zmq
 
 from berth_server import control, ipc
 from berth_server.engines.base import Engine, EngineLoadInfo
-from berth_server.errors import BerthError, InvalidRequest
+from berth_server.errors import BerthError
 from berth_server.model_process.server import ModelServer
 from berth_server.models.launch import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
 from berth_server.settings import Settings, SettingsError
@@ -159,7 +158,7 @@ class ModelProcess:
 
     async def _add_launch_adapters(self) -> None:
         """Register the adapters the model is launched with; a bad one fails the launch, naming it."""
-        from berth_server.models.adapters import AdapterSource
+        from berth_server.adapter_specs import AdapterSource
 
         adapters = list(self.config.adapters)
         if self.config.is_default:  # TGI's LORA_ADAPTERS belongs to the default model
@@ -171,13 +170,9 @@ class ModelProcess:
 
     async def _load_encoder(self, model_dir: Path, address: str) -> tuple[EngineLoadInfo, ModelServer]:
         """Embedding/rerank models are served by the model-management's encoder service."""
-        try:
-            module = importlib.import_module("berth_server.model_process.encoder_service")
-            create = module.create_encoder_service
-        except (ImportError, AttributeError) as exc:
-            raise InvalidRequest(f"cannot serve {self.config.model_type} model '{self.config.model_name}':"
-                                 f" the encoder service is not available ({exc})") from None
-        self.encoder = await asyncio.to_thread(create, self.config, model_dir, self.settings)
+        from berth_server.model_process.encoder_service import create_encoder_service
+
+        self.encoder = await asyncio.to_thread(create_encoder_service, self.config, model_dir, self.settings)
         start = getattr(self.encoder, "start", None)
         info = await start() if start is not None else None
         if not isinstance(info, EngineLoadInfo):

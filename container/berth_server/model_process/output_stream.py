@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from berth_server.canonical import Delta, FinishReason, TokenInfo, TopToken
 from berth_server.engines.base import EngineStep
 from berth_server.model_process.detokenizer import IncrementalDetokenizer, StopMatcher
 from berth_server.model_process.reasoning import ReasoningSplitter
 
-if TYPE_CHECKING:
-    from berth_server.model_process.text_pipeline import TextPipeline
+
+class Vocabulary(Protocol):
+    """What an output stream reads of the model's tokenizer (text_pipeline.TextPipeline provides it)."""
+
+    tokenizer: Any
+    special_ids: frozenset[int]
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text."""
 
 FINISH: dict[str, FinishReason] = {"eos": "eos", "length": "length", "abort": "abort"}
 
@@ -19,7 +26,7 @@ FINISH: dict[str, FinishReason] = {"eos": "eos", "length": "length", "abort": "a
 class OutputStream:
     """Detokenizes, cuts stop strings, splits reasoning and counts tokens for one request."""
 
-    def __init__(self, *, pipeline: TextPipeline, request_id: str, skip_ids: Iterable[int],
+    def __init__(self, *, pipeline: Vocabulary, request_id: str, skip_ids: Iterable[int],
                  prompt_ids: list[int], stops: Iterable[str], splitter: ReasoningSplitter | None,
                  details: bool):
         self._pipeline = pipeline

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -23,6 +22,7 @@ from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
 from berth_server.engines.base import Engine
 from berth_server.errors import BerthError
 from berth_server.model_process.adapter_store import AdapterStore
+from berth_server.model_process.generation import Counters, run_generation
 from berth_server.model_process.text_pipeline import TextPipeline
 from berth_server.settings import Settings
 
@@ -37,17 +37,6 @@ class EncoderService(Protocol):
 
     async def rerank(self, message: ipc.Rerank) -> ipc.Reranked:
         """Score documents against a query."""
-
-
-@dataclass
-class Counters:
-    """Cumulative counters behind ModelStats."""
-
-    requests_total: int = 0
-    generated_tokens_total: int = 0
-    prompt_tokens_total: int = 0
-    aborted_total: int = 0
-    finished_total: int = 0
 
 
 class ModelServer:
@@ -169,8 +158,6 @@ class ModelServer:
                                     f" {self.settings.max_concurrent_requests}); retry later",
                                     error_type="overloaded"))
             return
-        from berth_server.model_process.generation import run_generation
-
         self._spawn(peer, rid, run_generation(self, peer, request), generation=True)
 
     def generating(self) -> int:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from berth_server.models.adapters import AdapterSource
+from berth_server.adapter_specs import AdapterSource
 
 ModelType = Literal["LLM", "embedding", "rerank"]
 ModelState = Literal["starting", "downloading", "loading", "ready", "failed", "stopping", "stopped"]

@@ -11,15 +11,16 @@ from typing import Any
 
 from berth.registration import LLMRegistration, Registration, size_key
 
+from berth_server.adapter_specs import AdapterSource, from_peft_model_config
+from berth_server.canonical import check_parser_name
 from berth_server.errors import InvalidRequest, WeightsNotFound
-from berth_server.models.adapters import AdapterSource, from_peft_model_config
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
 from berth_server.models.roots import check_model_roots
 from berth_server.models.sources import pick_gguf
-from berth_server.protocols.openai.tool_calls import check_parser_name
 from berth_server.settings import Settings
+from berth_server.wire_values import as_bool
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ class LaunchRequest:
     engine_args: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     adapters: list[AdapterSource] = field(default_factory=list)  # Xinference's peft_model_config lora_list
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A JSON/query boolean ("false" counts as False)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise InvalidRequest(f"{name} must be true or false, not {value!r}", param=name)
 
 
 def parse_launch(params: dict[str, Any]) -> LaunchRequest:

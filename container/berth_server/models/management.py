@@ -13,10 +13,11 @@ from berth.registration import LLMRegistration, Registration
 
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.launch import ModelLaunchConfig, ModelStatus
-from berth_server.models.launch_resolver import as_bool, build_config, generated_uid, parse_launch
+from berth_server.models.launch_resolver import build_config, generated_uid, parse_launch
 from berth_server.models.registry import Registry, model_type_or_400
 from berth_server.process_memory import resident_bytes
 from berth_server.settings import Settings
+from berth_server.wire_values import as_bool
 
 log = logging.getLogger("berth.management")
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]

@@ -12,9 +12,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from berth_server.demo_model import DEMO_SCHEME, resolve_demo_uri
+from berth_server.demo_model import DEMO_SCHEME
 from berth_server.errors import WeightsNotFound
 from berth_server.models.archive import extract_archive, is_archive
+from berth_server.models.demo_sources import resolve_demo_uri
 from berth_server.settings import Settings
 
 ProgressCallback = Callable[[float, str], None]

@@ -4,7 +4,7 @@ Out-of-range values fail pydantic validation, which protocols/wire.py turns into
 field (400 on OpenAI and Xinference routes, 422 on TGI routes). Limits that are a protocol's own
 contract (TGI's 4 stop sequences, OpenAI's 20 top_logprobs) stay in that protocol's schema; these
 are the outer walls every protocol shares. JSON nesting depth is checked once, where the body is
-parsed (frontend/errors.py: request_json), against MAX_JSON_DEPTH.
+parsed (http/errors.py: request_json), against MAX_JSON_DEPTH.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""What every protocol's schemas share: turning a JSON body into a wire model, or an InvalidRequest naming the field."""
+"""What every protocol shares on the way in: the request body as JSON, then a wire model or an InvalidRequest naming the field."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, TypeVar
 
 import pydantic
+from flask import request
 
 from berth_server.errors import InvalidRequest
+from berth_server.protocols.bounds import MAX_JSON_DEPTH, json_problem
 
 WireModel = TypeVar("WireModel", bound=pydantic.BaseModel)
 # Union members appear in pydantic's error locations as type tags ("str", "list[int]", "constrained-str");
@@ -37,3 +40,24 @@ def parse(model: type[WireModel], body: Any) -> WireModel:
         where = field_name(tuple(best.get("loc", ())))
         message = str(best.get("msg", "invalid value")).removeprefix("Value error, ")
         raise InvalidRequest(f"{where}: {message}" if where else message, param=where) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def request_json() -> dict[str, Any]:
+    """The request body as a JSON object; malformed, NaN-carrying or too deeply nested JSON is an InvalidRequest."""
+    data = request.get_data(cache=True)
+    try:
+        body = json.loads(data, parse_constant=_no_constant) if data else None
+    except RecursionError:
+        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    problem = json_problem(body)
+    if problem is not None:
+        raise InvalidRequest(problem)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from berth_server.adapter_specs import AdapterSource
 from berth_server.errors import NotFound
 from berth_server.ipc import AdapterInfo
-from berth_server.models.adapters import AdapterSource
 
 
 class FakeAdapters:

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint
 
-from berth_server.frontend.errors import request_json
-from berth_server.frontend.state import get_state
+from berth_server.client.state import get_state
 from berth_server.protocols.openai import service
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, parse
+from berth_server.protocols.wire import request_json
 
 openai_bp = Blueprint("openai", __name__, url_prefix="/v1")
 openai_bp.berth_family = "openai"  # type: ignore[attr-defined]
@@ -18,13 +18,13 @@ _STARTED = int(time.time())  # "created" for listed models: when this worker sta
 
 
 @openai_bp.post("/chat/completions")
-def chat_completions() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def chat_completions() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """Chat completion, streaming or not."""
     return service.chat_completion(get_state(), parse(ChatCompletionRequest, request_json()))
 
 
 @openai_bp.post("/completions")
-def completions() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def completions() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """Text completion, streaming or not."""
     return service.completion(get_state(), parse(CompletionRequest, request_json()))
 

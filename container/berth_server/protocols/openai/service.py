@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth_server.canonical import Accepted, TokenInfo
+from berth_server.client.generation import Generation, start_generation, wire_finish_reason
+from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError
-from berth_server.frontend.generation import Generation, start_generation, wire_finish_reason
-from berth_server.frontend.state import FrontendState
 from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.reply import FoldRules, WireReply

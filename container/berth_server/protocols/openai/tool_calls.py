@@ -136,13 +136,6 @@ TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {
 }
 
 
-def check_parser_name(name: str | None) -> str | None:
-    """`name` if it is a known parser (or None); ValueError listing the known ones otherwise."""
-    if name is not None and name not in TOOL_CALL_PARSERS:
-        raise ValueError(f"unknown tool call parser {name!r}; use one of {', '.join(sorted(TOOL_CALL_PARSERS))}")
-    return name
-
-
 # -- glue for the OpenAI service ---------------------------------------------------------------
 def parser_name(gateway: Any, uid: str) -> str | None:
     """The model's configured tool-call parser, if any."""

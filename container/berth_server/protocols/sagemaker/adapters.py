@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from berth_server.frontend.state import FrontendState
-from berth_server.models.adapters import AdapterSource, check_adapter_name
+from berth_server.adapter_specs import AdapterSource, check_adapter_name
+from berth_server.client.state import FrontendState
 from berth_server.protocols import bounds
 from berth_server.protocols.sagemaker.schemas import Shape
 from berth_server.protocols.wire import parse

@@ -18,13 +18,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from berth_server.frontend.errors import request_json
-from berth_server.frontend.state import get_state
+from berth_server.client.state import get_state
 from berth_server.protocols.openai import service as openai_service
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.schemas import parse as parse_openai
 from berth_server.protocols.sagemaker import adapters, service
 from berth_server.protocols.sagemaker.schemas import shape_of
+from berth_server.protocols.wire import request_json
 
 sagemaker_bp = Blueprint("sagemaker", __name__)
 # Errors before the shape is known (bad JSON, unknown shape) use TGI's bodies, as TGI's image does.
@@ -42,7 +42,7 @@ def ping() -> Any:
 
 
 @sagemaker_bp.post("/invocations")
-def invocations() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """One SageMaker invocation, answered by the protocol its body speaks."""
     state = get_state()
     body = request_json()

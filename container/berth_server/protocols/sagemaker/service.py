@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from berth_server.client.state import FrontendState
 from berth_server.errors import NotFound
-from berth_server.frontend.state import FrontendState
 from berth_server.protocols.reply import WireReply
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
 from berth_server.protocols.tgi import service as tgi_service

@@ -7,13 +7,13 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from berth_server import __version__
-from berth_server.frontend.errors import request_json
-from berth_server.frontend.state import get_state
+from berth_server.client.state import get_state
 from berth_server.protocols.tgi import service
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody, parse
+from berth_server.protocols.wire import request_json
 
 tgi_bp = Blueprint("tgi", __name__)
-tgi_bp.berth_family = "tgi"  # type: ignore[attr-defined]  # read by frontend/errors.py
+tgi_bp.berth_family = "tgi"  # type: ignore[attr-defined]  # read by http/errors.py
 
 
 def _default_model() -> str:
@@ -22,21 +22,21 @@ def _default_model() -> str:
 
 
 @tgi_bp.post("/")
-def compat_generate() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def compat_generate() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """TGI's POST /: a list [{generated_text, details}], or token events when "stream" is true."""
     body = parse(GenerateBody, request_json())
     return service.reply(get_state(), [body], _default_model(), stream=body.stream)
 
 
 @tgi_bp.post("/generate")
-def generate() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def generate() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """TGI's POST /generate: one {generated_text, details?} object."""
     return service.reply(get_state(), [parse(GenerateBody, request_json())], _default_model(), stream=False,
                          single=True)
 
 
 @tgi_bp.post("/generate_stream")
-def generate_stream() -> Any:  # a WireReply, rendered by the app (frontend/replies.py)
+def generate_stream() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     """TGI's POST /generate_stream: SSE token events; the last carries generated_text and details."""
     return service.reply(get_state(), [parse(GenerateBody, request_json())], _default_model(), stream=True)
 

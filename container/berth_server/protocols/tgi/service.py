@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth_server.canonical import Accepted, TokenInfo
+from berth_server.client.generation import Generation, start_generation, wire_finish_reason
+from berth_server.client.state import FrontendState
+from berth_server.client.streams import new_request_id
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.generation import Generation, start_generation, wire_finish_reason
-from berth_server.frontend.state import FrontendState
-from berth_server.frontend.streams import new_request_id
 from berth_server.protocols.reply import FoldRules, WireReply
 from berth_server.protocols.tgi.schemas import (
     DEFAULT_MAX_NEW_TOKENS,

@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from berth_server.frontend.errors import request_json
-from berth_server.frontend.state import get_state
-from berth_server.models.launch_resolver import as_bool
+from berth_server.client.state import get_state
+from berth_server.protocols.wire import request_json
 from berth_server.protocols.xinference import service
 from berth_server.protocols.xinference.schemas import EmbeddingRequest, RegisterBody, RerankRequest, parse
+from berth_server.wire_values import as_bool
 
 xinference_bp = Blueprint("xinference", __name__)
 xinference_bp.berth_family = "xinference"  # type: ignore[attr-defined]

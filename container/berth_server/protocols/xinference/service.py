@@ -7,8 +7,8 @@ import struct
 import time
 from typing import Any
 
+from berth_server.client.state import FrontendState
 from berth_server.errors import InvalidRequest
-from berth_server.frontend.state import FrontendState
 from berth_server.protocols.xinference.schemas import (
     EmbeddingRequest,
     RegisterBody,

@@ -1,6 +1,6 @@
 """The HTTP side of a WireReply: its events framed as SSE, or folded into one JSON body.
 
-Views return protocols.reply.WireReply; the app's make_response (frontend/app.py) sends it here.
+Views return protocols.reply.WireReply; the app's make_response (http/app.py) sends it here.
 A whole reply is folded while a watcher peeks the client's socket: a client that hangs up aborts
 its generations at once (FINDINGS), and the fold ends with ClientDisconnected.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Response, jsonify, request
 
 from berth_server.errors import ClientDisconnected
-from berth_server.frontend.sse import sse_event, sse_response, start_disconnect_watcher
+from berth_server.http.sse import sse_event, sse_response, start_disconnect_watcher
 from berth_server.protocols.reply import WireReply, fold_events, streamed
 
 

@@ -7,7 +7,7 @@ import hmac
 from flask import Flask, request
 
 from berth_server.errors import Unauthorized
-from berth_server.frontend.webui import is_ui_path
+from berth_server.http.webui import is_ui_path
 
 # SageMaker and load balancers probe health without a key; xinference-client asks /v1/cluster/auth
 # without one to learn whether it must send one. /metrics joins them only with BERTH_METRICS_PUBLIC.

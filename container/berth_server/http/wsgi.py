@@ -1,4 +1,4 @@
-"""gunicorn entry: `berth_server.frontend.wsgi:create_app()` builds the app from the environment."""
+"""gunicorn entry: `berth_server.http.wsgi:create_app()` builds the app from the environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from flask import Flask
 
-from berth_server.frontend import app as app_module
+from berth_server.http import app as app_module
 from berth_server.settings import Settings
 
 

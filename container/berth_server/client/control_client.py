@@ -13,8 +13,7 @@ from typing import Any
 import zmq.green as zmq
 
 from berth_server import control, ipc
-from berth_server.errors import NotReady
-from berth_server.frontend.errors import from_control_error
+from berth_server.errors import NotReady, from_control_error
 
 
 class ControlClient:

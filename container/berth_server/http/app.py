@@ -2,56 +2,41 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
 from flask import Flask, Response, request
 from flask.typing import ResponseReturnValue
 
+from berth_server.client.state import FrontendState
 from berth_server.errors import PayloadTooLarge
-from berth_server.frontend.auth import install_auth
-from berth_server.frontend.errors import register_error_handlers
-from berth_server.frontend.metrics import FrontendMetrics, install_metrics
-from berth_server.frontend.openapi import install_openapi
-from berth_server.frontend.replies import render
-from berth_server.frontend.state import FrontendState
-from berth_server.frontend.webui import ui_bp
+from berth_server.http.auth import install_auth
+from berth_server.http.errors import register_error_handlers
+from berth_server.http.metrics import FrontendMetrics, install_metrics
+from berth_server.http.openapi import install_openapi
+from berth_server.http.replies import render
+from berth_server.http.webui import ui_bp
+from berth_server.protocols.openai.blueprint import openai_bp
 from berth_server.protocols.reply import WireReply
+from berth_server.protocols.sagemaker.blueprint import sagemaker_bp
+from berth_server.protocols.tgi.blueprint import tgi_bp
+from berth_server.protocols.xinference.blueprint import xinference_bp
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# (module, blueprint attribute) of every protocol; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
-PROTOCOL_BLUEPRINTS = (
-    ("berth_server.protocols.sagemaker.blueprint", "sagemaker_bp"),
-    ("berth_server.protocols.tgi.blueprint", "tgi_bp"),
-    ("berth_server.protocols.xinference.blueprint", "xinference_bp"),
-    ("berth_server.protocols.openai.blueprint", "openai_bp"),
-)
+# Every protocol's blueprint; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
+PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, openai_bp)
 
 
 class BerthFlask(Flask):
     """Flask that also takes a protocol's WireReply as a view's return value (streamed or folded)."""
 
     def make_response(self, rv: ResponseReturnValue | WireReply) -> Response:
-        """Render a WireReply (frontend/replies.py); anything else as Flask does."""
+        """Render a WireReply (http/replies.py); anything else as Flask does."""
         if isinstance(rv, WireReply):
             return render(rv)
         return super().make_response(rv)
-
-
-def _register_protocols(app: Flask) -> None:
-    """Register each protocol blueprint; a protocol package that is not there yet is logged, not fatal."""
-    for module_name, attribute in PROTOCOL_BLUEPRINTS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                log.warning("protocol %s is not available: %s", module_name, exc)
-                continue
-            raise
-        app.register_blueprint(getattr(module, attribute))
 
 
 def _check_content_length(limit: int) -> None:
@@ -63,17 +48,17 @@ def _check_content_length(limit: int) -> None:
 
 def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> Flask:
     """Build the frontend for these settings; tests pass fake gateway/control objects."""
-    app = BerthFlask("berth_server.frontend", static_folder=None)  # no file serving: every route is an API route
+    app = BerthFlask("berth_server.http", static_folder=None)  # no file serving: every route is an API route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     runtime_dir = settings.resolved_runtime_dir()
     if control is None:
-        from berth_server.frontend.control_client import ControlClient
+        from berth_server.client.control_client import ControlClient
 
         control = ControlClient(runtime_dir)
     if gateway is None:
-        from berth_server.frontend.gateway import Gateway
+        from berth_server.client.gateway import Gateway
 
         gateway = Gateway(settings, control, runtime_dir)
     app.extensions["berth"] = FrontendState(settings=settings, gateway=gateway, control=control,
@@ -82,7 +67,8 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
     install_auth(app, settings.api_key, settings.metrics_public)
     app.before_request(lambda: _check_content_length(settings.max_body_bytes))
     install_metrics(app)
-    _register_protocols(app)
+    for blueprint in PROTOCOL_BLUEPRINTS:
+        app.register_blueprint(blueprint)
     app.register_blueprint(ui_bp)
     install_openapi(app)
     return app

@@ -18,11 +18,11 @@ import zmq.green as zmq
 from gevent.queue import Empty
 
 from berth_server import ipc
+from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
+from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_failure
-from berth_server.frontend.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.model_table import TableReader, table_path
-from berth_server.models.adapters import AdapterSource
 from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
 

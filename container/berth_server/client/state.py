@@ -15,9 +15,9 @@ class FrontendState:
     """What views and services fetch: settings, the gateway, the control client and metrics."""
 
     settings: Settings
-    gateway: Any  # frontend.gateway.Gateway (or a fake in tests)
-    control: Any  # frontend.control_client.ControlClient (or a fake)
-    metrics: Any  # frontend.metrics.FrontendMetrics
+    gateway: Any  # client.gateway.Gateway (or a fake in tests)
+    control: Any  # client.control_client.ControlClient (or a fake)
+    metrics: Any  # http.metrics.FrontendMetrics (counts tokens per model)
 
 
 def get_state() -> FrontendState:

@@ -17,7 +17,7 @@ import gevent
 from flask import Response, request
 
 from berth_server.errors import BerthError, GenerationFailed
-from berth_server.frontend.errors import Family, family_for_request, stream_error_event
+from berth_server.http.errors import Family, family_for_request, stream_error_event
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ errors, the status (400 on OpenAI routes, 422 on TGI routes).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Literal
 
@@ -16,19 +15,11 @@ from werkzeug.exceptions import HTTPException
 
 from berth_server.errors import (
     BerthError,
-    Conflict,
     GenerationFailed,
-    InsufficientStorage,
     InvalidRequest,
-    ModelTimeout,
     NotFound,
-    NotReady,
-    Overloaded,
     PayloadTooLarge,
-    Unauthorized,
-    from_failure,
 )
-from berth_server.protocols.bounds import MAX_JSON_DEPTH, json_problem
 
 Family = Literal["openai", "tgi", "xinference"]
 log = logging.getLogger(__name__)
@@ -114,30 +105,6 @@ def error_response(error: BerthError, family: Family | None = None) -> Response:
     return response
 
 
-_BY_STATUS: dict[int, type[BerthError]] = {
-    400: InvalidRequest,
-    401: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    413: PayloadTooLarge,
-    422: InvalidRequest,
-    429: Overloaded,
-    503: NotReady,
-    504: ModelTimeout,
-    507: InsufficientStorage,
-}
-
-
-def from_control_error(message: str, status: int, error_type: str) -> BerthError:
-    """Rebuild the typed error the launcher reported (by status first, then by error type)."""
-    cls = _BY_STATUS.get(status)
-    if cls is Overloaded:
-        return Overloaded(message)
-    if cls is not None:
-        return cls(message)
-    return from_failure(error_type, message)
-
-
 def _from_http_exception(exc: HTTPException) -> BerthError:
     """Map werkzeug's routing/size errors to typed errors."""
     code = exc.code or 500
@@ -172,24 +139,3 @@ def register_error_handlers(app: Flask) -> None:
         # Logged with its traceback here; the body never carries it.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(GenerationFailed(f"internal error: {type(exc).__name__}"))
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def request_json() -> dict[str, Any]:
-    """The request body as a JSON object; malformed, NaN-carrying or too deeply nested JSON is an InvalidRequest."""
-    data = request.get_data(cache=True)
-    try:
-        body = json.loads(data, parse_constant=_no_constant) if data else None
-    except RecursionError:
-        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    problem = json_problem(body)
-    if problem is not None:
-        raise InvalidRequest(problem)
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body

@@ -48,7 +48,7 @@ QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "xinference.instances": (("model_name", {"type": "string"}), ("model_uid", {"type": "string"})),
 }
 TEXT_PLAIN = {"berth_core.metrics"}
-# Every error body, whatever the protocol, carries "detail" (frontend/errors.py).
+# Every error body, whatever the protocol, carries "detail" (http/errors.py).
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 # OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);
 # `data` carries the protocol's JSON chunk (or OpenAI's closing "[DONE]").
