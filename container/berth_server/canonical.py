@@ -123,13 +123,23 @@ class Delta(msgspec.Struct, tag="delta", kw_only=True):
     stop_sequence: str | None = None  # which stop string ended it, when finish_reason == "stop"
 
 
-class Failure(msgspec.Struct, tag="failure", kw_only=True):
-    """The request cannot go on; error_type decides the HTTP status (or the in-stream error event)."""
+class ErrorRecord(msgspec.Struct, kw_only=True):
+    """A typed error as it crosses processes (model process or launcher -> frontend), the one such record.
+
+    errors.record_of builds it from a BerthError; errors.from_record rebuilds the BerthError. HTTP
+    bodies, SSE error events and control replies all come from the rebuilt error.
+    """
+
+    message: str
+    error_type: FailureType | str = "generation"
+    status: int = 500  # the HTTP status; 500 when only error_type says what it was
+    param: str | None = None
+
+
+class Failure(ErrorRecord, tag="failure", kw_only=True):
+    """The request cannot go on: the error record, for one request (in its stream, or before it starts)."""
 
     request_id: str
-    message: str
-    error_type: FailureType = "generation"
-    param: str | None = None
 
 
 ModelEvent = Accepted | Delta | Failure

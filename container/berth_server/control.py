@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from berth_server.canonical import ErrorRecord
+
 
 class ControlCall(msgspec.Struct, kw_only=True):
     """A request to the launcher."""
@@ -19,19 +21,11 @@ class ControlCall(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
 
 
-class ControlError(msgspec.Struct, kw_only=True):
-    """A failure the frontend maps to HTTP: status and TGI-style type."""
-
-    message: str
-    status: int = 500
-    error_type: str = "generation"
-
-
 class ControlReply(msgspec.Struct, kw_only=True):
     """The launcher's answer: a result, or an error."""
 
     result: Any = None
-    error: ControlError | None = None
+    error: ErrorRecord | None = None  # errors.from_record rebuilds the typed error
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -17,8 +17,8 @@ import zmq
 import zmq.asyncio
 
 from berth_server import control
-from berth_server.control import ControlError, ControlReply
-from berth_server.errors import BerthError
+from berth_server.control import ControlReply
+from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, NotFound, record_of
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.supervisor import Supervisor
 
@@ -96,18 +96,14 @@ class ControlServer:
         try:
             call = control.decode_call(payload)
         except msgspec.DecodeError as exc:
-            return ControlReply(error=ControlError(message=f"malformed control call: {exc}", status=400,
-                                                   error_type="validation"))
+            return ControlReply(error=record_of(InvalidRequest(f"malformed control call: {exc}")))
         handler = self._handlers.get(call.method)
         if handler is None:
-            return ControlReply(error=ControlError(message=f"unknown control method {call.method!r}",
-                                                   status=404, error_type="not_found"))
+            return ControlReply(error=record_of(NotFound(f"unknown control method {call.method!r}")))
         try:
             return ControlReply(result=await handler(call.params))
         except BerthError as exc:
-            return ControlReply(error=ControlError(message=exc.message, status=exc.status,
-                                                   error_type=exc.error_type))
+            return ControlReply(error=record_of(exc))
         except Exception as exc:  # a bug: keep serving, log the traceback, tell the caller it was ours
             log.exception("control method %s failed", call.method)
-            return ControlReply(error=ControlError(message=f"internal error in {call.method}: {exc}",
-                                                   status=500, error_type="generation"))
+            return ControlReply(error=record_of(GenerationFailed(f"internal error in {call.method}: {exc}")))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from berth_server.canonical import ErrorRecord, Failure
+
 
 class BerthError(Exception):
     """Base: message, OpenAI status/type, TGI status/error_type, optional param and headers."""
@@ -154,9 +156,37 @@ FAILURE_TYPES: dict[str, type[BerthError]] = {
 }
 
 
+# Every error class a record can name, most general first (a subclass with the same type and
+# status, such as InputTooLong, comes back as its parent: the same status, type and body).
+_RECORDED: tuple[type[BerthError], ...] = (
+    InvalidRequest, Unauthorized, NotFound, Conflict, PayloadTooLarge, Overloaded, NotReady, GenerationFailed,
+    IncompleteGeneration, ModelTimeout, InsufficientStorage, ClientDisconnected,
+)
+
+
+def record_of(error: BerthError) -> ErrorRecord:
+    """The record of a typed error, to send to another process."""
+    return ErrorRecord(message=error.message, error_type=error.error_type, status=error.status, param=error.param)
+
+
+def failure_of(request_id: str, error: BerthError) -> Failure:
+    """The record of a typed error that ends one request."""
+    return Failure(request_id=request_id, message=error.message, error_type=error.error_type,
+                   status=error.status, param=error.param)
+
+
+def from_record(record: ErrorRecord) -> BerthError:
+    """Rebuild the typed error another process recorded: by type and status, else by either alone."""
+    exact = next((cls for cls in _RECORDED if (cls.error_type, cls.status) == (record.error_type, record.status)),
+                 None)
+    by_type = FAILURE_TYPES.get(str(record.error_type)) if record.status == 500 else None
+    cls = exact or by_type or _BY_STATUS.get(record.status) or FAILURE_TYPES.get(str(record.error_type))
+    return (cls or GenerationFailed)(record.message, param=record.param)
+
+
 def from_failure(error_type: str, message: str, param: str | None = None) -> BerthError:
-    """Rebuild the typed error a model process or the launcher reported."""
-    return FAILURE_TYPES.get(error_type, GenerationFailed)(message, param=param)
+    """Rebuild a typed error known only by its type (a model's load failure in its status)."""
+    return from_record(ErrorRecord(message=message, error_type=error_type, param=param))
 
 
 _BY_STATUS: dict[int, type[BerthError]] = {
@@ -171,13 +201,3 @@ _BY_STATUS: dict[int, type[BerthError]] = {
     504: ModelTimeout,
     507: InsufficientStorage,
 }
-
-
-def from_control_error(message: str, status: int, error_type: str) -> BerthError:
-    """Rebuild the typed error the launcher reported (by status first, then by error type)."""
-    cls = _BY_STATUS.get(status)
-    if cls is Overloaded:
-        return Overloaded(message)
-    if cls is not None:
-        return cls(message)
-    return from_failure(error_type, message)

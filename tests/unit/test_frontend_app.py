@@ -14,7 +14,7 @@ from berth_server.errors import (
     NotFound,
     NotReady,
     Overloaded,
-    from_control_error,
+    from_record,
 )
 from berth_server.http.app import create_app
 from berth_server.http.errors import error_body
@@ -67,12 +67,30 @@ def test_error_bodies_per_family() -> None:
     assert error_body(error, "xinference") == {"detail": "bad temperature", "error": "bad temperature"}
 
 
-def test_control_errors_come_back_typed() -> None:
-    assert isinstance(from_control_error("x", 404, "not_found"), NotFound)
-    assert isinstance(from_control_error("x", 409, "validation"), Conflict)
-    assert isinstance(from_control_error("x", 503, "overloaded"), NotReady)
-    assert isinstance(from_control_error("x", 400, "validation"), InvalidRequest)
-    assert isinstance(from_control_error("x", 500, "generation"), GenerationFailed)
+def test_one_error_record_crosses_processes_and_comes_back_typed() -> None:
+    from berth_server.canonical import ErrorRecord
+    from berth_server.errors import (
+        ClientDisconnected,
+        IncompleteGeneration,
+        InputTooLong,
+        InsufficientStorage,
+        ModelTimeout,
+        Overloaded,
+        failure_of,
+        record_of,
+    )
+
+    for error in (NotFound("x"), Conflict("x"), NotReady("x"), InvalidRequest("x", param="p"), GenerationFailed("x"),
+                  Overloaded("x"), ModelTimeout("x"), InsufficientStorage("x"), IncompleteGeneration("x"),
+                  ClientDisconnected("x")):
+        for record in (record_of(error), failure_of("r1", error)):
+            again = from_record(record)
+            assert (type(again), again.message, again.param) == (type(error), "x", error.param)
+    assert type(from_record(record_of(InputTooLong("x")))) is InvalidRequest  # same status, type and body
+    # A record that names only its type (a model's load failure, a hand-made Failure) still comes back typed.
+    assert isinstance(from_record(ErrorRecord(message="x", error_type="overloaded")), Overloaded)
+    assert isinstance(from_record(ErrorRecord(message="x", error_type="validation")), InvalidRequest)
+    assert isinstance(from_record(ErrorRecord(message="x", error_type="unheard-of")), GenerationFailed)
 
 
 def test_overloaded_carries_retry_after(tmp_path) -> None:

@@ -20,6 +20,7 @@ from berth_server.errors import (
     ModelTimeout,
     NotFound,
     NotReady,
+    record_of,
 )
 from berth_server.settings import Settings
 
@@ -217,8 +218,7 @@ class FakeLauncher:
             elif call.method == "slow":
                 continue
             else:
-                reply = control.ControlReply(error=control.ControlError(message="exists", status=409,
-                                                                        error_type="validation"))
+                reply = control.ControlReply(error=record_of(Conflict("exists")))
             self.socket.send_multipart([identity, control.encode(reply)])
 
 

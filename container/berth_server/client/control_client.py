@@ -13,7 +13,7 @@ from typing import Any
 import zmq.green as zmq
 
 from berth_server import control, ipc
-from berth_server.errors import NotReady, from_control_error
+from berth_server.errors import NotReady, from_record
 
 
 class ControlClient:
@@ -48,5 +48,5 @@ class ControlClient:
         # Tolerate an empty delimiter frame in case the launcher answers REQ-style.
         reply = control.decode_reply(frames[-1])
         if reply.error is not None:
-            raise from_control_error(reply.error.message, reply.error.status, reply.error.error_type)
+            raise from_record(reply.error)
         return reply.result

@@ -21,7 +21,7 @@ from berth_server import ipc
 from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
-from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_failure
+from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_record
 from berth_server.model_table import TableReader, table_path
 from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
@@ -115,7 +115,7 @@ class Gateway:
         finally:
             client.unregister(message.request_id)
         if isinstance(event, Failure):
-            raise from_failure(event.error_type, event.message, event.param)
+            raise from_record(event)
         if not isinstance(event, reply_type):
             raise GenerationFailed(f"model '{uid}' answered {type(event).__name__}, expected {reply_type.__name__}")
         return event

@@ -29,7 +29,7 @@ from berth_server.errors import (
     IncompleteGeneration,
     ModelTimeout,
     NotReady,
-    from_failure,
+    from_record,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class GenerationStream:
         if isinstance(event, Failure):
             self.finished = True  # the model process already dropped it: no Abort needed
             self.close()
-            raise from_failure(event.error_type, event.message, event.param)
+            raise from_record(event)
         return event
 
     @property

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
 from berth_server.engines.base import Engine, EngineStep
-from berth_server.errors import BerthError
+from berth_server.errors import BerthError, failure_of
 from berth_server.model_process.text_pipeline import TextPipeline
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ class GenerationHost(Protocol):
         """Queue an event for `peer`."""
 
 
-def _failure(request_id: str, exc: BerthError) -> Failure:
-    return Failure(request_id=request_id, message=exc.message, error_type=exc.error_type,  # type: ignore[arg-type]
-                   param=exc.param)
-
-
 async def run_generation(server: GenerationHost, peer: bytes, request: GenerateRequest) -> None:
     """Validate, stream the engine's steps as Deltas to `peer`, and always free the engine slot."""
     pipeline, engine, counters = server.pipeline, server.engine, server.counters
@@ -58,7 +53,7 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
                                   error_type="overloaded"))
         return
     except BerthError as exc:
-        server.emit(peer, _failure(rid, exc))
+        server.emit(peer, failure_of(rid, exc))
         return
     except Exception as exc:
         log.exception("request %s: preparing the prompt failed", rid)
@@ -106,7 +101,7 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
             server.emit(peer, Failure(request_id=rid, message="the request was aborted before it started",
                                       error_type="overloaded"))
     except BerthError as exc:
-        server.emit(peer, _failure(rid, exc))
+        server.emit(peer, failure_of(rid, exc))
     except Exception as exc:
         log.exception("request %s: generation failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))

@@ -20,7 +20,7 @@ import zmq.asyncio
 from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
 from berth_server.engines.base import Engine
-from berth_server.errors import BerthError
+from berth_server.errors import BerthError, failure_of
 from berth_server.model_process.adapter_store import AdapterStore
 from berth_server.model_process.generation import Counters, run_generation
 from berth_server.model_process.text_pipeline import TextPipeline
@@ -169,8 +169,7 @@ class ModelServer:
         try:
             self.emit(peer, await self._reply_to(message))
         except BerthError as exc:
-            self.emit(peer, Failure(request_id=message.request_id, message=exc.message,
-                                    error_type=exc.error_type, param=exc.param))  # type: ignore[arg-type]
+            self.emit(peer, failure_of(message.request_id, exc))
         except Exception as exc:
             log.exception("request %s failed", message.request_id)
             self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
