@@ -33,7 +33,7 @@ run: venv
 	HF_MODEL_ID=$${HF_MODEL_ID:-demo://smollm2} PORT=$(PORT) $(VENV)/bin/python ./serve
 
 test: venv lint chromium
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=25 tests
 
 # The web UI's browser tests drive Debian's chromium: Playwright cannot download its own browsers here.
 chromium:
