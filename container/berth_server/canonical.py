@@ -82,6 +82,10 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     token_details: bool = False  # per-token TokenInfo in every Delta (TGI streams/details, logprobs)
     split_reasoning: bool = False  # chat: route text between reasoning tags to Delta.reasoning
     adapter: str | None = None  # a LoRA adapter registered on `model`; None: the base model
+    # Choices (OpenAI's n): the prompt is templated, tokenized and its constraint compiled once, then
+    # generated n times; choice i samples with seed + i. Each Delta names its choice.
+    n: int = 1
+    return_prompt_text: bool = False  # Accepted.prompt_text is sent only when asked (completions echo)
 
 
 class TopToken(msgspec.Struct, array_like=True, frozen=True):
@@ -108,13 +112,14 @@ class Accepted(msgspec.Struct, tag="accepted", kw_only=True):
     request_id: str
     prompt_tokens: int
     prefill: list[TokenInfo] | None = None  # prompt tokens with logprobs when prompt_logprobs was asked
-    prompt_text: str | None = None  # rendered prompt (TGI return_full_text, completions echo)
+    prompt_text: str | None = None  # the rendered prompt, when the request asked for it (completions echo)
 
 
 class Delta(msgspec.Struct, tag="delta", kw_only=True):
     """New output since the last delta. The last one for a request has finish_reason set."""
 
     request_id: str
+    choice: int = 0  # which of the request's n choices it belongs to
     text: str = ""
     reasoning: str = ""
     tokens: list[TokenInfo] | None = None
@@ -155,3 +160,12 @@ def check_parser_name(name: str | None) -> str | None:
     if name is not None and name not in TOOL_CALL_PARSERS:
         raise ValueError(f"unknown tool call parser {name!r}; use one of {', '.join(TOOL_CALL_PARSERS)}")
     return name
+
+
+# Seeds are signed 64-bit (the range every engine takes); choice i of a seeded request samples with seed + i.
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed choice `choice` samples with: seed + choice folded back into the signed 64-bit range."""
+    return None if seed is None else (seed + choice - MIN_SEED) % 2**64 + MIN_SEED

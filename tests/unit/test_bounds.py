@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from berth_server import ipc
+from berth_server.canonical import choice_seed
 from berth_server.errors import InvalidRequest
 from berth_server.http.app import create_app
 from berth_server.models.launch_keys import ENGINE_KEYS, check_engine_args
@@ -109,7 +110,7 @@ def test_deeply_nested_json_is_a_4xx(client: FlaskClient, path: str) -> None:
 def test_json_depth_counts_containers() -> None:
     assert not bounds.json_depth_exceeds({"a": [{"b": 1}]}, limit=3)
     assert bounds.json_depth_exceeds({"a": [{"b": []}]}, limit=3)
-    assert bounds.wrap_seed(bounds.MAX_SEED + 1) == bounds.MIN_SEED and bounds.wrap_seed(5) == 5
+    assert choice_seed(bounds.MAX_SEED, 1) == bounds.MIN_SEED and choice_seed(5, 0) == 5 and choice_seed(None, 3) is None
 
 
 def test_launch_keys_pass_only_the_engines_allowlist() -> None:

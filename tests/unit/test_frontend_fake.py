@@ -32,14 +32,18 @@ class FakeStream:
         """Accepted, or the scripted rejection."""
         if self.failure is not None:
             raise self.failure
-        return Accepted(request_id=self.request.request_id, prompt_tokens=5, prompt_text="PROMPT")
+        return Accepted(request_id=self.request.request_id, prompt_tokens=5,
+                        prompt_text="PROMPT" if self.request.return_prompt_text else None)
 
     def __iter__(self) -> Iterator[Delta]:
+        """The words for each of the request's n choices, the choices interleaved word by word."""
         self.accepted  # noqa: B018
+        choices = range(max(1, self.request.n))
         count = 0
+        rid = self.request.request_id
         for text in self.reasoning:
             count += 1
-            yield Delta(request_id=self.request.request_id, reasoning=text, completion_tokens=count)
+            yield from (Delta(request_id=rid, choice=c, reasoning=text, completion_tokens=count) for c in choices)
         for index, text in enumerate(self.words):
             if self.closed:
                 return
@@ -53,15 +57,16 @@ class FakeStream:
             last = index == len(self.words) - 1
             if last:
                 self.finished = True
-            yield Delta(request_id=self.request.request_id, text=text, tokens=tokens, completion_tokens=count,
-                        finish_reason="length" if last else None)
+            for choice in choices:
+                yield Delta(request_id=rid, choice=choice, text=text, tokens=tokens, completion_tokens=count,
+                            finish_reason="length" if last else None)
 
     def batches(self) -> Iterator[list[Delta]]:
         """Two deltas per batch, so merging is exercised."""
         batch: list[Delta] = []
         for delta in self:
             batch.append(delta)
-            if len(batch) == 2 or delta.finish_reason is not None:
+            if len(batch) == 2 or self.finished:
                 yield batch
                 batch = []
         if batch:

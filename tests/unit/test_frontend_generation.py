@@ -22,7 +22,7 @@ def test_start_relays_every_choice_and_closes(runtime: tuple[Gateway, FakeModel]
     generation.close()
     assert ["".join(d.text for d in choice) for choice in deltas] == ["ab", "ab"]
     assert [choice[-1].finish_reason for choice in deltas] == ["length"] * 2
-    assert generation.prompt_tokens == 2 and all(s.closed for s in generation.streams)
+    assert generation.prompt_tokens == 4 and all(s.closed for s in generation.streams)  # each prompt once
     assert not any(isinstance(m, ipc.Abort) for m in model.received)  # finished: nothing to abort
 
 
@@ -74,3 +74,15 @@ def test_no_service_folds_or_maps_finish_reasons_on_its_own() -> None:
         text = path.read_text()
         assert "_FINISH" not in text and "class Fold" not in text and "def fold" not in text, path
         assert "jsonify" not in text and "sse_response" not in text, path  # replies are WireReplies
+
+
+def test_choices_interleave_and_each_run_of_one_choice_merges() -> None:
+    from berth_server.canonical import Delta
+    from berth_server.client.generation import by_choice
+
+    batch = [Delta(request_id="r", choice=0, text="a"), Delta(request_id="r", choice=0, text="b"),
+             Delta(request_id="r", choice=1, text="x"), Delta(request_id="r", choice=0, text="c", finish_reason="stop"),
+             Delta(request_id="r", choice=0, text="late")]
+    merged = by_choice(batch)
+    assert [(d.choice, d.text, d.finish_reason) for d in merged] == [
+        (0, "ab", None), (1, "x", None), (0, "c", "stop"), (0, "late", None)]

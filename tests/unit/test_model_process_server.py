@@ -332,3 +332,46 @@ def test_a_vanished_peer_has_its_requests_aborted(pipeline: TextPipeline, tmp_pa
 
     engine = FakeEngine(pipeline.encode("a b", False))
     serve(pipeline, engine, tmp_path, test)
+
+
+def test_n_choices_are_one_request_prepared_once(pipeline: TextPipeline, tmp_path: Path) -> None:
+    script = pipeline.encode(" one two three", False)
+    engine = FakeEngine(script)
+    seen: list[EngineRequest] = []
+    submit = engine.submit
+
+    async def recording_submit(request: EngineRequest) -> AsyncIterator[EngineStep]:
+        seen.append(request)
+        return await submit(request)
+
+    engine.submit = recording_submit  # type: ignore[method-assign]
+
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("n3", n=3, sampling=SamplingParams(max_new_tokens=len(script), seed=41)))
+        ends = [await client.until(finished("n3")) for _ in range(3)]
+        events = client.events("n3")
+        accepted = [e for e in events if isinstance(e, Accepted)]
+        assert len(accepted) == 1 and accepted[0].prompt_text is None  # not asked for: not sent
+        assert sorted(e.choice for e in ends) == [0, 1, 2] and all(e.finish_reason == "length" for e in ends)
+        for choice in range(3):
+            text = "".join(e.text for e in events if isinstance(e, Delta) and e.choice == choice)
+            assert text == " one two three"
+        assert [(r.request_id, r.sampling.seed) for r in seen] == [("n3", 41), ("n3/1", 42), ("n3/2", 43)]
+        assert server.counters.requests_total == 1 and server.counters.prompt_tokens_total == len(
+            seen[0].prompt_token_ids)  # templated and tokenized once, for all three
+
+    serve(pipeline, engine, tmp_path, test)
+
+
+def test_aborting_n_choices_aborts_every_one(pipeline: TextPipeline, tmp_path: Path) -> None:
+    engine = FakeEngine(pipeline.encode(" word", False), gate=asyncio.Event())
+
+    async def test(server: ModelServer, client: Client) -> None:
+        await client.send(gen("ab", n=2, sampling=SamplingParams(max_new_tokens=50)))
+        await client.until(lambda e: isinstance(e, Accepted) and e.request_id == "ab")
+        await client.send(ipc.Abort(request_id="ab"))
+        ends = [await client.until(finished("ab")) for _ in range(2)]
+        assert sorted((e.choice, e.finish_reason) for e in ends) == [(0, "abort"), (1, "abort")]
+        assert sorted(engine.aborted) == ["ab", "ab/1"]
+
+    serve(pipeline, engine, tmp_path, test)

@@ -52,12 +52,12 @@ def test_chat_conversion_maps_sampling_and_thinking() -> None:
         "messages": [{"role": "system", "content": "s"},
                      {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
     })
-    first, second = body.to_generate_requests("default", "rid")
-    assert first.request_id == "rid-0" and second.request_id == "rid-1"
+    (first,) = body.to_generate_requests("default", "rid")  # n choices: one request, fanned out by the model
+    assert first.request_id == "rid" and first.n == 2 and not first.return_prompt_text
     assert first.sampling.greedy and first.sampling.max_new_tokens == 7 and first.sampling.top_k == 3
     assert first.sampling.stop == ("END",) and first.sampling.stop_token_ids == (2,)
     assert first.sampling.logprobs == 2 and first.token_details
-    assert first.sampling.seed == 11 and second.sampling.seed == 12
+    assert first.sampling.seed == 11  # choice i samples with seed + i (canonical.choice_seed)
     assert first.enable_thinking is False and first.split_reasoning
     assert first.messages == [{"role": "system", "content": "s"}, {"role": "user", "content": "a\nb"}]
 
@@ -118,7 +118,7 @@ def test_completion_prompt_shapes() -> None:
         parse(CompletionRequest, {"prompt": "x", "best_of": 3})
     assert parse(CompletionRequest, {"prompt": "x", "best_of": 2, "n": 2, "use_beam_search": False}).best_of == 2
     several = parse(CompletionRequest, {"prompt": ["a", "b"], "n": 2}).to_generate_requests("m", "r")
-    assert [(r.request_id, r.prompt) for r in several] == [("r-0", "a"), ("r-1", "a"), ("r-2", "b"), ("r-3", "b")]
+    assert [(r.request_id, r.prompt, r.n) for r in several] == [("r-0", "a", 2), ("r-1", "b", 2)]
     ids = parse(CompletionRequest, {"prompt": [[7, 8], [9]]}).to_generate_requests("m", "r")
     assert [r.prompt_token_ids for r in ids] == [[7, 8], [9]]
 
@@ -147,7 +147,8 @@ def test_chat_logprobs(client: FlaskClient) -> None:
 
 def test_chat_n_fans_out(client: FlaskClient, gateway: FakeGateway) -> None:
     reply = client.post("/v1/chat/completions", json={**CHAT, "n": 3}).json
-    assert [c["index"] for c in reply["choices"]] == [0, 1, 2] and len(gateway.requests) == 3
+    assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
+    assert len(gateway.requests) == 1 and gateway.requests[0].n == 3  # one request, templated once
     assert reply["usage"]["completion_tokens"] == 9
 
 

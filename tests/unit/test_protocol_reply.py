@@ -36,3 +36,16 @@ def test_groups_fold_one_by_one_and_private_keys_never_stream() -> None:
     folded = fold_events(events, FoldRules())
     assert folded == {"index": 3, "_tokens": [1, 2], "details": {"seed": None}}
     assert streamed({"a": 1, "_b": 2, "c": {"_d": 3, "e": [{"_f": 4, "g": 5}]}}) == {"a": 1, "c": {"e": [{"g": 5}]}}
+
+
+def test_an_error_while_folding_a_whole_reply_gets_the_protocols_error_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from berth_server.errors import GenerationFailed
+
+    from tests.unit.test_frontend_fake import FakeGateway
+    from tests.unit.test_openai_protocol import client_for
+
+    client = client_for(tmp_path, FakeGateway(mid_failure=GenerationFailed("the engine lost a token")))
+    reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 500 and reply.json["error"]["message"] == "the engine lost a token"
+    tgi = client.post("/generate", json={"inputs": "hi"})
+    assert tgi.status_code == 500 and tgi.json["error"] == "the engine lost a token"

@@ -35,13 +35,24 @@ def wire_finish_reason(reason: str | None, family: WireFamily) -> str:
     return table[reason]
 
 
+def by_choice(batch: Sequence[Delta]) -> list[Delta]:
+    """Deltas that arrived together, each run of one choice's merged into one, in arrival order."""
+    runs: list[list[Delta]] = []
+    for delta in batch:
+        if runs and runs[-1][-1].choice == delta.choice and runs[-1][-1].finish_reason is None:
+            runs[-1].append(delta)
+        else:
+            runs.append([delta])
+    return [coalesce(run) for run in runs]
+
+
 def coalesce(batch: Sequence[Delta]) -> Delta:
     """Deltas that arrived together as one (FINDINGS: fewer, larger writes halve the relay cost)."""
     if len(batch) == 1:
         return batch[0]
     last = batch[-1]
     tokens = [token for delta in batch for token in delta.tokens or ()]
-    return Delta(request_id=last.request_id, text="".join(d.text for d in batch),
+    return Delta(request_id=last.request_id, choice=last.choice, text="".join(d.text for d in batch),
                  reasoning="".join(d.reasoning for d in batch), tokens=tokens or None,
                  completion_tokens=last.completion_tokens, finish_reason=last.finish_reason,
                  stop_sequence=last.stop_sequence)
@@ -60,13 +71,36 @@ class Generation:
 
     @property
     def prompt_tokens(self) -> int:
-        """Prompt tokens of the request (every choice shares the prompt)."""
-        return self.streams[0].accepted.prompt_tokens
+        """Prompt tokens of the request: each prompt once, however many choices it has."""
+        return sum(stream.accepted.prompt_tokens for stream in self.streams)
 
     def deltas(self, index: int = 0) -> Iterator[Delta]:
-        """Stream `index`'s deltas, those already waiting merged into one."""
+        """Stream `index`'s deltas (one choice per stream, as TGI sends), those already waiting merged into one."""
         for batch in self.streams[index].batches():
             yield coalesce(batch)
+
+    @property
+    def choice_count(self) -> int:
+        """Choices over every stream: each request's n."""
+        return sum(max(1, stream.request.n) for stream in self.streams)
+
+    def choice_deltas(self) -> Iterator[tuple[int, Delta]]:
+        """(choice index, delta) of every stream in turn, choices interleaved as they come; a stream's
+        choice i is index offset + i, where offset counts the choices of the streams before it."""
+        offset = 0
+        for stream in self.streams:
+            for batch in stream.batches():
+                for delta in by_choice(batch):
+                    yield offset + delta.choice, delta
+            offset += max(1, stream.request.n)
+
+    def stream_of(self, choice_index: int) -> int:
+        """Which stream (request) a choice index belongs to."""
+        for position, stream in enumerate(self.streams):
+            choice_index -= max(1, stream.request.n)
+            if choice_index < 0:
+                return position
+        raise IndexError(choice_index)
 
     def close(self) -> None:
         """Close every stream (aborting unfinished ones); idempotent."""

@@ -233,16 +233,20 @@ class GenerationStream:
         return self._accepted
 
     def __iter__(self) -> Iterator[Delta]:
-        """Deltas until one has finish_reason; stops quietly if close() was called meanwhile."""
+        """Deltas (of every choice, as they come) until each choice has had its finish_reason;
+        stops quietly if close() was called meanwhile."""
         self.accepted  # noqa: B018 - raises on a rejected request
+        unfinished = set(range(max(1, self.request.n)))
         while not self.finished and not self.closed:
             event = self._next_event(self._event_timeout_s, first=False)
             if event is _CLOSED:
                 return
             if isinstance(event, Delta):
                 if event.finish_reason is not None:
-                    self.finished = True
-                    self._client.unregister(self.request_id)
+                    unfinished.discard(event.choice)
+                    if not unfinished:
+                        self.finished = True
+                        self._client.unregister(self.request_id)
                 yield event
 
     def batches(self) -> Iterator[list[Delta]]:
@@ -250,7 +254,7 @@ class GenerationStream:
         batch: list[Delta] = []
         for delta in self:
             batch.append(delta)
-            if self._queue.empty() or delta.finish_reason is not None:
+            if self._queue.empty() or self.finished:
                 yield batch
                 batch = []
         if batch:

@@ -33,9 +33,16 @@ class BerthFlask(Flask):
     """Flask that also takes a protocol's WireReply as a view's return value (streamed or folded)."""
 
     def make_response(self, rv: ResponseReturnValue | WireReply) -> Response:
-        """Render a WireReply (http/replies.py); anything else as Flask does."""
+        """Render a WireReply (http/replies.py); anything else as Flask does.
+
+        A whole reply is folded here, after the view returned, so an error raised while folding goes
+        to the same error handlers a view's error would (http/errors.py), not to Flask's bare 500.
+        """
         if isinstance(rv, WireReply):
-            return render(rv)
+            try:
+                return render(rv)
+            except Exception as exc:  # noqa: BLE001 - handed to the registered handlers, which map every error
+                return super().make_response(self.handle_user_exception(exc))
         return super().make_response(rv)
 
 

@@ -1,17 +1,21 @@
-"""One Generate request's life in the model process: prepare, Accepted, Deltas, cleanup."""
+"""One Generate request's life in the model process: prepare once, Accepted, the n choices' Deltas, cleanup."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
-from berth_server.engines.base import Engine, EngineStep
-from berth_server.errors import BerthError, failure_of
+import msgspec
+
+from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest, choice_seed
+from berth_server.engines.base import Engine, EngineRequest, EngineStep
+from berth_server.errors import BerthError, GenerationFailed, failure_of
+from berth_server.model_process.output_stream import OutputStream
 from berth_server.model_process.text_pipeline import TextPipeline
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,25 @@ class GenerationHost(Protocol):
         """Queue an event for `peer`."""
 
 
+@dataclass
+class _Choice:
+    """One of a request's n choices inside the engine: its own engine request, steps and output state."""
+
+    index: int
+    engine_request: EngineRequest
+    stream: OutputStream
+    steps: AsyncIterator[EngineStep] | None = None
+    engine_done: bool = False  # the engine finished it (nothing left to abort)
+    ended: bool = False  # its last Delta was sent
+
+
+def choice_request_id(request_id: str, choice: int) -> str:
+    """The engine's id for one choice of a request (the request's own id when it has one choice)."""
+    return request_id if choice == 0 else f"{request_id}/{choice}"
+
+
 async def run_generation(server: GenerationHost, peer: bytes, request: GenerateRequest) -> None:
-    """Validate, stream the engine's steps as Deltas to `peer`, and always free the engine slot."""
+    """Prepare the prompt once, generate its n choices, stream their Deltas to `peer`; always free the slots."""
     pipeline, engine, counters = server.pipeline, server.engine, server.counters
     assert pipeline is not None and engine is not None
     rid = request.request_id
@@ -61,58 +82,100 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
         return
     counters.requests_total += 1
     counters.prompt_tokens_total += len(prepared.prompt_ids)
-    stream = pipeline.output_stream(request, prepared)
-    accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids), prompt_text=prepared.prompt_text)
+    choices = [_Choice(i, _for_choice(prepared.engine_request, rid, i), pipeline.output_stream(request, prepared))
+               for i in range(max(1, request.n))]
+    accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids),
+                        prompt_text=prepared.prompt_text if request.return_prompt_text else None)
     accepted_sent = False
-    steps: AsyncIterator[EngineStep] | None = None
-    engine_done = False
     try:
-        # The engine checks and queues the request here and raises what it refuses, so a refusal is
+        # The engine checks and queues each choice here and raises what it refuses, so a refusal is
         # a Failure (a 4xx) before Accepted, never an error inside a stream that already started.
-        steps = await engine.submit(prepared.engine_request)
-        if not request.sampling.prompt_logprobs:
-            server.emit(peer, accepted)
-            accepted_sent = True
-        step: EngineStep | None = await anext_or_none(steps)
-        while step is not None:
-            engine_done = step.finish is not None
-            if not accepted_sent:  # prompt logprobs come with the first step and belong in Accepted
-                accepted.prefill = stream.prefill(step, prepared.prompt_ids)
-                server.emit(peer, accepted)
-                accepted_sent = True
-            counters.generated_tokens_total += len(step.token_ids)
-            delta = stream.process(step)
-            if delta is not None:
-                server.emit(peer, delta)
-            if stream.finished:
-                if delta is not None and delta.finish_reason == "abort":
-                    counters.aborted_total += 1
-                else:
-                    counters.finished_total += 1
-                break
-            step = await anext_or_none(steps)
+        for choice in choices:
+            choice.steps = await engine.submit(choice.engine_request)
+        first: EngineStep | None = None
+        if request.sampling.prompt_logprobs:  # they come with the first step and belong in Accepted
+            first = await _next_step(choices[0])
+            accepted.prefill = choices[0].stream.prefill(first, prepared.prompt_ids)
+        server.emit(peer, accepted)
+        accepted_sent = True
+        await _all_of([_relay(server, peer, choice, first if choice.index == 0 else None) for choice in choices])
+        if any(choice.stream.finish_reason == "abort" for choice in choices):
+            counters.aborted_total += 1
         else:
-            server.emit(peer, Failure(request_id=rid, message="the engine ended the request without finishing it"))
+            counters.finished_total += 1
     except asyncio.CancelledError:  # Abort from the frontend, its peer went away, or shutdown
         counters.aborted_total += 1
-        if accepted_sent:
-            server.emit(peer, Delta(request_id=rid, completion_tokens=stream.completion_tokens, finish_reason="abort"))
-        else:
+        if not accepted_sent:
             server.emit(peer, Failure(request_id=rid, message="the request was aborted before it started",
                                       error_type="overloaded"))
+        for choice in choices:
+            if accepted_sent and not choice.ended:
+                server.emit(peer, Delta(request_id=rid, choice=choice.index,
+                                        completion_tokens=choice.stream.completion_tokens, finish_reason="abort"))
     except BerthError as exc:
         server.emit(peer, failure_of(rid, exc))
     except Exception as exc:
         log.exception("request %s: generation failed", rid)
         server.emit(peer, Failure(request_id=rid, message=f"generation failed: {exc}"))
     finally:
-        aclose = getattr(steps, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
-        if not engine_done:  # a stop string, an abort or an error: free the slot now
-            with contextlib.suppress(Exception):
-                await engine.abort(rid)
+        for choice in choices:
+            await _release(engine, choice)
+
+
+def _for_choice(engine_request: EngineRequest, request_id: str, choice: int) -> EngineRequest:
+    """Choice `choice` of a prepared request: its own id, and seed + choice when the request is seeded."""
+    if choice == 0:
+        return engine_request
+    sampling = msgspec.structs.replace(engine_request.sampling,
+                                       seed=choice_seed(engine_request.sampling.seed, choice))
+    return dataclasses.replace(engine_request, request_id=choice_request_id(request_id, choice), sampling=sampling)
+
+
+async def _next_step(choice: _Choice) -> EngineStep:
+    assert choice.steps is not None
+    step = await anext_or_none(choice.steps)
+    if step is None:
+        raise GenerationFailed("the engine ended the request without finishing it")
+    return step
+
+
+async def _relay(server: GenerationHost, peer: bytes, choice: _Choice, first: EngineStep | None) -> None:
+    """Turn one choice's engine steps into Deltas until it finishes (a stop string, EOS, length or abort)."""
+    step = first if first is not None else await _next_step(choice)
+    while True:
+        choice.engine_done = step.finish is not None
+        server.counters.generated_tokens_total += len(step.token_ids)
+        delta = choice.stream.process(step)
+        if delta is not None:
+            delta.choice = choice.index
+            choice.ended = delta.finish_reason is not None
+            server.emit(peer, delta)
+        if choice.stream.finished:
+            return
+        step = await _next_step(choice)
+
+
+async def _all_of(relays: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the choices' relays together; the first that fails stops the others and raises."""
+    tasks = [asyncio.ensure_future(relay) for relay in relays]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _release(engine: Engine, choice: _Choice) -> None:
+    """Close a choice's step iterator and, unless the engine finished it, free its slot now."""
+    aclose = getattr(choice.steps, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(BaseException):
+            await aclose()
+    if not choice.engine_done:  # a stop string, an abort or an error
+        with contextlib.suppress(Exception):
+            await engine.abort(choice.engine_request.request_id)
 
 
 async def anext_or_none(steps: AsyncIterator[EngineStep]) -> EngineStep | None:

@@ -37,6 +37,7 @@ class OutputStream:
         self._details = details
         self.completion_tokens = 0
         self.finished = False
+        self.finish_reason: FinishReason | None = None
 
     def prefill(self, step: EngineStep, prompt_ids: list[int]) -> list[TokenInfo] | None:
         """Prompt tokens with their logprobs (first None), when the engine sent them."""
@@ -73,6 +74,7 @@ class OutputStream:
         text, reasoning = self._split("".join(pieces), finish is not None)
         tokens = self._token_infos(step, consumed) if self._details else None
         self.finished = finish is not None
+        self.finish_reason = finish
         if not (text or reasoning or tokens or finish):
             return None
         return Delta(request_id=self.request_id, text=text, reasoning=reasoning, tokens=tokens,

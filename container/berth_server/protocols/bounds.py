@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
+from berth_server.canonical import MAX_SEED, MIN_SEED
+
 # Engines seed torch/numpy generators with a signed 64-bit integer.
-MAX_SEED = 2**63 - 1
-MIN_SEED = -(2**63)
 # Token counts (max_tokens, max_new_tokens, min_tokens, truncate): far above any context window,
 # far below what overflows an engine's int32/int64 arithmetic.
 MAX_TOKEN_COUNT = 10_000_000
@@ -76,8 +76,3 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when a parsed JSON value nests containers deeper than `limit`."""
     problem = json_problem(value, limit)
     return problem is not None and "nests deeper" in problem
-
-
-def wrap_seed(seed: int) -> int:
-    """Fold an offset seed (seed + choice index) back into the signed 64-bit range engines take."""
-    return (seed - MIN_SEED) % 2**64 + MIN_SEED

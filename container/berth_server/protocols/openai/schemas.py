@@ -168,12 +168,11 @@ class SamplingFields(OpenAIBase):
         """Whether a stream ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_new_tokens: int | None, logprobs: int | None, index: int,
+    def sampling(self, max_new_tokens: int | None, logprobs: int | None,
                  constraint: Constraint | None = None) -> SamplingParams:
-        """SamplingParams for choice `index` (seeds differ per choice so n>1 gives n samples)."""
+        """SamplingParams of the request (choice i samples with seed + i in the model process)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         temperature = 1.0 if self.temperature is None else self.temperature
-        seed = None if self.seed is None else bounds.wrap_seed(self.seed + index)
         return SamplingParams(
             max_new_tokens=max_new_tokens,
             greedy=temperature == 0.0,
@@ -184,7 +183,7 @@ class SamplingFields(OpenAIBase):
             repetition_penalty=self.repetition_penalty or 1.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0,
-            seed=seed,
+            seed=self.seed,
             stop=stop,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=bool(self.ignore_eos),
@@ -230,7 +229,7 @@ class ChatCompletionRequest(SamplingFields):
 
     def to_generate_requests(self, uid: str, request_id: str, tool_parser: str | None = None,
                              adapter: str | None = None) -> list[GenerateRequest]:
-        """One canonical request per choice (n), ids `<request_id>-<index>`.
+        """One canonical request carrying all n choices (templated and tokenized once, in the model process).
 
         A required or named tool_choice becomes a constraint in the tool_parser's call syntax.
         """
@@ -242,24 +241,22 @@ class ChatCompletionRequest(SamplingFields):
         constraint = constraints.one_of(self.output_constraint(), forced)
         # These parsers' markers are special tokens in their models' tokenizers: keep them in the text.
         keep_specials = tool_parser in ("mistral", "deepseek_v3") and choice.mode != "none"
-        return [
-            GenerateRequest(
-                request_id=f"{request_id}-{index}",
-                model=uid,
-                sampling=_keep_specials(self.sampling(max_new, logprobs, index, constraint), keep_specials),
-                messages=messages,
-                chat_template_kwargs=dict(self.chat_template_kwargs or {}),
-                enable_thinking=self.thinking(),
-                add_generation_prompt=self.add_generation_prompt,
-                continue_final_message=self.continue_final_message,
-                tools=self.tools if choice.mode != "none" else None,
-                truncate=self.truncate_prompt_tokens,
-                token_details=logprobs is not None,
-                split_reasoning=True,
-                adapter=adapter,
-            )
-            for index in range(self.choices)
-        ]
+        return [GenerateRequest(
+            request_id=request_id,
+            model=uid,
+            sampling=_keep_specials(self.sampling(max_new, logprobs, constraint), keep_specials),
+            messages=messages,
+            chat_template_kwargs=dict(self.chat_template_kwargs or {}),
+            enable_thinking=self.thinking(),
+            add_generation_prompt=self.add_generation_prompt,
+            continue_final_message=self.continue_final_message,
+            tools=self.tools if choice.mode != "none" else None,
+            truncate=self.truncate_prompt_tokens,
+            token_details=logprobs is not None,
+            split_reasoning=True,
+            adapter=adapter,
+            n=self.choices,
+        )]
 
 
 class CompletionRequest(SamplingFields):
@@ -295,21 +292,23 @@ class CompletionRequest(SamplingFields):
         return [item if isinstance(item, str) else [int(i) for i in item] for item in value]  # type: ignore[union-attr]
 
     def to_generate_requests(self, uid: str, request_id: str, adapter: str | None = None) -> list[GenerateRequest]:
-        """One canonical request per prompt and choice (n), in that order: choice index = prompt * n + i."""
+        """One canonical request per prompt, each carrying its n choices: choice index = prompt * n + i."""
         constraint = self.output_constraint()
         return [
             GenerateRequest(
-                request_id=f"{request_id}-{p * self.choices + index}",
+                request_id=f"{request_id}-{p}",
                 model=uid,
-                sampling=self.sampling(self.max_tokens or 16, self.logprobs, index, constraint),
+                sampling=self.sampling(self.max_tokens or 16, self.logprobs, constraint),
                 prompt=prompt if isinstance(prompt, str) else None,
                 prompt_token_ids=None if isinstance(prompt, str) else prompt,
                 truncate=self.truncate_prompt_tokens,
                 token_details=self.logprobs is not None,
                 adapter=adapter,
+                n=self.choices,
+                # echo of a token-id prompt shows its text, which only the model process can render
+                return_prompt_text=bool(self.echo) and not isinstance(prompt, str),
             )
             for p, prompt in enumerate(self.prompts())
-            for index in range(self.choices)
         ]
 
 

@@ -120,33 +120,36 @@ def _header_of(folded: dict[str, Any], kind: str) -> dict[str, Any]:
 def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, model: str,
                  generation: Generation, parser: tool_calls.ToolCallParser | None,
                  include_usage: bool) -> Iterator[dict[str, Any]]:
-    """Chat chunks; every delta carries role and tool_calls (TGI's client needs them)."""
+    """Chat chunks, choices interleaved as they are generated; every delta carries role and tool_calls
+    (TGI's client needs them)."""
     header = _header("chat.completion.chunk", model)
     completion_tokens = 0
-    for index in range(len(generation.streams)):
+    tools: dict[int, tool_calls.ChoiceToolStream] = {}
+    for index in range(generation.choice_count):
         yield {**header, "choices": [{"index": index, "delta": {"role": "assistant", "content": "",
                                                                 "tool_calls": None},
                                       "logprobs": None, "finish_reason": None}]}
-        tools = None if parser is None else tool_calls.ChoiceToolStream(
-            parser, body.tool_choice_mode(), body.parallel_tool_calls is not False)
-        for delta in generation.deltas(index):
-            text, calls = delta.text, None
-            if tools is not None:
-                text, calls = tools.step(delta.text, delta.finish_reason is not None)
-            choice_delta: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": calls}
-            if delta.reasoning:  # both names: reasoning_content (DeepSeek, vLLM before 0.10) and vLLM's reasoning
-                choice_delta["reasoning_content"] = choice_delta["reasoning"] = delta.reasoning
-            logprobs = chat_logprobs(delta.tokens, bool(body.return_tokens_as_token_ids)) \
-                if body.logprobs and delta.tokens else None
-            finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
-            if tools is not None:
-                finish = tools.finish_reason(finish)
-            if delta.finish_reason is not None:
-                completion_tokens += delta.completion_tokens
-            if not text and not calls and not delta.reasoning and finish is None and logprobs is None:
-                continue
-            yield {**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
-                                          "finish_reason": finish}]}
+        if parser is not None:
+            tools[index] = tool_calls.ChoiceToolStream(parser, body.tool_choice_mode(),
+                                                       body.parallel_tool_calls is not False)
+    for index, delta in generation.choice_deltas():
+        text, calls = delta.text, None
+        if parser is not None:
+            text, calls = tools[index].step(delta.text, delta.finish_reason is not None)
+        choice_delta: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": calls}
+        if delta.reasoning:  # both names: reasoning_content (DeepSeek, vLLM before 0.10) and vLLM's reasoning
+            choice_delta["reasoning_content"] = choice_delta["reasoning"] = delta.reasoning
+        logprobs = chat_logprobs(delta.tokens, bool(body.return_tokens_as_token_ids)) \
+            if body.logprobs and delta.tokens else None
+        finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
+        if parser is not None:
+            finish = tools[index].finish_reason(finish)
+        if delta.finish_reason is not None:
+            completion_tokens += delta.completion_tokens
+        if not text and not calls and not delta.reasoning and finish is None and logprobs is None:
+            continue
+        yield {**header, "choices": [{"index": index, "delta": choice_delta, "logprobs": logprobs,
+                                      "finish_reason": finish}]}
     prompt_tokens = generation.prompt_tokens
     _count(state, uid, prompt_tokens, completion_tokens)
     if include_usage:
@@ -171,44 +174,39 @@ def _whole_completion(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**_header_of(folded, "text_completion"), "choices": choices, "usage": folded.get("usage")}
 
 
-def _prompt_tokens(generation: Generation, per_prompt: int) -> int:
-    """Prompt tokens counted once per prompt (several prompts on /v1/completions, each with n choices)."""
-    if per_prompt <= 0:
-        return generation.prompt_tokens
-    return sum(accepted.prompt_tokens for accepted in generation.accepted[::per_prompt])
-
-
-def _echo(body: CompletionRequest, accepted: Accepted) -> str:
-    """The prompt text to put in front of the completion when echo is asked."""
+def _echo(body: CompletionRequest, prompt: str | list[int], accepted: Accepted) -> str:
+    """The prompt text to put in front of a choice when echo is asked (a token-id prompt as the model reads it)."""
     if not body.echo:
         return ""
-    if isinstance(body.prompt, str):
-        return body.prompt
-    return accepted.prompt_text or ""
+    return prompt if isinstance(prompt, str) else accepted.prompt_text or ""
 
 
 def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, model: str,
                        generation: Generation, include_usage: bool) -> Iterator[dict[str, Any]]:
+    """Completion chunks, choices interleaved as they are generated (choice index = prompt * n + i)."""
     header = _header("text_completion", model)
     completion_tokens = 0
-    for index, accepted in enumerate(generation.accepted):
-        prefix = _echo(body, accepted)
-        offset = len(prefix)
+    offsets: dict[int, int] = {}  # where each choice's next text starts (logprobs' text_offset)
+    prompts = body.prompts()
+    for index in range(generation.choice_count):
+        stream = generation.stream_of(index)
+        prefix = _echo(body, prompts[stream], generation.accepted[stream])
+        offsets[index] = len(prefix)
         if prefix:
             yield {**header, "choices": [{"index": index, "text": prefix, "logprobs": None, "finish_reason": None}]}
-        for delta in generation.deltas(index):
-            logprobs = None
-            if body.logprobs is not None and delta.tokens:
-                logprobs = completion_logprobs(delta.tokens, offset, bool(body.return_tokens_as_token_ids))
-            offset += len(delta.text)
-            finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
-            if delta.finish_reason is not None:
-                completion_tokens += delta.completion_tokens
-            if not delta.text and finish is None and logprobs is None:
-                continue
-            yield {**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
-                                          "finish_reason": finish}]}
-    prompt_tokens = _prompt_tokens(generation, body.choices)
+    for index, delta in generation.choice_deltas():
+        logprobs = None
+        if body.logprobs is not None and delta.tokens:
+            logprobs = completion_logprobs(delta.tokens, offsets[index], bool(body.return_tokens_as_token_ids))
+        offsets[index] += len(delta.text)
+        finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
+        if delta.finish_reason is not None:
+            completion_tokens += delta.completion_tokens
+        if not delta.text and finish is None and logprobs is None:
+            continue
+        yield {**header, "choices": [{"index": index, "text": delta.text, "logprobs": logprobs,
+                                      "finish_reason": finish}]}
+    prompt_tokens = generation.prompt_tokens
     _count(state, uid, prompt_tokens, completion_tokens)
     if include_usage:
         yield {**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
