@@ -8,7 +8,7 @@ STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 IMAGE ?= berth:cpu
 
-.PHONY: venv run test test-unit test-integration test-vllm bench bench-real fuzz soak lint clean image test-image test-image-run chromium
+.PHONY: venv run test test-unit test-integration test-vllm bench bench-real bench-llamacpp fuzz soak lint clean image test-image test-image-run chromium
 
 venv: $(STAMP)
 
@@ -76,6 +76,11 @@ bench: venv
 bench-real: venv
 	$(PY) -c "from bench import peers; peers.xinference_installed() or peers.install_xinference()"
 	$(PY) -m bench.real_model
+
+# SmolLM2's GGUF on Berth's llama.cpp engine vs llama.cpp's own server and Xinference 4.1's llama.cpp engine.
+bench-llamacpp: venv
+	$(PY) -c "from bench import peers; peers.xinference_installed() or peers.install_xinference()"
+	$(PY) -m bench.llamacpp_bench
 
 # The deeper schemathesis run against a live tiny-model server (CI runs 5 examples for 90 s); record it in bench/RESULTS.md.
 fuzz: venv

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "llama.cpp-server": lambda: start_llamacpp_peer(gguf, args.port + 1, args.threads),
         "berth-transformers": lambda: peers.start_berth(smollm2_dir(peers.OUT / "berth-home"), args.port + 2,
                                                         "transformers", extra_env=berth_env),
+        "xinference-llama.cpp": lambda: peers.start_xinference_llamacpp(gguf, args.port + 3, SLOTS, CONTEXT,
+                                                                         args.threads),
     }
     results: dict[str, Any] = {"loadavg_start": Path("/proc/loadavg").read_text().strip()}
     for name, start in starters.items():
@@ -126,20 +128,25 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
              f"{res.get('loadavg_end')} at end."), "",
              "| server | weights | tok/s | TTFT p50 s | TTFT p95 s | latency p50 s | errors | model process RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    weights = {"berth-llama.cpp": "Q4_1 GGUF", "llama.cpp-server": "Q4_1 GGUF", "berth-transformers": "float32"}
+    weights = {"berth-llama.cpp": "Q4_1 GGUF", "llama.cpp-server": "Q4_1 GGUF", "berth-transformers": "float32",
+               "xinference-llama.cpp": "Q4_1 GGUF"}
     for name, kind in weights.items():
         r = res.get(name)
         if r:
             lines.append(f"| {name} | {kind} | {r['output_tok_s']} | {r['ttft_p50_s']} | {r['ttft_p95_s']} "
                          f"| {r['latency_p50_s']} | {r['errors']} | {r['model_rss_mb']} |")
     b, p, t = res.get("berth-llama.cpp") or {}, res.get("llama.cpp-server") or {}, res.get("berth-transformers") or {}
+    x = res.get("xinference-llama.cpp") or {}
     lines += ["", (f"- Berth llama.cpp vs llama.cpp's own server: tok/s {_ratio(b.get('output_tok_s'), p.get('output_tok_s'))}"
               f" (goal >= 0.95x), TTFT p50 {_ratio(b.get('ttft_p50_s'), p.get('ttft_p50_s'))} (goal <= 1.1x)."),
               (f"- Berth llama.cpp (Q4_1) vs Berth transformers (float32): tok/s "
               f"{_ratio(b.get('output_tok_s'), t.get('output_tok_s'))}, model-process memory "
               f"{b.get('model_rss_mb')} MB vs {t.get('model_rss_mb')} MB."),
-              ("- Xinference 4.1's llama.cpp engine: not measured (no Xinference venv on this machine in the time "
-              "available; bench/.venv-xinference would also need xllamacpp)."), ""]
+              (f"- Berth llama.cpp vs Xinference 4.1's llama.cpp engine: tok/s "
+               f"{_ratio(b.get('output_tok_s'), x.get('output_tok_s'))}, TTFT p50 "
+               f"{_ratio(b.get('ttft_p50_s'), x.get('ttft_p50_s'))}." if x else
+               "- Xinference 4.1's llama.cpp engine: not measured in this run (--only, or no bench/.venv-xinference)."),
+              ""]
     return lines
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import signal
@@ -161,11 +162,14 @@ def xinference_installed() -> bool:
 
 
 def install_xinference() -> None:
-    """Create bench/.venv-xinference with xinference==4.1.0 (torch pinned to CPU), then drop torchvision."""
+    """Create bench/.venv-xinference with xinference==4.1.0 (torch pinned to CPU) and xllamacpp, then drop torchvision."""
     if not (XINF_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(XINF_VENV)], check=True)
     pip = [str(XINF_VENV / "bin" / "python"), "-m", "pip"]
-    subprocess.run([*pip, "install", "-c", str(XINF_CONSTRAINTS), "xinference==4.1.0"], check=True, timeout=1800)
+    # xllamacpp at Berth's own version: Xinference's llama.cpp engine is built on it (bench/llamacpp_bench.py).
+    xllamacpp = f"xllamacpp=={importlib.metadata.version('xllamacpp')}"
+    subprocess.run([*pip, "install", "-c", str(XINF_CONSTRAINTS), "xinference==4.1.0", xllamacpp], check=True,
+                   timeout=1800)
     # The torchvision it pulls is a CUDA build that fails to import against torch+cpu.
     subprocess.run([*pip, "uninstall", "-y", "torchvision"], check=False)
 
@@ -224,6 +228,60 @@ def start_xinference(model_dir: Path, port: int, timeout_s: float = 600.0) -> Pe
         _stop_group(proc, 30)
         raise
     return Peer("xinference", base, reg["model_name"], proc, log_path, ready_s=time.perf_counter() - start)
+
+
+def gguf_chat_template(gguf: Path) -> str:
+    """The chat template a GGUF file carries in its metadata (tokenizer.chat_template)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields["tokenizer.chat_template"]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def start_xinference_llamacpp(gguf: Path, port: int, slots: int, context: int, threads: int,
+                              timeout_s: float = 600.0) -> Peer:
+    """xinference-local with the GGUF file registered as a custom ggufv2 LLM, launched on its llama.cpp engine
+    (xllamacpp, as Xinference 4.1 runs it) with the same slots, per-slot context and threads as the others."""
+    if not xinference_installed():
+        raise PeerFailed(f"{XINF_VENV} has no xinference-local (install_xinference() or see RESULTS.md)")
+    env = dict(os.environ)
+    env.update({"XINFERENCE_AUTH_ADVANCED": "0", "XINFERENCE_HOME": str(OUT / "xinference-home"),
+                "PATH": f"{XINF_VENV / 'bin'}:{env.get('PATH', '')}"})
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    argv = [str(XINF_VENV / "bin" / "xinference-local"), "--host", "127.0.0.1", "--port", str(port)]
+    proc, log_path = _spawn(f"xinference-llamacpp-{port}", argv, env)
+    base = f"http://127.0.0.1:{port}"
+    name = "smollm2-gguf-bench"
+    registration = {
+        "version": 2, "context_length": context, "model_name": name, "model_lang": ["en"],
+        "model_ability": ["generate", "chat"], "model_description": "SmolLM2-135M-Instruct Q4_1 (bench)",
+        "model_family": name,
+        "model_specs": [{"model_format": "ggufv2", "model_size_in_billions": "0_135", "quantization": "Q4_1",
+                         "model_id": None, "model_hub": "huggingface", "model_uri": str(gguf),
+                         "model_revision": None}],
+        "chat_template": gguf_chat_template(gguf), "stop_token_ids": [2], "stop": ["<|im_end|>"],
+    }
+    start = time.perf_counter()
+    try:
+        wait_http_ok(f"{base}/v1/models", proc, timeout_s, log_path)
+        r = httpx.post(f"{base}/v1/model_registrations/LLM",
+                       json={"model": json.dumps(registration), "persist": False}, timeout=60.0)
+        if r.status_code != 200:
+            raise PeerFailed(f"xinference register: HTTP {r.status_code} {r.text[:300]}")
+        left = max(10.0, timeout_s - (time.perf_counter() - start))
+        r = httpx.post(f"{base}/v1/models", timeout=left, json={
+            "model_uid": name, "model_name": name, "model_type": "LLM", "model_engine": "llama.cpp",
+            "model_format": "ggufv2", "model_size_in_billions": "0_135", "quantization": "Q4_1", "n_gpu": None,
+            "enable_virtual_env": False,
+            # llama.cpp's own settings, which Xinference passes through to xllamacpp's CommonParams.
+            "n_parallel": slots, "n_ctx": slots * context, "n_threads": threads})
+        if r.status_code != 200:
+            raise PeerFailed(f"xinference launch: HTTP {r.status_code} {r.text[:300]}")
+    except BaseException:
+        _stop_group(proc, 30)
+        raise
+    return Peer("xinference-llama.cpp", base, name, proc, log_path, ready_s=time.perf_counter() - start)
 
 
 # --- vLLM's own OpenAI server -----------------------------------------------------------------
