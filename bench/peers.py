@@ -258,7 +258,8 @@ def start_xinference_llamacpp(gguf: Path, port: int, slots: int, context: int, t
         "model_ability": ["generate", "chat"], "model_description": "SmolLM2-135M-Instruct Q4_1 (bench)",
         "model_family": name,
         "model_specs": [{"model_format": "ggufv2", "model_size_in_billions": "0_135", "quantization": "Q4_1",
-                         "model_id": None, "model_hub": "huggingface", "model_uri": str(gguf),
+                         "model_id": None, "model_hub": "huggingface", "model_uri": str(gguf.parent),
+                         "model_file_name_template": gguf.name.replace("Q4_1", "{quantization}"),
                          "model_revision": None}],
         "chat_template": gguf_chat_template(gguf), "stop_token_ids": [2], "stop": ["<|im_end|>"],
     }
