@@ -16,7 +16,7 @@ from typing import Any
 
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
 from berth_server.errors import GenerationFailed, InvalidRequest, NotFound
-from berth_server.models.context import capped_length
+from berth_server.models.checkpoint import capped_length
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 from berth_server import errors
-from berth_server.models.context import capped_length, model_context_length
+from berth_server.models.checkpoint import capped_length, model_context_length, text_config
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -45,10 +44,9 @@ def cannot_serve(config: ModelLaunchConfig, model_dir: Path, settings: Settings)
         return f"Berth serves only LLM models on vLLM (this one is {config.model_type})"
     if model_dir.is_file() and model_dir.suffix.lower() == ".gguf":
         return _cannot_serve_gguf(model_dir, settings)
-    try:
-        hf_config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"no readable config.json in {model_dir}: {exc}"
+    hf_config = text_config(model_dir)
+    if not hf_config:
+        return f"no readable config.json in {model_dir}"
     heads = hf_config.get("num_attention_heads") or 0
     head_size = hf_config.get("head_dim") or (hf_config.get("hidden_size", 0) // heads if heads else 0)
     if _vllm_on_cpu_build(settings) and head_size and head_size < MIN_CPU_HEAD_SIZE:

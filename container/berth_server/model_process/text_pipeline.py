@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from berth_server.errors import InputTooLong, InvalidRequest
 from berth_server.ipc import Tokenize, TokenSpan
 from berth_server.model_process.output_stream import OutputStream
 from berth_server.model_process.reasoning import ReasoningSplitter, thinking_kwargs
+from berth_server.models.checkpoint import generation_eos_ids, text_config
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -263,30 +263,16 @@ class TextPipeline:
 
 def _model_eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
     """Tokenizer eos + generation_config.json eos ids."""
-    ids: set[int] = set()
+    ids = generation_eos_ids(model_dir)
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        try:
-            eos = json.loads(path.read_text()).get("eos_token_id")
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
-            eos = None
-        ids.update(int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
     return ids
 
 
 def _model_vocab_size(model_dir: Path) -> int | None:
-    """The logits width from config.json (top level or text_config), when it says."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for holder in (config, config.get("text_config") or {}):
-        if isinstance(holder.get("vocab_size"), int):
-            return int(holder["vocab_size"])
-    return None
+    """The logits width from config.json (its text model's), when it says."""
+    size = text_config(model_dir).get("vocab_size")
+    return size if isinstance(size, int) else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -14,6 +13,7 @@ from berth.registration import LLMRegistration, Registration, size_key
 from berth_server.adapter_specs import AdapterSource, from_peft_model_config
 from berth_server.canonical import check_parser_name
 from berth_server.errors import InvalidRequest, WeightsNotFound
+from berth_server.models.checkpoint import chat_template
 from berth_server.models.launch import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
@@ -146,16 +146,7 @@ def detect_thinking_variable(template: str | None) -> str | None:
 
 
 def _tokenizer_template(model_dir: Any) -> str | None:
-    if model_dir is None:
-        return None
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    try:
-        template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
-    except (OSError, ValueError):
-        return None
-    return template if isinstance(template, str) else None
+    return None if model_dir is None else chat_template(model_dir)
 
 
 def generated_uid(model_name: str, taken: set[str]) -> str:

@@ -20,6 +20,7 @@ from berth.registration import (
 
 from berth_server.atomic_file import out_of_space, write_atomically
 from berth_server.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound
+from berth_server.models.checkpoint import chat_template
 
 # A full disk, a full quota, or a file-size limit: the write cannot succeed, and the client should know.
 log = logging.getLogger(__name__)
@@ -43,13 +44,7 @@ def local_dir(uri: str | None) -> Path | None:
 
 def tokenizer_has_chat_template(model_dir: Path) -> bool:
     """True when the weights in `model_dir` ship a chat template (tokenizer_config.json or a template file)."""
-    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
-        return True
-    config = model_dir / "tokenizer_config.json"
-    try:
-        return bool(json.loads(config.read_text()).get("chat_template"))
-    except (OSError, ValueError):
-        return False
+    return chat_template(model_dir) is not None
 
 
 def check_chat_template(registration: Registration, model_dir: Path | None) -> None:
