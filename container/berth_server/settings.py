@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 # Re-exported: callers import SettingsError and parse_bool from here.
 from berth_server.canonical import check_parser_name
 from berth_server.settings_values import (
     SettingsError,
-    env_bool,
     env_first_int,
     env_float,
     env_int,
@@ -100,56 +99,75 @@ class LoraSettings:
         return env
 
 
+def setting(default: Any, *names: str, kind: Kind = "str", minimum: int = 0, export: bool = True,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A setting, declared once: its default, the variables that set it (the first one set wins; the first
+    name is the one a child process gets) and how its value is read."""
+    metadata = {"env": names, "kind": kind, "minimum": minimum, "export": export}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+Kind = Literal["str", "upper", "int", "float", "bool", "path"]
+_UNSET = object()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, read once. Tests construct it directly."""
 
     # The default model (TGI / SageMaker names).
-    hf_model_id: str | None = None
-    hf_model_revision: str | None = None
-    hf_model_gguf_file: str | None = None  # the file to serve when HF_MODEL_ID is a GGUF repo or folder
-    model_uid: str | None = None  # BERTH_MODEL_UID; else HF_MODEL_ID; else "default"
-    trust_remote_code: bool = False
-    quantize: str | None = None
-    dtype: str | None = None
-    sm_num_gpus: int = 1
+    hf_model_id: str | None = setting(None, "HF_MODEL_ID", "MODEL_ID")
+    hf_model_revision: str | None = setting(None, "HF_MODEL_REVISION", "REVISION")
+    # The file to serve when HF_MODEL_ID is a GGUF repo or folder.
+    hf_model_gguf_file: str | None = setting(None, "HF_MODEL_GGUF_FILE")
+    model_uid: str | None = setting(None, "BERTH_MODEL_UID")  # else HF_MODEL_ID; else "default"
+    trust_remote_code: bool = setting(False, "HF_MODEL_TRUST_REMOTE_CODE", "TRUST_REMOTE_CODE", kind="bool")
+    quantize: str | None = setting(None, "HF_MODEL_QUANTIZE", "QUANTIZE")
+    dtype: str | None = setting(None, "DTYPE", "BERTH_DTYPE")
+    sm_num_gpus: int = setting(1, "SM_NUM_GPUS", "NUM_SHARD", kind="int", minimum=1)
     # Limits (TGI names).
-    max_input_tokens: int | None = None
-    max_total_tokens: int | None = None
-    max_batch_prefill_tokens: int | None = None
-    max_concurrent_requests: int = 128
-    max_body_bytes: int = 6 * 1024 * 1024
-    messages_api_enabled: bool = False
-    # Network.
-    host: str = "0.0.0.0"
-    port: int = 8080
+    max_input_tokens: int | None = setting(None, "MAX_INPUT_TOKENS", "MAX_INPUT_LENGTH", kind="int", minimum=1)
+    max_total_tokens: int | None = setting(None, "MAX_TOTAL_TOKENS", kind="int", minimum=1)
+    max_batch_prefill_tokens: int | None = setting(None, "MAX_BATCH_PREFILL_TOKENS", kind="int", minimum=1)
+    max_concurrent_requests: int = setting(128, "MAX_CONCURRENT_REQUESTS", kind="int", minimum=1)
+    max_body_bytes: int = setting(6 * 1024 * 1024, "BERTH_MAX_BODY_BYTES", kind="int", minimum=1)
+    messages_api_enabled: bool = setting(False, "MESSAGES_API_ENABLED", kind="bool")
+    # Network. SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
+    host: str = setting("0.0.0.0", "BERTH_HOST")
+    port: int = setting(8080, "PORT", "SAGEMAKER_BIND_TO_PORT", kind="int", minimum=1)
     # Berth's own.
-    engine: EngineChoice = "auto"
-    home: Path = field(default_factory=lambda: Path.home() / ".berth")
-    api_key: str | None = None
-    metrics_public: bool = False  # BERTH_METRICS_PUBLIC: /metrics without the API key
-    model_roots: tuple[Path, ...] = ()  # BERTH_MODEL_ROOTS: launches read local weights only from under these
-    workers: int = 1
-    graceful_timeout_s: float = 25.0
-    model_load_timeout_s: float = 3600.0
-    max_model_restarts: int = 3
-    sagemaker_model_dir: Path = Path("/opt/ml/model")
-    runtime_dir: Path | None = None
-    log_level: str = "INFO"
-    device: str = "auto"
-    max_batch_size: int = 32
-    gpu_memory_utilization: float | None = None
-    kv_cache_gb: float | None = None
-    llamacpp_threads: int | None = None  # None: every core
-    n_gpu_layers: int | None = None  # llama.cpp layers on the GPU; None: all when one is visible
-    vllm_args: Mapping[str, str] = field(default_factory=dict)
-    s3_endpoint_url: str | None = None
-    download_workers: int = 8
-    tool_call_parser: str | None = None  # the default model's (protocols/openai/tool_calls.py)
+    engine: EngineChoice = "auto"  # BERTH_ENGINE, with aliases (read in from_env)
+    home: Path = setting(None, "BERTH_HOME", kind="path", factory=lambda: Path.home() / ".berth")
+    api_key: str | None = setting(None, "BERTH_API_KEY")
+    metrics_public: bool = setting(False, "BERTH_METRICS_PUBLIC", kind="bool")  # /metrics without the API key
+    # BERTH_MODEL_ROOTS: launches read local weights only from under these (read in from_env).
+    model_roots: tuple[Path, ...] = ()
+    workers: int = setting(1, "BERTH_WORKERS", kind="int", minimum=1)
+    graceful_timeout_s: float = setting(25.0, "BERTH_GRACEFUL_TIMEOUT", kind="float")
+    model_load_timeout_s: float = setting(3600.0, "BERTH_MODEL_LOAD_TIMEOUT", kind="float")
+    max_model_restarts: int = setting(3, "BERTH_MAX_MODEL_RESTARTS", kind="int")
+    sagemaker_model_dir: Path = setting(Path("/opt/ml/model"), "BERTH_SAGEMAKER_MODEL_DIR", kind="path")
+    runtime_dir: Path | None = setting(None, "BERTH_RUNTIME_DIR", kind="path")
+    log_level: str = setting("INFO", "BERTH_LOG_LEVEL", kind="upper")
+    device: str = setting("auto", "BERTH_DEVICE")
+    max_batch_size: int = setting(32, "BERTH_MAX_BATCH_SIZE", kind="int", minimum=1)
+    gpu_memory_utilization: float | None = setting(None, "BERTH_GPU_MEMORY_UTILIZATION", kind="float")
+    kv_cache_gb: float | None = setting(None, "BERTH_KV_CACHE_GB", kind="float")
+    llamacpp_threads: int | None = setting(None, "BERTH_LLAMACPP_THREADS", kind="int", minimum=1)  # None: all cores
+    # llama.cpp layers on the GPU; None: all when one is visible.
+    n_gpu_layers: int | None = setting(None, "BERTH_N_GPU_LAYERS", kind="int", minimum=-1)
+    vllm_args: Mapping[str, str] = field(default_factory=dict)  # BERTH_VLLM_<ARG> / SM_VLLM_<ARG> (from_env)
+    s3_endpoint_url: str | None = setting(None, "BERTH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    download_workers: int = setting(8, "BERTH_DOWNLOAD_WORKERS", kind="int", minimum=1)
+    tool_call_parser: str | None = None  # the default model's (TOOL_CALL_PARSER_VARS, read in from_env)
     # Set by the launcher for gunicorn's workers; prometheus_client reads the same variable itself.
-    prometheus_multiproc_dir: str | None = None
-    request_timeout_s: float | None = None  # BERTH_REQUEST_TIMEOUT: a request's whole budget in its model
-    stream_buffer_events: int = 8192  # BERTH_STREAM_BUFFER: events one request may have waiting in a worker
+    prometheus_multiproc_dir: str | None = setting(None, "PROMETHEUS_MULTIPROC_DIR", export=False)
+    # BERTH_REQUEST_TIMEOUT: a request's whole budget in its model (0 or unset: none).
+    request_timeout_s: float | None = setting(None, "BERTH_REQUEST_TIMEOUT", kind="float")
+    # BERTH_STREAM_BUFFER: events one request may have waiting in a worker.
+    stream_buffer_events: int = setting(8192, "BERTH_STREAM_BUFFER", kind="int", minimum=16)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @property
@@ -163,50 +181,15 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """Environment that makes from_env() rebuild these settings in a child process."""
-        env = {
-            "BERTH_ENGINE": self.engine,
-            "BERTH_HOME": str(self.home),
-            "BERTH_WORKERS": str(self.workers),
-            "BERTH_GRACEFUL_TIMEOUT": str(self.graceful_timeout_s),
-            "BERTH_MODEL_LOAD_TIMEOUT": str(self.model_load_timeout_s),
-            "BERTH_MAX_MODEL_RESTARTS": str(self.max_model_restarts),
-            "BERTH_SAGEMAKER_MODEL_DIR": str(self.sagemaker_model_dir),
-            "BERTH_LOG_LEVEL": self.log_level,
-            "BERTH_DEVICE": self.device,
-            "BERTH_MAX_BATCH_SIZE": str(self.max_batch_size),
-            "BERTH_HOST": self.host,
-            "PORT": str(self.port),
-            "MAX_CONCURRENT_REQUESTS": str(self.max_concurrent_requests),
-            "BERTH_MAX_BODY_BYTES": str(self.max_body_bytes),
-            "MESSAGES_API_ENABLED": "true" if self.messages_api_enabled else "false",
-            "HF_MODEL_TRUST_REMOTE_CODE": "true" if self.trust_remote_code else "false",
-            "SM_NUM_GPUS": str(self.sm_num_gpus),
-            "BERTH_DOWNLOAD_WORKERS": str(self.download_workers),
-            "BERTH_STREAM_BUFFER": str(self.stream_buffer_events),
-            "BERTH_METRICS_PUBLIC": "true" if self.metrics_public else "false",
-        }
-        optional = {
-            "HF_MODEL_ID": self.hf_model_id,
-            "HF_MODEL_REVISION": self.hf_model_revision,
-            "HF_MODEL_GGUF_FILE": self.hf_model_gguf_file,
-            "BERTH_LLAMACPP_THREADS": self.llamacpp_threads,
-            "BERTH_N_GPU_LAYERS": self.n_gpu_layers,
-            "BERTH_MODEL_UID": self.model_uid,
-            "HF_MODEL_QUANTIZE": self.quantize,
-            "DTYPE": self.dtype,
-            "MAX_INPUT_TOKENS": self.max_input_tokens,
-            "MAX_TOTAL_TOKENS": self.max_total_tokens,
-            "MAX_BATCH_PREFILL_TOKENS": self.max_batch_prefill_tokens,
-            "BERTH_API_KEY": self.api_key,
-            "BERTH_RUNTIME_DIR": self.runtime_dir,
-            "BERTH_GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
-            "BERTH_KV_CACHE_GB": self.kv_cache_gb,
-            "BERTH_S3_ENDPOINT_URL": self.s3_endpoint_url,
-            "BERTH_TOOL_CALL_PARSER": self.tool_call_parser,
-            "BERTH_REQUEST_TIMEOUT": self.request_timeout_s,
-            "BERTH_MODEL_ROOTS": os.pathsep.join(str(root) for root in self.model_roots) or None,
-        }
-        env.update({k: str(v) for k, v in optional.items() if v is not None})
+        env: dict[str, str] = {"BERTH_ENGINE": self.engine}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata.get("export") and value is not None:
+                env[spec.metadata["env"][0]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if self.model_roots:
+            env["BERTH_MODEL_ROOTS"] = os.pathsep.join(str(root) for root in self.model_roots)
+        if self.tool_call_parser:
+            env["BERTH_TOOL_CALL_PARSER"] = self.tool_call_parser
         env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
         env.update(self.lora.to_env())
         return env
@@ -219,57 +202,18 @@ class Settings:
         engine = ENGINE_ALIASES.get(engine, engine)
         if engine not in ENGINE_NAMES:
             raise SettingsError(f"BERTH_ENGINE={engine!r}: use {', '.join(ENGINE_NAMES)}")
-        # SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
-        port = env_int(env, "SAGEMAKER_BIND_TO_PORT", None, 1) or env_int(env, "PORT", 8080, 1)
-        home = env.get("BERTH_HOME") or str(Path.home() / ".berth")
-        runtime_dir = env.get("BERTH_RUNTIME_DIR")
-        quantize = env.get("HF_MODEL_QUANTIZE") or env.get("QUANTIZE") or None
-        return cls(
-            hf_model_id=env.get("HF_MODEL_ID") or env.get("MODEL_ID") or None,
-            hf_model_revision=env.get("HF_MODEL_REVISION") or env.get("REVISION") or None,
-            hf_model_gguf_file=env.get("HF_MODEL_GGUF_FILE") or None,
-            model_uid=env.get("BERTH_MODEL_UID") or None,
-            trust_remote_code=env_bool(env, "HF_MODEL_TRUST_REMOTE_CODE", env_bool(env, "TRUST_REMOTE_CODE", False)),
-            quantize=quantize,
-            dtype=env.get("DTYPE") or env.get("BERTH_DTYPE") or None,
-            sm_num_gpus=env_int(env, "SM_NUM_GPUS", None, 1) or env_int(env, "NUM_SHARD", 1, 1) or 1,
-            max_input_tokens=env_int(env, "MAX_INPUT_TOKENS", env_int(env, "MAX_INPUT_LENGTH", None, 1), 1),
-            max_total_tokens=env_int(env, "MAX_TOTAL_TOKENS", None, 1),
-            max_batch_prefill_tokens=env_int(env, "MAX_BATCH_PREFILL_TOKENS", None, 1),
-            max_concurrent_requests=env_int(env, "MAX_CONCURRENT_REQUESTS", 128, 1) or 128,
-            max_body_bytes=env_int(env, "BERTH_MAX_BODY_BYTES", 6 * 1024 * 1024, 1) or 6 * 1024 * 1024,
-            messages_api_enabled=env_bool(env, "MESSAGES_API_ENABLED", False),
-            host=env.get("BERTH_HOST", "0.0.0.0"),
-            port=port or 8080,
-            engine=engine,  # type: ignore[arg-type]
-            home=Path(home).expanduser(),
-            api_key=env.get("BERTH_API_KEY") or None,
-            metrics_public=env_bool(env, "BERTH_METRICS_PUBLIC", False),
-            model_roots=tuple(Path(part).expanduser() for part in
-                              (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
-                              if part.strip()),
-            workers=env_int(env, "BERTH_WORKERS", 1, 1) or 1,
-            graceful_timeout_s=env_float(env, "BERTH_GRACEFUL_TIMEOUT", 25.0) or 25.0,
-            model_load_timeout_s=env_float(env, "BERTH_MODEL_LOAD_TIMEOUT", 3600.0) or 3600.0,
-            max_model_restarts=env_int(env, "BERTH_MAX_MODEL_RESTARTS", 3) or 0,
-            sagemaker_model_dir=Path(env.get("BERTH_SAGEMAKER_MODEL_DIR", "/opt/ml/model")),
-            runtime_dir=Path(runtime_dir) if runtime_dir else None,
-            log_level=env.get("BERTH_LOG_LEVEL", "INFO").upper(),
-            device=env.get("BERTH_DEVICE", "auto"),
-            max_batch_size=env_int(env, "BERTH_MAX_BATCH_SIZE", 32, 1) or 32,
-            gpu_memory_utilization=env_float(env, "BERTH_GPU_MEMORY_UTILIZATION", None),
-            kv_cache_gb=env_float(env, "BERTH_KV_CACHE_GB", None),
-            llamacpp_threads=env_int(env, "BERTH_LLAMACPP_THREADS", None, 1),
-            n_gpu_layers=env_int(env, "BERTH_N_GPU_LAYERS", None, -1),
-            vllm_args=_vllm_args(env),
-            s3_endpoint_url=env.get("BERTH_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
-            download_workers=env_int(env, "BERTH_DOWNLOAD_WORKERS", 8, 1) or 8,
-            tool_call_parser=_tool_call_parser(env),
-            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
-            request_timeout_s=env_float(env, "BERTH_REQUEST_TIMEOUT", None) or None,
-            stream_buffer_events=env_int(env, "BERTH_STREAM_BUFFER", 8192, 16) or 8192,
-            lora=_lora_settings(env),
-        )
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            if "env" in spec.metadata:
+                value = _read_setting(env, spec.metadata)
+                if value is not _UNSET:
+                    values[spec.name] = value
+        if values.get("request_timeout_s") == 0:
+            values["request_timeout_s"] = None  # 0 means no budget
+        roots = (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
+        return cls(**values, engine=engine,  # type: ignore[arg-type]
+                   model_roots=tuple(Path(part).expanduser() for part in roots if part.strip()),
+                   vllm_args=_vllm_args(env), tool_call_parser=_tool_call_parser(env), lora=_lora_settings(env))
 
     def child_environment(self, **extra: str) -> dict[str, str]:
         """The environment for a child process: ours, these settings, and `extra` on top."""
@@ -290,3 +234,24 @@ def export_defaults(values: Mapping[str, str]) -> None:
     process it spawns); a value the user exported wins."""
     for key, value in values.items():
         os.environ.setdefault(key, value)
+
+
+def _read_setting(env: Mapping[str, str], metadata: Mapping[str, Any]) -> Any:
+    """The value of the first of a setting's variables that is set (not blank), read as its kind; else _UNSET.
+
+    SAGEMAKER_BIND_TO_PORT outranks PORT: of a setting's names, those that only SageMaker sets come first.
+    """
+    names = sorted(metadata["env"], key=lambda name: not name.startswith("SAGEMAKER_"))
+    name = next((n for n in names if (env.get(n) or "").strip()), None)
+    if name is None:
+        return _UNSET
+    raw, kind = env[name], metadata["kind"]
+    if kind == "bool":
+        return parse_bool(name, raw)
+    if kind == "int":
+        return env_int(env, name, None, metadata["minimum"])
+    if kind == "float":
+        return env_float(env, name, None)
+    if kind == "path":
+        return Path(raw).expanduser()
+    return raw.upper() if kind == "upper" else raw

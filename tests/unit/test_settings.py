@@ -59,3 +59,22 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
                         home=tmp_path, runtime_dir=tmp_path / "run", messages_api_enabled=True,
                         vllm_args={"enforce_eager": "true"}, port=1234, kv_cache_gb=2.5)
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_every_setting_round_trips_with_a_value_other_than_its_default(tmp_path: Path) -> None:
+    import dataclasses
+
+    from berth_server.settings import LoraSettings
+
+    samples = {"str": "x1", "upper": "DEBUG", "int": 17, "float": 2.5, "bool": True, "path": tmp_path / "p"}
+    changed = {}
+    for spec in dataclasses.fields(Settings):
+        if "env" in spec.metadata and spec.metadata["export"]:
+            changed[spec.name] = samples[spec.metadata["kind"]]
+    settings = Settings(**changed, engine="llama.cpp", model_roots=(tmp_path,), vllm_args={"max_num_seqs": "4"},
+                        tool_call_parser="hermes", lora=LoraSettings(enabled=True, max_loras=2,
+                                                                     adapters=(("a", "/a"),)))
+    assert all(getattr(settings, name) != getattr(Settings(), name) for name in changed)
+    assert Settings.from_env(settings.to_env()) == settings
+    # Each setting's default is declared once, on its field: an empty environment gives exactly those.
+    assert Settings.from_env({}) == Settings()
