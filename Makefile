@@ -49,7 +49,7 @@ test-integration: venv
 # Only the vLLM parts (`make test` already includes them when vllm is importable): engine tests,
 # then the shared integration suite on the vLLM server plus the cross-engine contract.
 test-vllm: venv
-	$(PY) -m pytest -q -rs -m vllm tests/unit
+	BERTH_TEST_ENGINES=vllm $(PY) -m pytest -q -rs -m vllm tests/integration
 	BERTH_TEST_ENGINES=vllm $(PY) -m pytest -q -rs -k vllm tests/integration
 
 # The CPU image ($(IMAGE)) from the one Dockerfile: `docker build` where a Docker engine answers, else

@@ -1,7 +1,7 @@
 """Berth on vLLM against Berth on transformers, same model, same requests: usage counts must agree.
 
 Runs when the shared server is the vLLM one; a transformers server is started for the comparison.
-(Greedy token equality between the engines is checked in float32 in tests/unit/test_engine_vllm.py;
+(Greedy token equality between the engines is checked in float32 in tests/integration/test_engine_vllm.py;
 here vLLM runs its default CPU dtype, so only counts, which do not depend on the tokens, are compared.)
 """
 
