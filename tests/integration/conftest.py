@@ -57,7 +57,7 @@ def checkpoint_engines() -> list[str]:
     """The engines of available_engines() that serve a transformers checkpoint (safetensors folder).
 
     llama.cpp serves GGUF files only: its real-model and constraint coverage is in
-    test_llamacpp_gguf.py and tests/unit/test_llamacpp_constraints.py, on SmolLM2's own GGUF.
+    test_llamacpp_gguf.py, test_llamacpp_constraints.py and test_llamacpp_tools.py, on SmolLM2's own GGUF.
     """
     return [engine for engine in available_engines() if engine != "llama.cpp"]
 

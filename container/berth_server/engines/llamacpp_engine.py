@@ -2,8 +2,8 @@
 
 llama.cpp decodes concurrent requests together in its parallel slots (continuous batching). The
 model process keeps the chat template, tokenization, detokenization and stop strings, so each
-request goes in as prompt token ids and comes back as token ids, read from the per-token
-logprobs llama.cpp streams. xllamacpp is imported lazily (in start), never at module import.
+request goes in as prompt token ids and comes back as token ids, read from the ids llama.cpp
+names in each streamed chunk. xllamacpp is imported lazily (in start), never at module import.
 """
 
 from __future__ import annotations
@@ -106,8 +106,7 @@ class LlamaCppEngine(Engine):
         return EngineLoadInfo(
             engine=self.name, device="gpu" if options.n_gpu_layers else "cpu", dtype=_file_type(path),
             max_model_len=options.slot_context, max_batch_size=options.n_parallel,
-            extra={"threads": options.threads, "n_ctx": options.n_ctx, "kv_unified": options.kv_unified,
-                   "architecture": facts.architecture},
+            extra={"threads": options.threads, "n_ctx": options.n_ctx, "architecture": facts.architecture},
         )
 
     @staticmethod
@@ -171,51 +170,49 @@ class LlamaCppEngine(Engine):
         if not isinstance(chunk, dict) or "choices" not in chunk:
             raise _error(chunk)
         choice = chunk["choices"][0]
+        verbose = chunk.get("__verbose") or {}
         entries = (choice.get("logprobs") or {}).get("content") or []
-        predicted = (chunk.get("timings") or {}).get("predicted_n")
-        ids: list[int] = []
-        logprobs: list[float] = []
-        tops: list[list[tuple[int, float]]] = []
+        reported = [int(t) for t in verbose.get("tokens") or []] or [int(e["id"]) for e in entries]
+        predicted = verbose.get("tokens_predicted")
+        if not reported and choice.get("text"):  # an xllamacpp whose llama.cpp ignores "verbose" per request
+            raise errors.GenerationFailed("llama.cpp streamed text without naming its token ids")
         # Tokens llama.cpp made but did not report come before this chunk's first token.
-        missing = int(predicted) - running.seen - len(entries) if predicted is not None and entries else 0
-        for index, entry in enumerate(entries):
-            for token_id in self._recover(entry, missing if index == 0 else 0):
-                ids.append(token_id)
-                logprobs.append(float("nan"))  # llama.cpp reported no logprob for these
-                tops.append([])
-            ids.append(int(entry["id"]))
-            logprobs.append(float(entry["logprob"]))
-            tops.append([(int(t["id"]), float(t["logprob"])) for t in entry.get("top_logprobs") or []])
+        missing = int(predicted) - running.seen - len(reported) if predicted is not None and reported else 0
+        # The text holds U+FFFD where merged bytes are not UTF-8; the entries hold the bytes themselves.
+        sent = b"".join(bytes(e.get("bytes") or []) for e in entries) if entries else \
+            str(choice.get("text") or "").encode("utf-8")
+        ids = self._recover(reported, sent, missing) + reported
         running.seen += len(ids)
         finish: EngineFinish | None = _FINISH.get(str(choice.get("finish_reason")))
         if finish is None and running.seen >= request.max_new_tokens:
             finish = "length"  # say so with the last token, not in an empty step after it
         for i, token_id in enumerate(ids):
             if token_id in request.stop_token_ids:  # Berth's stop ids go beyond llama.cpp's EOG tokens
-                ids, logprobs, tops, finish = ids[: i + 1], logprobs[: i + 1], tops[: i + 1], "eos"
+                ids, finish = ids[: i + 1], "eos"
                 break
         if not ids and finish is None:
             return None
         step = EngineStep(token_ids=ids, finish=finish)
         top_n = request.sampling.logprobs
         if top_n is not None:
-            step.logprobs = logprobs
-            step.top_logprobs = [top[:top_n] for top in tops]
+            # No logprobs for recovered tokens: llama.cpp's entries belong to the tokens it reported.
+            lost = max(missing, 0)
+            logprobs = [float("nan")] * lost + [float(e["logprob"]) for e in entries]
+            tops: list[list[tuple[int, float]]] = [[] for _ in range(lost)]
+            tops += [[(int(t["id"]), float(t["logprob"])) for t in e.get("top_logprobs") or []][:top_n]
+                     for e in entries]
+            step.logprobs, step.top_logprobs = logprobs[: len(ids)], tops[: len(ids)]
         return step
 
-    def _recover(self, entry: dict[str, Any], missing: int) -> list[int]:
-        """Ids of tokens llama.cpp merged into this entry's text (they ended inside a UTF-8 character)."""
+    def _recover(self, reported: list[int], sent: bytes, missing: int) -> list[int]:
+        """Ids of tokens llama.cpp merged into this chunk's bytes (they ended inside a UTF-8 character)."""
         if missing <= 0:
             return []
         if self._token_bytes is None:
             self._token_bytes = TokenBytes.from_gguf(gguf_path(self.model_path) or self.model_path)
-        own = self._token_bytes.by_id[int(entry["id"])] if int(entry["id"]) < len(self._token_bytes.by_id) else None
-        sent = bytes(entry.get("bytes") or [])
-        if own is None or not sent.endswith(own):
-            raise errors.GenerationFailed(f"llama.cpp did not report the ids of {missing} tokens")
-        found = self._token_bytes.segment(sent[: len(sent) - len(own)], missing)
+        found = self._token_bytes.recover(reported, sent, missing)
         if found is None:
-            raise errors.GenerationFailed(f"cannot recover the ids of {missing} tokens llama.cpp merged")
+            raise errors.GenerationFailed(f"cannot recover the ids of {missing} tokens llama.cpp merged into {sent!r}")
         return found
 
     async def abort(self, request_id: str) -> None:

@@ -92,7 +92,6 @@ class ServerOptions:
     n_parallel: int
     slot_context: int
     n_ctx: int
-    kv_unified: bool
     n_gpu_layers: int
 
 
@@ -109,22 +108,24 @@ def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, sett
     n_parallel = max(1, int(args.get("n_parallel") or min(settings.max_concurrent_requests, settings.max_batch_size)))
     if args.get("n_ctx"):  # llama.cpp's meaning: the KV cache all slots share
         slot_context = min(max(1, int(args["n_ctx"]) // n_parallel), facts.context_length)
-    wanted = slot_context * n_parallel
     budget_gb = settings.kv_cache_gb if settings.kv_cache_gb is not None else (
         None if on_gpu else DEFAULT_CPU_KV_CACHE_GB)
-    n_ctx, unified = wanted, False
     if budget_gb is not None:
-        budget = int(budget_gb * (1 << 30)) // facts.kv_bytes_per_token
-        if budget < wanted:
-            # The slots share one cache that still holds a whole slot's context; llama.cpp ends a
-            # request with an error if the shared cache fills up.
-            n_ctx, unified = max(slot_context, budget), True
+        fits = int(budget_gb * (1 << 30)) // (facts.kv_bytes_per_token * slot_context)
+        if fits < n_parallel:
+            # Fewer slots, each with its own cache, rather than one cache the slots share (kv_unified):
+            # llama.cpp's attention over a shared cache depends on where the other requests' tokens
+            # sit, so greedy answers change with what else runs (8 SmolLM2 Q4_1 chats sent together:
+            # 3-4 of 8 kept their words on llama.cpp's own server with a shared cache, 8 of 8 without).
+            log.info("llama.cpp: %d slots of %d tokens fit %.2f GiB of KV cache (not %d; set BERTH_KV_CACHE_GB "
+                     "for more)", max(1, fits), slot_context, budget_gb, n_parallel)
+            n_parallel = max(1, fits)
     threads = int(args.get("n_threads") or settings.llamacpp_threads or max(1, cpu_count))
     gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else (-1 if on_gpu else 0)
     if args.get("n_gpu_layers") is not None:
         gpu_layers = int(args["n_gpu_layers"])
     return ServerOptions(model_path=path, threads=threads, n_parallel=n_parallel, slot_context=slot_context,
-                         n_ctx=n_ctx, kv_unified=unified, n_gpu_layers=gpu_layers)
+                         n_ctx=slot_context * n_parallel, n_gpu_layers=gpu_layers)
 
 
 def common_params(options: ServerOptions, api_key: str) -> Any:
@@ -135,7 +136,7 @@ def common_params(options: ServerOptions, api_key: str) -> Any:
     params.model.path = str(options.model_path)
     params.n_parallel = options.n_parallel
     params.n_ctx = options.n_ctx
-    params.kv_unified = options.kv_unified
+    params.kv_unified = False  # one cache per slot: answers do not depend on the other requests (server_options)
     params.cont_batching = True
     params.n_gpu_layers = options.n_gpu_layers
     params.cpuparams.n_threads = options.threads
@@ -154,9 +155,10 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
     """The body of llama.cpp's /v1/completions for one request: prompt ids in, every sampling knob explicit.
 
     llama.cpp's own defaults (top_k 40, top_p 0.95, min_p 0.05, repeat_last_n 64) differ from
-    Berth's "off" defaults, so each knob is always sent. n_probs is at least 1: each streamed
-    chunk then names the id of the token it carries. Raises InvalidRequest for what llama.cpp
-    cannot honour. Constraints and token biases come from llamacpp_constraints.
+    Berth's "off" defaults, so each knob is always sent. `verbose` makes each streamed chunk name
+    the id of its token and the count made so far; probabilities are asked for only with logprobs.
+    Raises InvalidRequest for what llama.cpp cannot honour. Constraints and token biases come from
+    llamacpp_constraints.
     """
     s = request.sampling
     if s.prompt_logprobs:
@@ -185,7 +187,8 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
         "stream": True,
         "max_tokens": request.max_new_tokens,
         "temperature": 0.0 if greedy else s.temperature,
-        "top_k": 0 if greedy else s.top_k,
+        # Greedy keeps the argmax either way; top_k 1 spares sampling a softmax over the whole vocabulary.
+        "top_k": 1 if greedy else s.top_k,
         "top_p": 1.0 if greedy else s.top_p,
         "min_p": 0.0 if greedy else s.min_p,
         "typical_p": 1.0 if greedy else s.typical_p,
@@ -195,11 +198,24 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
         "presence_penalty": s.presence_penalty,
         "seed": RANDOM_SEED if s.seed is None else s.seed % (1 << 32),
         "ignore_eos": s.ignore_eos,
-        "n_probs": max(1, s.logprobs or 0),
-        "post_sampling_probs": False,  # logprobs of the raw distribution, as the other engines report
-        "timings_per_token": True,  # predicted_n per chunk: how many tokens the slot has made
+        # Each chunk's "__verbose" then names its token ids and tokens_predicted (the slot's count).
+        "verbose": True,
         "cache_prompt": True,
-    }
+    } | _probabilities(s.logprobs, greedy or s.top_k > 0)
+
+
+def _probabilities(logprobs: int | None, few_candidates: bool) -> dict[str, Any]:
+    """n_probs and post_sampling_probs: logprobs as asked, else the cheapest entry that carries the raw bytes.
+
+    A chunk's text holds U+FFFD where the bytes it merged are not UTF-8; its probability entry holds
+    the bytes themselves, which recovering merged ids needs. Raw-distribution probabilities (what the
+    other engines report as logprobs) cost llama.cpp a sort of the whole vocabulary per token, about
+    15% of the tokens/s of 16 SmolLM2 streams; probabilities after sampling are free when top_k
+    leaves few candidates (greedy sends top_k 1).
+    """
+    if logprobs is not None:
+        return {"n_probs": max(1, logprobs), "post_sampling_probs": False}  # n_probs 1 serves logprobs=0
+    return {"n_probs": 1, "post_sampling_probs": few_candidates}
 
 
 def _check(ok: bool, name: str, value: object, why: str) -> None:

@@ -2,7 +2,7 @@
 
 llama.cpp's server holds back a token that ends inside a UTF-8 character and sends it later,
 merged into the text of the token that completes the character; only that last token's id is
-reported. The count of tokens made so far (timings.predicted_n) says how many ids are missing,
+reported. The count of tokens made so far (tokens_predicted) says how many ids are missing,
 and the sent bytes minus the last token's own bytes are exactly theirs, so the ids are found by
 splitting those bytes into that many vocabulary pieces.
 """
@@ -70,6 +70,14 @@ class TokenBytes:
         types = [int(types_field.parts[i][0]) for i in types_field.data] if types_field is not None else []
         normal = [t in (1, 6) for t in types] if len(types) == len(tokens) else [True] * len(tokens)
         return cls(tokens, model, normal)
+
+    def recover(self, reported: list[int], sent: bytes, missing: int) -> list[int] | None:
+        """The ids of `missing` tokens sent merged before the reported ones in `sent` (None when they do not split so)."""
+        pieces = [self.by_id[t] if 0 <= t < len(self.by_id) else None for t in reported]
+        own = b"".join(piece or b"" for piece in pieces)
+        if any(piece is None for piece in pieces) or not sent.endswith(own):
+            return None
+        return self.segment(sent[: len(sent) - len(own)], missing)
 
     def segment(self, data: bytes, count: int) -> list[int] | None:
         """Split `data` into exactly `count` vocabulary pieces (longest pieces first); None if impossible."""

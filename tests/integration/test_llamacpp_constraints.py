@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from berth_server.canonical import Constraint, SamplingParams
 from berth_server.engines.base import EngineRequest
-from berth_server.engines.llamacpp_constraints import constraint_fields
+from berth_server.engines.llamacpp_constraints import constraint_fields, structural_tag_lark, to_gbnf
 from berth_server.errors import InvalidRequest
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
@@ -40,6 +40,39 @@ def test_token_biases_allowed_ids_and_bad_words() -> None:
     with pytest.raises(InvalidRequest) as caught:
         constraint_fields(_request(bad=((5, 6),)), 8)
     assert caught.value.param == "bad_words"
+
+
+def test_xgrammar_ebnf_is_rewritten_in_gbnf_dialect() -> None:
+    """Escapes GBNF lacks, xgrammar's unbounded repeats and its lookaheads (none of which llama.cpp parses)."""
+    ebnf = r'root_a ::= ("{" "a\0b" x_y{0, -1} z{2, 2} [\-+\/] "_") (=(q [,}\]:]))'
+    assert to_gbnf(ebnf) == r'root-a ::= ("{" "a\x00b" x-y{0,} z{2,2} [\x2D+\x2F] "_") '
+    with pytest.raises(ValueError, match="Regex"):
+        to_gbnf('s ::= Regex("^a+$", json_string=true)')
+
+
+def _structural(fmt: dict[str, object]) -> Constraint:
+    return Constraint(kind="structural_tag", value=json.dumps({"type": "structural_tag", "format": fmt}),
+                      param="structured_outputs")
+
+
+def test_tool_call_structures_become_llguidance_grammars() -> None:
+    call = {"type": "tag", "begin": "<c>", "end": "</c>",
+            "content": {"type": "json_schema", "json_schema": PERSON, "max_whitespace_cnt": 1}}
+    grammar = structural_tag_lark(_structural({"type": "tags_with_separator", "tags": [call], "separator": "\n",
+                                               "at_least_one": True, "stop_after_first": False}).value)
+    assert grammar is not None and grammar.splitlines()[:2] == ["%llguidance {}", 'start: (tags1 ("\\n" tags1)*)']
+    assert 'tags1: ("<c>" json0 "</c>")' in grammar and '"whitespace_flexible": false' in grammar
+    assert structural_tag_lark(_structural({"type": "any_text"}).value) is None  # left to xgrammar's EBNF
+
+
+def test_what_gbnf_cannot_express_is_a_4xx_naming_the_field() -> None:
+    """A form llguidance is not given, whose xgrammar EBNF holds a Regex(...) macro."""
+    tag = {"type": "tag", "begin": "<f>", "end": "</f>",
+           "content": {"type": "json_schema", "json_schema": {"type": "string", "pattern": "^a+$"}}}
+    with pytest.raises(InvalidRequest, match="Regex") as caught:
+        constraint_fields(_request(constraint=_structural({"type": "triggered_tags", "triggers": ["<f>"],
+                                                           "tags": [tag]})), 10)
+    assert caught.value.param == "structured_outputs"
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +120,19 @@ def test_llamacpp_output_obeys_regex_and_choice(engine, smollm2_gguf: Path) -> N
     answer = _text(engine, smollm2_gguf, "Yes or no?", temperature=1.0, seed=2,
                    constraint=Constraint(kind="choice", choices=("yes", "no")))
     assert answer in ("yes", "no")
+
+
+@pytest.mark.timeout(900)
+def test_llamacpp_output_obeys_a_tool_call_structure_and_escaped_regex(  # type: ignore[no-untyped-def]
+        engine, smollm2_gguf: Path) -> None:
+    from berth_server.protocols.openai.tool_syntax import ToolChoice, tool_constraint
+
+    tool = {"type": "function", "function": {"name": "who", "parameters": PERSON}}
+    constraint = tool_constraint([tool], ToolChoice("named", "who"), "hermes", False)
+    text = _text(engine, smollm2_gguf, "Describe a person.", temperature=0.8, seed=4, constraint=constraint)
+    found = re.fullmatch(r'<tool_call>\n\{"name": "who", "arguments": (.*)\}\n</tool_call>', text, re.DOTALL)
+    assert found, text
+    jsonschema.validate(json.loads(found.group(1)), PERSON)
+    number = _text(engine, smollm2_gguf, "A temperature?", temperature=1.0, seed=5,
+                   constraint=Constraint(kind="regex", value=r"[\-+][0-9]{2}\.[0-9]"))
+    assert re.fullmatch(r"[\-+][0-9]{2}\.[0-9]", number), number
