@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -100,6 +101,8 @@ class OutputStream:
             if step.top_logprobs is not None and n < len(step.top_logprobs):
                 top = [TopToken(int(i), text_of(int(i)), float(lp)) for i, lp in step.top_logprobs[n]]
             logprob = step.logprobs[n] if step.logprobs is not None and n < len(step.logprobs) else None
+            if logprob is not None and math.isnan(logprob):
+                logprob = None  # the engine does not know it (llama.cpp's merged tokens); JSON has no NaN
             infos.append(TokenInfo(id=token_id, text=text_of(token_id), logprob=logprob,
                                    special=token_id in self._pipeline.special_ids, top=top))
         return infos
