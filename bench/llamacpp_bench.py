@@ -124,7 +124,7 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
              f"{SLOTS} concurrent streaming chats, {args.max_tokens} tokens each (ignore_eos, temperature 0), "
              f"{SLOTS} slots and {CONTEXT} tokens a request on every server, {args.threads} llama.cpp thread(s) "
              f"(transformers: its default, every core). "
-             f"Machine shared with other work: load average {res['loadavg_start']} at start, "
+             f"Load average {res['loadavg_start']} at start, "
              f"{res.get('loadavg_end')} at end."), "",
              "| server | weights | tok/s | TTFT p50 s | TTFT p95 s | latency p50 s | errors | model process RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=18500)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads on both llama.cpp servers (one is kinder to a loaded machine)")
-    parser.add_argument("--only", action="append", help="berth-llama.cpp, llama.cpp-server or berth-transformers")
+    parser.add_argument("--only", action="append",
+                        help="berth-llama.cpp, llama.cpp-server, berth-transformers or xinference-llama.cpp")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     started = time.time()
