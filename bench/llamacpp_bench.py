@@ -26,11 +26,13 @@ from bench.loadgen import LoadConfig, run_load
 
 SLOTS = 16
 CONTEXT = 1024
+# llama.cpp's own server in a child process: continuous batching, no prompt-cache RAM, one KV cache per
+# slot (as Berth runs it). tests/llamacpp_oracle.py starts the same one as the reference for Berth's answers.
 PEER_SCRIPT = """
 import signal, sys, time, xllamacpp
 p = xllamacpp.CommonParams()
 p.model.path = sys.argv[1]; p.port = int(sys.argv[2]); p.n_parallel = int(sys.argv[3])
-p.n_ctx = int(sys.argv[3]) * int(sys.argv[4]); p.cont_batching = True; p.cache_ram_mib = 0
+p.n_ctx = int(sys.argv[3]) * int(sys.argv[4]); p.cont_batching = True; p.cache_ram_mib = 0; p.kv_unified = False
 p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(sys.argv[5])
 server = xllamacpp.Server(p)
 print("listening", server.listening_address, flush=True)

@@ -196,34 +196,50 @@ def xinference_registration(model_dir: Path, name: str = "berth-bench") -> dict[
     }
 
 
-def start_xinference(model_dir: Path, port: int, timeout_s: float = 600.0) -> Peer:
-    """xinference-local on 127.0.0.1:port, register model_dir as a custom LLM, launch it on Transformers."""
+def _xinference_local(port: int, timeout_s: float) -> tuple[subprocess.Popen[bytes], Path, str]:
+    """xinference-local from bench/.venv-xinference on 127.0.0.1:port, answering /v1/models."""
     if not xinference_installed():
         raise PeerFailed(f"{XINF_VENV} has no xinference-local (install_xinference() or see RESULTS.md)")
     env = dict(os.environ)
     env.update({"XINFERENCE_AUTH_ADVANCED": "0", "XINFERENCE_HOME": str(OUT / "xinference-home"),
                 "PATH": f"{XINF_VENV / 'bin'}:{env.get('PATH', '')}"})
     env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)  # its own venv, not this checkout's sources
     argv = [str(XINF_VENV / "bin" / "xinference-local"), "--host", "127.0.0.1", "--port", str(port)]
     proc, log_path = _spawn(f"xinference-{port}", argv, env)
     base = f"http://127.0.0.1:{port}"
-    start = time.perf_counter()
     try:
         wait_http_ok(f"{base}/v1/models", proc, timeout_s, log_path)
-        reg = xinference_registration(model_dir)
-        r = httpx.post(f"{base}/v1/model_registrations/LLM",
-                       json={"model": json.dumps(reg), "persist": False}, timeout=60.0)
-        if r.status_code != 200:
-            raise PeerFailed(f"xinference register: HTTP {r.status_code} {r.text[:300]}")
-        left = max(10.0, timeout_s - (time.perf_counter() - start))
-        r = httpx.post(f"{base}/v1/models", timeout=left, json={
-            "model_uid": reg["model_name"], "model_name": reg["model_name"], "model_type": "LLM",
-            "model_engine": "Transformers", "model_format": "pytorch", "model_size_in_billions": "0_1",
-            "quantization": "none", "n_gpu": None,
-            # Its per-model virtualenv would try to install packages; the peer venv has what it needs.
-            "enable_virtual_env": False})
-        if r.status_code != 200:
-            raise PeerFailed(f"xinference launch: HTTP {r.status_code} {r.text[:300]}")
+    except BaseException:
+        _stop_group(proc, 30)
+        raise
+    return proc, log_path, base
+
+
+def _register_and_launch(base: str, registration: dict[str, Any], launch: dict[str, Any], timeout_s: float) -> None:
+    """Register a custom LLM in Xinference and launch it (uid = its name); PeerFailed with Xinference's words."""
+    r = httpx.post(f"{base}/v1/model_registrations/LLM", json={"model": json.dumps(registration), "persist": False},
+                   timeout=60.0)
+    if r.status_code != 200:
+        raise PeerFailed(f"xinference register: HTTP {r.status_code} {r.text[:300]}")
+    name = registration["model_name"]
+    r = httpx.post(f"{base}/v1/models", timeout=max(10.0, timeout_s), json={
+        "model_uid": name, "model_name": name, "model_type": "LLM", "n_gpu": None,
+        # Its per-model virtualenv would try to install packages; the peer venv has what it needs.
+        "enable_virtual_env": False, **launch})
+    if r.status_code != 200:
+        raise PeerFailed(f"xinference launch: HTTP {r.status_code} {r.text[:300]}")
+
+
+def start_xinference(model_dir: Path, port: int, timeout_s: float = 600.0) -> Peer:
+    """xinference-local on 127.0.0.1:port, register model_dir as a custom LLM, launch it on Transformers."""
+    start = time.perf_counter()
+    proc, log_path, base = _xinference_local(port, timeout_s)
+    reg = xinference_registration(model_dir)
+    try:
+        _register_and_launch(base, reg, {"model_engine": "Transformers", "model_format": "pytorch",
+                                         "model_size_in_billions": "0_1", "quantization": "none"},
+                             timeout_s - (time.perf_counter() - start))
     except BaseException:
         _stop_group(proc, 30)
         raise
@@ -242,16 +258,8 @@ def start_xinference_llamacpp(gguf: Path, port: int, slots: int, context: int, t
                               timeout_s: float = 600.0) -> Peer:
     """xinference-local with the GGUF file registered as a custom ggufv2 LLM, launched on its llama.cpp engine
     (xllamacpp, as Xinference 4.1 runs it) with the same slots, per-slot context and threads as the others."""
-    if not xinference_installed():
-        raise PeerFailed(f"{XINF_VENV} has no xinference-local (install_xinference() or see RESULTS.md)")
-    env = dict(os.environ)
-    env.update({"XINFERENCE_AUTH_ADVANCED": "0", "XINFERENCE_HOME": str(OUT / "xinference-home"),
-                "PATH": f"{XINF_VENV / 'bin'}:{env.get('PATH', '')}"})
-    env.pop("VIRTUAL_ENV", None)
-    env.pop("PYTHONPATH", None)
-    argv = [str(XINF_VENV / "bin" / "xinference-local"), "--host", "127.0.0.1", "--port", str(port)]
-    proc, log_path = _spawn(f"xinference-llamacpp-{port}", argv, env)
-    base = f"http://127.0.0.1:{port}"
+    start = time.perf_counter()
+    proc, log_path, base = _xinference_local(port, timeout_s)
     name = "smollm2-gguf-bench"
     registration = {
         "version": 2, "context_length": context, "model_name": name, "model_lang": ["en"],
@@ -263,22 +271,12 @@ def start_xinference_llamacpp(gguf: Path, port: int, slots: int, context: int, t
                          "model_revision": None}],
         "chat_template": gguf_chat_template(gguf), "stop_token_ids": [2], "stop": ["<|im_end|>"],
     }
-    start = time.perf_counter()
     try:
-        wait_http_ok(f"{base}/v1/models", proc, timeout_s, log_path)
-        r = httpx.post(f"{base}/v1/model_registrations/LLM",
-                       json={"model": json.dumps(registration), "persist": False}, timeout=60.0)
-        if r.status_code != 200:
-            raise PeerFailed(f"xinference register: HTTP {r.status_code} {r.text[:300]}")
-        left = max(10.0, timeout_s - (time.perf_counter() - start))
-        r = httpx.post(f"{base}/v1/models", timeout=left, json={
-            "model_uid": name, "model_name": name, "model_type": "LLM", "model_engine": "llama.cpp",
-            "model_format": "ggufv2", "model_size_in_billions": "0_135", "quantization": "Q4_1", "n_gpu": None,
-            "enable_virtual_env": False,
+        _register_and_launch(base, registration, {
+            "model_engine": "llama.cpp", "model_format": "ggufv2", "model_size_in_billions": "0_135",
+            "quantization": "Q4_1",
             # llama.cpp's own settings, which Xinference passes through to xllamacpp's CommonParams.
-            "n_parallel": slots, "n_ctx": slots * context, "n_threads": threads})
-        if r.status_code != 200:
-            raise PeerFailed(f"xinference launch: HTTP {r.status_code} {r.text[:300]}")
+            "n_parallel": slots, "n_ctx": slots * context, "n_threads": threads}, timeout_s - (time.perf_counter() - start))
     except BaseException:
         _stop_group(proc, 30)
         raise

@@ -12,19 +12,10 @@ from pathlib import Path
 
 import httpx
 
-# As bench/llamacpp_bench.py starts its peer: continuous batching, no prompt-cache RAM, one KV cache per slot.
-SCRIPT = """
-import signal, sys, time, xllamacpp
-p = xllamacpp.CommonParams()
-p.model.path = sys.argv[1]; p.port = int(sys.argv[2]); p.n_parallel = int(sys.argv[3])
-p.n_ctx = int(sys.argv[3]) * int(sys.argv[4]); p.cont_batching = True; p.cache_ram_mib = 0; p.kv_unified = False
-p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(sys.argv[5])
-server = xllamacpp.Server(p)
-print("listening", server.listening_address, flush=True)
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(3600)
-"""
+from bench.llamacpp_bench import PEER_SCRIPT
+
+# The same server bench/llamacpp_bench.py measures against.
+SCRIPT = PEER_SCRIPT
 
 
 @dataclass
