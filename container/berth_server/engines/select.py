@@ -96,11 +96,6 @@ def choose_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings
     return candidate_engines(config, model_dir, settings)[0]
 
 
-def create_engine(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
-    """Build (not start) the engine for `config` with weights in `model_dir`."""
-    return _build(choose_engine(config, model_dir, settings), config, model_dir, settings)
-
-
 def _build(name: str, config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> Engine:
     cls: Any = engine_class(name)  # concrete engines take (model_dir, config, settings)
     engine: Engine = cls(model_dir, config, settings)
