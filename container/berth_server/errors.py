@@ -1,7 +1,7 @@
 """Typed errors. Each carries its HTTP status and type strings; http/errors.py maps them to bodies.
 
 Validation errors are 400 on OpenAI routes and 422 on TGI routes (each protocol's convention),
-so an error holds both statuses and the handler picks by route family. Anything that is not a
+so an error holds both statuses and the wire's ErrorShape picks one (protocols/error_shape.py). Anything that is not a
 BerthError is a 500, never a 4xx.
 """
 
@@ -26,12 +26,6 @@ class BerthError(Exception):
         self.message = message
         self.param = param
         self.headers = dict(headers or {})
-
-    def status_for(self, family: str) -> int:
-        """HTTP status on a route family: 'openai', 'tgi' or 'xinference'."""
-        if family == "tgi" and self.tgi_status is not None:
-            return self.tgi_status
-        return self.status
 
 
 class InvalidRequest(BerthError):

@@ -15,7 +15,6 @@ from berth_server.errors import (
     from_record,
 )
 from berth_server.http.app import create_app
-from berth_server.http.errors import error_body
 from berth_server.settings import Settings
 from flask import Flask
 
@@ -44,15 +43,20 @@ def test_method_not_allowed_is_405(tmp_path) -> None:
     assert response.status_code == 405 and response.json["error"]
 
 
-def test_error_bodies_per_family() -> None:
+def test_each_wire_writes_errors_in_its_own_shape() -> None:
+    from berth_server.protocols.openai.errors import OPENAI_ERRORS
+    from berth_server.protocols.tgi.errors import TGI_ERRORS
+    from berth_server.protocols.xinference.errors import XINFERENCE_ERRORS
+
     error = InvalidRequest("bad temperature", param="temperature")
-    assert error_body(error, "openai") == {
+    assert OPENAI_ERRORS.status(error) == 400 and TGI_ERRORS.status(error) == 422
+    assert OPENAI_ERRORS.body(error, 400) == {
         "error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature",
                   "code": 400},
         "detail": "bad temperature"}
-    assert error_body(error, "tgi") == {"error": "bad temperature", "error_type": "validation",
-                                        "detail": "bad temperature"}
-    assert error_body(error, "xinference") == {"detail": "bad temperature", "error": "bad temperature"}
+    assert TGI_ERRORS.body(error, 422) == {"error": "bad temperature", "error_type": "validation",
+                                           "detail": "bad temperature"}
+    assert XINFERENCE_ERRORS.body(error, 400) == {"detail": "bad temperature", "error": "bad temperature"}
 
 
 def test_one_error_record_crosses_processes_and_comes_back_typed() -> None:

@@ -137,7 +137,10 @@ def test_silent_model_gives_a_timeout(runtime: tuple[Gateway, FakeModel]) -> Non
     assert stream.accepted.prompt_tokens == 1
     with pytest.raises(ModelTimeout, match="stopped sending tokens") as caught:
         list(stream)
-    assert caught.value.status_for("openai") == 504 and caught.value.status_for("tgi") == 424
+    from berth_server.protocols.openai.errors import OPENAI_ERRORS
+    from berth_server.protocols.tgi.errors import TGI_ERRORS
+
+    assert OPENAI_ERRORS.status(caught.value) == 504 and TGI_ERRORS.status(caught.value) == 424
 
 
 def _flood(message: Any) -> list[Any]:

@@ -9,7 +9,7 @@ import gevent.socket
 import pytest
 from berth_server import ipc
 from berth_server.client.gateway import Gateway
-from berth_server.client.generation import FINISH_REASONS, start_generation, wire_finish_reason
+from berth_server.client.generation import FinishReasons, start_generation
 from berth_server.errors import ClientDisconnected, GenerationFailed, InvalidRequest
 
 from tests.unit.test_frontend_gateway import FakeModel, request, runtime  # noqa: F401 - fixture
@@ -58,13 +58,16 @@ def test_a_client_that_hangs_up_aborts_a_non_streaming_generation(
         server_side.close()
 
 
-def test_one_finish_reason_table() -> None:
-    assert [wire_finish_reason(r, "openai") for r in ("length", "eos", "stop")] == ["length", "stop", "stop"]
-    assert [wire_finish_reason(r, "tgi") for r in ("length", "eos", "stop")] == ["length", "eos_token",
-                                                                                  "stop_sequence"]
+def test_each_wire_has_one_finish_reason_table() -> None:
+    from berth_server.protocols.openai.service import FINISH_REASONS as OPENAI
+    from berth_server.protocols.tgi.service import FINISH_REASONS as TGI
+
+    assert [OPENAI.word(r) for r in ("length", "eos", "stop", None)] == ["length", "stop", "stop", "stop"]
+    assert [TGI.word(r) for r in ("length", "eos", "stop", None)] == ["length", "eos_token", "stop_sequence", "length"]
     with pytest.raises(GenerationFailed):
-        wire_finish_reason("error", "tgi")
-    assert set(FINISH_REASONS) == {"openai", "tgi"}
+        TGI.word("error")
+    with pytest.raises(ValueError, match="not canonical"):
+        FinishReasons({"end_turn": "stop"}, unknown="stop")  # tables speak only the canonical reasons
 
 
 def test_no_service_folds_or_maps_finish_reasons_on_its_own() -> None:

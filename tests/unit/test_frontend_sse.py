@@ -7,7 +7,16 @@ from collections.abc import Iterator
 import gevent
 import gevent.event
 from berth_server.errors import GenerationFailed
-from berth_server.http.sse import SSE_DONE, sse_event, sse_response, start_disconnect_watcher
+from berth_server.http.sse import (
+    SSE_DONE,
+    named_sse_event,
+    ndjson_line,
+    sse_event,
+    sse_response,
+    start_disconnect_watcher,
+)
+from berth_server.protocols.error_shape import ErrorShape
+from berth_server.protocols.tgi.errors import TGI_ERRORS
 from flask import Flask
 from gevent import socket
 
@@ -15,6 +24,8 @@ from gevent import socket
 def test_sse_event_framing() -> None:
     assert sse_event({"a": 1}) == 'data: {"a":1}\n\n'
     assert sse_event("[DONE]") == "data: [DONE]\n\n"
+    assert named_sse_event({"type": "ping"}) == 'event: ping\ndata: {"type":"ping"}\n\n'
+    assert ndjson_line({"done": True}) == '{"done":true}\n'
 
 
 def test_watcher_fires_when_the_client_hangs_up() -> None:
@@ -41,7 +52,21 @@ def test_stream_error_becomes_final_event_and_cleanup_runs() -> None:
 
     app = Flask(__name__)
     with app.test_request_context("/generate_stream"):
-        response = sse_response(events(), on_close=lambda: closed.append(True), family="tgi", done=True)
+        response = sse_response(events(), on_close=lambda: closed.append(True), shape=TGI_ERRORS, done=True)
         body = "".join(response.response)  # type: ignore[arg-type]
     assert body.endswith('data: {"error":"boom","error_type":"generation"}\n\n')
     assert SSE_DONE not in body and closed == [True]
+
+
+def test_an_ndjson_stream_has_no_sse_opener_and_ends_with_its_wires_error_line() -> None:
+    def events() -> Iterator[str]:
+        yield ndjson_line({"response": "a"})
+        raise GenerationFailed("boom")
+
+    shape = ErrorShape("plain", lambda e, s: {"error": e.message}, lambda e, s: {"error": e.message})
+    app = Flask(__name__)
+    with app.test_request_context("/api/generate"):
+        response = sse_response(events(), shape=shape, framing="ndjson")
+        body = "".join(response.response)  # type: ignore[arg-type]
+    assert response.mimetype == "application/x-ndjson"
+    assert body == '{"response":"a"}\n{"error":"boom"}\n'

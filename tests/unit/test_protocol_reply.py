@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from berth_server.protocols.reply import FoldRules, fold_events, streamed
+from berth_server.protocols.reply import FoldRules, WireReply, fold_events, streamed
 
 CHAT = FoldRules(concat=frozenset({"content", "arguments"}), by_index=frozenset({"choices", "tool_calls"}))
 
@@ -49,3 +49,21 @@ def test_an_error_while_folding_a_whole_reply_gets_the_protocols_error_shape(tmp
     assert reply.status_code == 500 and reply.json["error"]["message"] == "the engine lost a token"
     tgi = client.post("/generate", json={"inputs": "hi"})
     assert tgi.status_code == 500 and tgi.json["error"] == "the engine lost a token"
+
+
+def test_a_typed_event_wire_folds_with_its_own_fold_over_the_same_events() -> None:
+    # A wire like OpenAI Responses: the whole reply is the object its last event carries.
+    events = [{"type": "created"}, [{"type": "delta", "text": "a"}, {"type": "delta", "text": "b"}],
+              {"type": "completed", "response": {"text": "ab"}}]
+    seen: list[str] = []
+
+    def last_response(flat):  # type: ignore[no-untyped-def]
+        final = {}
+        for event in flat:
+            seen.append(event["type"])
+            final = event.get("response", final)
+        return final
+
+    reply = WireReply([events], FoldRules(), whole=lambda parts: parts[0], fold=last_response)
+    assert reply.fold_part(events) == {"text": "ab"}
+    assert seen == ["created", "delta", "delta", "completed"]  # groups are flattened, in order

@@ -5,34 +5,48 @@ choice or per batched prompt), waits until each is accepted (so a rejection is s
 before any stream starts), and closes them all if anything fails. The service then writes its wire
 events from Generation.deltas(); the HTTP layer streams them or folds them into the whole reply
 (protocols/reply.py), and calls Generation.close when the reply is done or the client has left.
-Canonical finish reasons become wire ones through the one table, FINISH_REASONS.
+Canonical finish reasons (CANONICAL_FINISH_REASONS, what every engine emits) become wire ones
+through each wire's own table (a FinishReasons, declared in its protocol package).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from berth_server.canonical import Accepted, Delta, GenerateRequest
 from berth_server.errors import GenerationFailed
 
-WireFamily = Literal["openai", "tgi"]
-# Canonical finish reason -> each wire's. OpenAI has no word for an aborted or failed request; TGI
-# has only length/eos_token/stop_sequence, and a failed generation is an error, not a reason.
-FINISH_REASONS: dict[WireFamily, dict[str, str]] = {
-    "openai": {"length": "length", "eos": "stop", "stop": "stop", "abort": "abort", "error": "error"},
-    "tgi": {"length": "length", "eos": "eos_token", "stop": "stop_sequence", "abort": "length"},
-}
+# What an engine may end a choice with: out of tokens, its end-of-sequence token, a stop sequence or
+# stop token, aborted (client gone, shutdown), or failed.
+CANONICAL_FINISH_REASONS = frozenset({"length", "eos", "stop", "abort", "error"})
 
 
-def wire_finish_reason(reason: str | None, family: WireFamily) -> str:
-    """A canonical finish reason in `family`'s words; on TGI an 'error' finish raises GenerationFailed."""
-    table = FINISH_REASONS[family]
-    if reason is None:
-        return "length" if family == "tgi" else "stop"
-    if reason not in table:
-        raise GenerationFailed("generation ended with an error")
-    return table[reason]
+@dataclass(frozen=True)
+class FinishReasons:
+    """One wire's words for the canonical finish reasons; a reason it has no word for is an error.
+
+    Attributes:
+        words: canonical reason -> the wire's word; a canonical reason left out raises GenerationFailed.
+        unknown: the word when the engine gave no reason.
+    """
+
+    words: Mapping[str, str]
+    unknown: str
+
+    def __post_init__(self) -> None:
+        stray = set(self.words) - CANONICAL_FINISH_REASONS
+        if stray:
+            raise ValueError(f"not canonical finish reasons: {sorted(stray)}")
+
+    def word(self, reason: str | None) -> str:
+        """`reason` in this wire's words; a reason the wire has no word for raises GenerationFailed."""
+        if reason is None:
+            return self.unknown
+        if reason not in self.words:
+            raise GenerationFailed("generation ended with an error")
+        return self.words[reason]
 
 
 def by_choice(batch: Sequence[Delta]) -> list[Delta]:

@@ -1,14 +1,14 @@
-"""The one place where errors become HTTP replies, shaped by route family (openai, tgi, xinference).
+"""The one place where errors become HTTP replies, in the wire's own shape (protocols/error_shape.py).
 
 Views hold no try/except: a BerthError (or a werkzeug HTTPException, or anything else) raised
-anywhere in a request lands here. The family decides the body shape and, for validation
-errors, the status (400 on OpenAI routes, 422 on TGI routes).
+anywhere in a request lands here. The request's ErrorShape, declared by its protocol, decides the
+body and the status (400 on OpenAI routes, 422 on TGI routes).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -20,8 +20,11 @@ from berth_server.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from berth_server.protocols.error_shape import ErrorShape
+from berth_server.protocols.openai.errors import OPENAI_ERRORS
+from berth_server.protocols.tgi.errors import TGI_ERRORS
+from berth_server.protocols.xinference.errors import XINFERENCE_ERRORS
 
-Family = Literal["openai", "tgi", "xinference"]
 log = logging.getLogger(__name__)
 
 # /v1 paths that belong to Xinference's management API rather than OpenAI's.
@@ -44,59 +47,37 @@ class RouteNotFound(NotFound):
     code = None  # type: ignore[assignment]  # not a model: no model_not_found code
 
 
-def family_for_request() -> Family:
-    """Route family of the current request: g.berth_family, else the blueprint's, else by path."""
+def shape_for_request() -> ErrorShape:
+    """The error shape of the current request: g.berth_errors, else its blueprint's, else by path."""
     if not has_request_context():
-        return "openai"
-    chosen = g.get("berth_family")
-    if chosen:
+        return OPENAI_ERRORS
+    chosen = g.get("berth_errors")
+    if chosen is not None:
         return chosen
     if request.blueprint:
         bp = current_app.blueprints.get(request.blueprint.split(".")[0])
-        family = getattr(bp, "berth_family", None)
-        if family:
-            return family
-    path = request.path
+        shape = getattr(bp, "berth_errors", None)
+        if shape is not None:
+            return shape
+    path = request.path  # no route matched: guess the wire from the path
     if path.startswith("/v1/"):
         if path.startswith(_XINFERENCE_PREFIXES) or (path == "/v1/models" and request.method == "POST"):
-            return "xinference"
-        return "openai"
-    return "tgi"
+            return XINFERENCE_ERRORS
+        return OPENAI_ERRORS
+    return TGI_ERRORS
 
 
-def error_body(error: BerthError, family: Family) -> dict[str, Any]:
-    """The JSON body for an error on a route family; every body has "error" and "detail"."""
-    message = error.message
-    if family == "openai":
-        return {
-            "error": {
-                "message": message,
-                "type": error.openai_type,
-                "param": error.param,
-                "code": error.code if error.code is not None else error.status_for("openai"),
-            },
-            "detail": message,
-        }
-    if family == "tgi":
-        return {"error": message, "error_type": error.error_type, "detail": message}
-    return {"detail": message, "error": message}
+def stream_error_event(error: BerthError, shape: ErrorShape | None = None) -> dict[str, Any]:
+    """The payload of the final event when a stream fails after it started."""
+    shape = shape or shape_for_request()
+    return shape.stream_event(error, shape.status(error))
 
 
-def stream_error_event(error: BerthError, family: Family) -> dict[str, Any]:
-    """The payload of the final SSE event when a stream fails after it started."""
-    payload: dict[str, Any] = {"error": error.message, "error_type": error.error_type}
-    if family == "openai":
-        # The openai client raises APIError with error["message"] when "error" is an object.
-        payload["error"] = error_body(error, family)["error"]
-        payload["detail"] = error.message
-    return payload
-
-
-def error_response(error: BerthError, family: Family | None = None) -> Response:
+def error_response(error: BerthError, shape: ErrorShape | None = None) -> Response:
     """Build the full reply (status, body, Retry-After, x-should-retry) for a typed error."""
-    family = family or family_for_request()
-    status = error.status_for(family)
-    response = jsonify(error_body(error, family))
+    shape = shape or shape_for_request()
+    status = shape.status(error)
+    response = jsonify(shape.body(error, status))
     response.status_code = status
     for name, value in error.headers.items():
         response.headers[name] = value
@@ -122,13 +103,14 @@ def _from_http_exception(exc: HTTPException) -> BerthError:
 
 
 def register_error_handlers(app: Flask) -> None:
-    """Install the handlers that turn every exception into a family-shaped JSON reply."""
+    """Install the handlers that turn every exception into a JSON reply in the wire's shape."""
 
     @app.errorhandler(BerthError)
     def _berth(error: BerthError) -> Response:
-        if error.status_for(family_for_request()) >= 500:
+        shape = shape_for_request()
+        if shape.status(error) >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, error.message)
-        return error_response(error)
+        return error_response(error, shape)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

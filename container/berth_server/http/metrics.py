@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from berth_server.protocols.tgi.errors import TGI_ERRORS
+
 log = logging.getLogger(__name__)
 
 
@@ -109,7 +111,7 @@ def _after(response: Response) -> Response:
 def metrics_blueprint() -> Blueprint:
     """The core blueprint: GET /metrics."""
     bp = Blueprint("berth_core", __name__)
-    bp.berth_family = "tgi"  # type: ignore[attr-defined]
+    bp.berth_errors = TGI_ERRORS  # type: ignore[attr-defined]
 
     @bp.get("/metrics")
     def metrics() -> Response:

@@ -1,4 +1,4 @@
-"""The HTTP side of a WireReply: its events framed as SSE, or folded into one JSON body.
+"""The HTTP side of a WireReply: its events framed (SSE, named SSE or NDJSON), or folded into one JSON body.
 
 Views return protocols.reply.WireReply; the app's make_response (http/app.py) sends it here.
 A whole reply is folded while a watcher peeks the client's socket: a client that hangs up aborts
@@ -10,16 +10,17 @@ from __future__ import annotations
 from flask import Response, jsonify, request
 
 from berth_server.errors import ClientDisconnected
-from berth_server.http.sse import sse_event, sse_response, start_disconnect_watcher
-from berth_server.protocols.reply import WireReply, fold_events, streamed
+from berth_server.http.sse import FRAMINGS, sse_response, start_disconnect_watcher
+from berth_server.protocols.reply import WireReply, streamed
 
 
 def render(reply: WireReply) -> Response:
     """The Flask response for a protocol's reply."""
     if reply.stream:
-        chunks = ("".join(sse_event(streamed(event)) for event in (item if isinstance(item, list) else [item]))
+        frame = FRAMINGS[reply.framing][0]
+        chunks = ("".join(frame(streamed(event)) for event in (item if isinstance(item, list) else [item]))
                   for item in reply.parts[0])
-        return sse_response(chunks, on_close=reply.on_close, done=reply.done)
+        return sse_response(chunks, on_close=reply.on_close, done=reply.done, framing=reply.framing)
     return jsonify(reply.whole(_fold_watching(reply)))
 
 
@@ -34,7 +35,7 @@ def _fold_watching(reply: WireReply) -> list[dict]:  # type: ignore[type-arg]
 
     watcher = start_disconnect_watcher(request.environ, client_left)
     try:
-        folded = [fold_events(part, reply.rules) for part in reply.parts]
+        folded = [reply.fold_part(part) for part in reply.parts]
         if client_gone:
             raise ClientDisconnected("the client disconnected; its generation was aborted")
         return folded

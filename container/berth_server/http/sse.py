@@ -1,8 +1,9 @@
-"""Server-sent events: framing, an early comment, disconnect detection, and errors as a final event.
+"""Streamed replies: SSE (plain or with named events) and NDJSON framing, disconnect detection, errors as a final event.
 
-FINDINGS: headers only leave with the first body chunk, so an SSE comment goes first; a client
-that disconnects is noticed by a watcher greenlet peeking the raw socket for EOF, so its
-generation is aborted promptly instead of at the next token.
+FINDINGS: headers only leave with the first body chunk, so an SSE comment goes first (NDJSON has
+no comments: its first line pushes them); a client that disconnects is noticed by a watcher
+greenlet peeking the raw socket for EOF, so its generation is aborted promptly instead of at the
+next token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import gevent
 from flask import Response, request
 
 from berth_server.errors import BerthError, GenerationFailed
-from berth_server.http.errors import Family, family_for_request, stream_error_event
+from berth_server.http.errors import shape_for_request, stream_error_event
+from berth_server.protocols.error_shape import ErrorShape
+from berth_server.protocols.reply import Framing
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +29,32 @@ SSE_OPEN = ": berth\n\n"  # an SSE comment: every client ignores it, and it push
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _json(data: Any) -> str:
+    return data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
 def sse_event(data: Any) -> str:
     """Frame one event: a dict/list is JSON-encoded, a str is sent as is."""
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {text}\n\n"
+    return f"data: {_json(data)}\n\n"
+
+
+def named_sse_event(data: Any) -> str:
+    """Frame one event with an `event:` line named by its "type" (OpenAI Responses, Anthropic Messages)."""
+    name = data.get("type") if isinstance(data, dict) else None
+    return f"event: {name}\ndata: {_json(data)}\n\n" if name else sse_event(data)
+
+
+def ndjson_line(data: Any) -> str:
+    """One NDJSON line (Ollama)."""
+    return _json(data) + "\n"
+
+
+# framing name -> (frame one event, mimetype, what goes first to push the headers out)
+FRAMINGS: dict[Framing, tuple[Callable[[Any], str], str, str]] = {
+    "sse": (sse_event, "text/event-stream", SSE_OPEN),
+    "sse_named": (named_sse_event, "text/event-stream", SSE_OPEN),
+    "ndjson": (ndjson_line, "application/x-ndjson", ""),
+}
 
 
 def _watch_disconnect(sock: socket.socket, on_disconnect: Callable[[], None]) -> None:
@@ -52,32 +77,36 @@ def start_disconnect_watcher(environ: dict[str, Any], on_disconnect: Callable[[]
 
 
 def sse_response(events: Iterable[str], *, on_close: Callable[[], None] | None = None,
-                 family: Family | None = None, done: bool = False, status: int = 200) -> Response:
-    """Stream already-framed SSE strings; errors become a final event; on_close runs in finally.
+                 shape: ErrorShape | None = None, done: bool = False, status: int = 200,
+                 framing: Framing = "sse") -> Response:
+    """Stream already-framed events; errors become a final event; on_close runs in finally.
 
     Args:
-        events: framed events (use sse_event); may raise BerthError mid-stream.
+        events: framed events (FRAMINGS[framing]'s framer); may raise BerthError mid-stream.
         on_close: cleanup (stream.close) — runs when the stream ends, fails or the client leaves.
-        family: error body family; defaults to the current request's.
+        shape: the wire's error shape; defaults to the current request's.
         done: append `data: [DONE]` after the events (OpenAI).
+        framing: "sse", "sse_named" or "ndjson" (the error event is framed the same way).
     """
-    family = family or family_for_request()
+    shape = shape or shape_for_request()
+    frame, mimetype, opening = FRAMINGS[framing]
     environ = request.environ
 
     def generate() -> Iterator[str]:
         watcher = start_disconnect_watcher(environ, on_close) if on_close is not None else None
         iterator = iter(events)
         try:
-            yield SSE_OPEN
+            if opening:
+                yield opening
             yield from iterator
             if done:
                 yield SSE_DONE
         except BerthError as error:
             log.warning("stream on %s failed: %s", environ.get("PATH_INFO"), error.message)
-            yield sse_event(stream_error_event(error, family))
+            yield frame(stream_error_event(error, shape))
         except Exception as exc:
             log.exception("stream on %s failed", environ.get("PATH_INFO"))
-            yield sse_event(stream_error_event(GenerationFailed(f"internal error: {type(exc).__name__}"), family))
+            yield frame(stream_error_event(GenerationFailed(f"internal error: {type(exc).__name__}"), shape))
         finally:
             if watcher is not None:
                 watcher.kill(block=True)  # blocking: a dangling watcher breaks keep-alive (FINDINGS)
@@ -87,4 +116,4 @@ def sse_response(events: Iterable[str], *, on_close: Callable[[], None] | None =
             if on_close is not None:
                 on_close()
 
-    return Response(generate(), status=status, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(generate(), status=status, mimetype=mimetype, headers=SSE_HEADERS)

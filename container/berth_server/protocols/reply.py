@@ -10,17 +10,24 @@ client in one chunk (FINDINGS: fewer, larger writes halve the relay cost); the f
 
 Keys that start with "_" are whole-only: the fold sees them, a streamed event never carries them
 (TGI's prefill tokens, which its stream events have no place for).
+
+A wire whose whole reply is not a key-by-key merge of its events (typed event streams such as
+OpenAI Responses or Anthropic Messages, where the client itself rebuilds the object) gives its own
+`fold`; it still folds the very events it streams. How events are framed on the wire (`framing`):
+"sse" (`data:` lines), "sse_named" (an `event:` line named by the event's "type", then `data:`)
+or "ndjson" (one JSON object per line).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 WireEvent = dict[str, Any]
 # What a part yields: one event, or a group of events sent in one write.
 WireItem = WireEvent | list[WireEvent]
+Framing = Literal["sse", "sse_named", "ndjson"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class WireReply:
         stream: send parts[0]'s events as they come (SSE) instead of the whole reply.
         done: end the stream with `data: [DONE]` (OpenAI).
         on_close: runs once the reply is sent, failed, or the client left (aborts unfinished generations).
+        framing: how streamed events are written ("sse", "sse_named", "ndjson").
+        fold: the wire's own fold of one part's events, for typed event streams; default fold_events(rules).
     """
 
     parts: Sequence[Iterable[WireItem]]
@@ -54,6 +63,14 @@ class WireReply:
     stream: bool = False
     done: bool = False
     on_close: Callable[[], None] | None = field(default=None)
+    framing: Framing = "sse"
+    fold: Callable[[Iterable[WireEvent]], WireEvent] | None = None
+
+    def fold_part(self, part: Iterable[WireItem]) -> WireEvent:
+        """One part's events folded: by the wire's own fold, else by its rules."""
+        if self.fold is None:
+            return fold_events(part, self.rules)
+        return self.fold(event for item in part for event in (item if isinstance(item, list) else [item]))
 
 
 def fold_events(items: Iterable[WireItem], rules: FoldRules) -> WireEvent:

@@ -9,11 +9,12 @@ from flask import Blueprint
 
 from berth_server.client.state import get_state
 from berth_server.protocols.openai import service
+from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest, parse
 from berth_server.protocols.wire import request_json
 
 openai_bp = Blueprint("openai", __name__, url_prefix="/v1")
-openai_bp.berth_family = "openai"  # type: ignore[attr-defined]
+openai_bp.berth_errors = OPENAI_ERRORS  # type: ignore[attr-defined]  # read by http/errors.py
 _STARTED = int(time.time())  # "created" for listed models: when this worker started serving
 
 

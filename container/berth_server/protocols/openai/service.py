@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth_server.canonical import Accepted, TokenInfo
-from berth_server.client.generation import Generation, start_generation, wire_finish_reason
+from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError
 from berth_server.protocols.openai import tool_calls
@@ -16,6 +16,9 @@ from berth_server.protocols.openai.schemas import ChatCompletionRequest, Complet
 from berth_server.protocols.reply import FoldRules, WireReply
 
 SYSTEM_FINGERPRINT = "berth"
+# OpenAI has no word for an aborted or failed request: vLLM's "abort" and "error" are what its clients see.
+FINISH_REASONS = FinishReasons({"length": "length", "eos": "stop", "stop": "stop", "abort": "abort", "error": "error"},
+                               unknown="stop")
 
 
 def start(state: FrontendState, requests: list[Any]) -> Generation:
@@ -141,7 +144,7 @@ def _chat_chunks(state: FrontendState, body: ChatCompletionRequest, uid: str, mo
             choice_delta["reasoning_content"] = choice_delta["reasoning"] = delta.reasoning
         logprobs = chat_logprobs(delta.tokens, bool(body.return_tokens_as_token_ids)) \
             if body.logprobs and delta.tokens else None
-        finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
+        finish = FINISH_REASONS.word(delta.finish_reason) if delta.finish_reason else None
         if parser is not None:
             finish = tools[index].finish_reason(finish)
         if delta.finish_reason is not None:
@@ -199,7 +202,7 @@ def _completion_chunks(state: FrontendState, body: CompletionRequest, uid: str, 
         if body.logprobs is not None and delta.tokens:
             logprobs = completion_logprobs(delta.tokens, offsets[index], bool(body.return_tokens_as_token_ids))
         offsets[index] += len(delta.text)
-        finish = wire_finish_reason(delta.finish_reason, "openai") if delta.finish_reason else None
+        finish = FINISH_REASONS.word(delta.finish_reason) if delta.finish_reason else None
         if delta.finish_reason is not None:
             completion_tokens += delta.completion_tokens
         if not delta.text and finish is None and logprobs is None:

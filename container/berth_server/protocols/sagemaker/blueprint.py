@@ -20,15 +20,17 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from berth_server.client.state import get_state
 from berth_server.protocols.openai import service as openai_service
+from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.schemas import parse as parse_openai
 from berth_server.protocols.sagemaker import adapters, service
 from berth_server.protocols.sagemaker.schemas import shape_of
+from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.wire import request_json
 
 sagemaker_bp = Blueprint("sagemaker", __name__)
 # Errors before the shape is known (bad JSON, unknown shape) use TGI's bodies, as TGI's image does.
-sagemaker_bp.berth_family = "tgi"  # type: ignore[attr-defined]
+sagemaker_bp.berth_errors = TGI_ERRORS  # type: ignore[attr-defined]
 
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 
@@ -47,7 +49,7 @@ def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     state = get_state()
     body = request_json()
     shape = shape_of(body, state.settings.messages_api_enabled)
-    g.berth_family = "tgi" if shape == "tgi" else "openai"
+    g.berth_errors = TGI_ERRORS if shape == "tgi" else OPENAI_ERRORS
     adapter = adapters.adapter_from_headers(request.headers)
     if adapter is not None:
         body = adapters.with_adapter(body, shape, adapter)

@@ -9,11 +9,12 @@ from flask import Blueprint, jsonify
 from berth_server import __version__
 from berth_server.client.state import get_state
 from berth_server.protocols.tgi import service
+from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody, parse
 from berth_server.protocols.wire import request_json
 
 tgi_bp = Blueprint("tgi", __name__)
-tgi_bp.berth_family = "tgi"  # type: ignore[attr-defined]  # read by http/errors.py
+tgi_bp.berth_errors = TGI_ERRORS  # type: ignore[attr-defined]  # read by http/errors.py
 
 
 def _default_model() -> str:

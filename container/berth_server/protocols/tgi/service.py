@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth_server.canonical import Accepted, TokenInfo
-from berth_server.client.generation import Generation, start_generation, wire_finish_reason
+from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.client.streams import new_request_id
 from berth_server.errors import InvalidRequest
@@ -45,6 +45,9 @@ def generated_text(body: GenerateBody, text: str, stop_sequence: str | None) -> 
 # Each event carries its real tokens under whole-only keys: the whole reply's details.tokens are
 # their fold, and the empty token that closes a stream cut by a stop sequence is not among them.
 TGI_RULES = FoldRules()
+# TGI has only length/eos_token/stop_sequence; an aborted request ends as "length", a failed one is an error.
+FINISH_REASONS = FinishReasons({"length": "length", "eos": "eos_token", "stop": "stop_sequence", "abort": "length"},
+                               unknown="length")
 
 
 class TgiRequests:
@@ -132,7 +135,7 @@ def token_events(batch: TgiRequests, generation: Generation, index: int) -> Iter
                 accepted = generation.accepted[index]
                 batch.state.metrics.count_tokens(batch.uid, accepted.prompt_tokens, delta.completion_tokens)
                 event["generated_text"] = generated_text(body, text, stop_sequence)
-                event["details"] = {"finish_reason": wire_finish_reason(delta.finish_reason, "tgi"),
+                event["details"] = {"finish_reason": FINISH_REASONS.word(delta.finish_reason),
                                     "generated_tokens": delta.completion_tokens, "seed": batch.seed(index),
                                     "input_length": accepted.prompt_tokens}
             group.append(event)

@@ -8,13 +8,15 @@ from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from berth_server.client.state import get_state
+from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.wire import request_json
 from berth_server.protocols.xinference import service
+from berth_server.protocols.xinference.errors import XINFERENCE_ERRORS
 from berth_server.protocols.xinference.schemas import EmbeddingRequest, RegisterBody, RerankRequest, parse
 from berth_server.wire_values import as_bool
 
 xinference_bp = Blueprint("xinference", __name__)
-xinference_bp.berth_family = "xinference"  # type: ignore[attr-defined]
+xinference_bp.berth_errors = XINFERENCE_ERRORS  # type: ignore[attr-defined]
 
 
 def _json(value: Any) -> ResponseReturnValue:
@@ -88,7 +90,7 @@ def progress(model_uid: str) -> ResponseReturnValue:
 @xinference_bp.post("/v1/embeddings")
 def embeddings() -> ResponseReturnValue:
     """OpenAI embeddings."""
-    g.berth_family = "openai"  # OpenAI clients read error bodies in OpenAI's shape ("detail" is there too)
+    g.berth_errors = OPENAI_ERRORS  # OpenAI clients read error bodies in OpenAI's shape ("detail" is there too)
     return _json(service.embeddings(get_state(), parse(EmbeddingRequest, request_json())))
 
 
