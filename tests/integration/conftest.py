@@ -272,6 +272,26 @@ def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
     server.stop()
 
 
+@pytest.fixture(scope="session", params=checkpoint_engines())
+def smollm2_server(request: pytest.FixtureRequest, smollm2_model: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The shared SmolLM2 server (uid "smollm2"), once per engine, as `make run` starts it: `demo://smollm2`, no DTYPE.
+
+    Every test that needs the real model and no special settings uses this one (a new server costs
+    a model load: on vLLM, most of a minute).
+
+    On vLLM the engine is `auto`, as in `make run` with vllm installed; the demo checkpoint is the
+    one already made (linked into the server's home), so nothing is dequantized twice.
+    """
+    home = tmp_path_factory.mktemp(f"smollm2-{request.param}")
+    (home / "demo-models").mkdir()
+    (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
+    env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if request.param == "vllm" else {})
+    server = launch_serve("demo://smollm2", home, engine=request.param, env=env)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Factory for servers with their own env; every one is stopped after the test."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import openai
 import pytest
 from text_generation import Client
 
-from .conftest import RunningServer, checkpoint_engines, launch_serve
+from .conftest import RunningServer
 
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
 pytestmark = pytest.mark.timeout(1200)
@@ -78,23 +77,6 @@ def expected(smollm2_model: Path) -> list[Expected]:
         answers.append(Expected(ids, generated, text, stopped))
     assert "Paris" in answers[0].text  # real weights give real answers
     return answers
-
-
-@pytest.fixture(scope="module", params=checkpoint_engines())
-def smollm2_server(request: pytest.FixtureRequest, smollm2_model: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One SmolLM2 server per engine, configured as `make run` starts it: `demo://smollm2`, no DTYPE.
-
-    On vLLM the engine is `auto`, as in `make run` with vllm installed; the demo checkpoint is the
-    one already made (linked into the server's home), so nothing is dequantized twice.
-    """
-    home = tmp_path_factory.mktemp(f"smollm2-{request.param}")
-    (home / "demo-models").mkdir()
-    (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
-    env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if request.param == "vllm" else {})
-    server = launch_serve("demo://smollm2", home, engine=request.param, env=env)
-    yield server
-    server.stop()
 
 
 def _readme_requests() -> list[tuple[str, dict[str, Any]]]:
