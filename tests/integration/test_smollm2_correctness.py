@@ -28,8 +28,9 @@ from .conftest import RunningServer
 # Model loads and reference generation on a shared 2-core machine outlast the default 300 s.
 pytestmark = pytest.mark.timeout(1200)
 MAX_NEW = 24
-# The README promises answers "in seconds"; this leaves room for a loaded 2-core CI machine.
-README_TIMEOUT_S = 30.0
+# The README promises answers "in seconds". Generous: the README's /invocations call samples with no max_tokens, so its length varies, and CI
+# machines are shared; speed itself is measured under bench/, not here.
+README_TIMEOUT_S = 120.0
 QUESTIONS = (
     "What is the capital of France?",
     "Name three primary colors.",
