@@ -16,7 +16,7 @@ from berth_server.canonical import SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineRequest
 from berth_server.engines.transformers_engine import TransformersEngine
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 

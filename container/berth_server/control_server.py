@@ -19,7 +19,7 @@ import zmq.asyncio
 from berth_server import control
 from berth_server.control import ControlReply
 from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, NotFound, record_of
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.supervisor import Supervisor
 
 log = logging.getLogger("berth.control")

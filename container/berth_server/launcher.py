@@ -23,9 +23,10 @@ import zmq
 import zmq.asyncio
 
 from berth_server.control_server import ControlServer, Handler, supervisor_handlers
-from berth_server.errors import BerthError
+from berth_server.engines.facts import engine_name
+from berth_server.errors import BerthError, InvalidRequest
 from berth_server.ipc import control_socket_address
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.models.management import control_handlers as management_handlers
 from berth_server.models.management import enrich_default_config
 from berth_server.models.sources import GGUF_QUANTIZATION, is_gguf
@@ -200,12 +201,20 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def with_engine_checked(settings: Settings) -> Settings:
+    """Settings with BERTH_ENGINE in its canonical spelling; SettingsError when no engine goes by that name."""
+    try:
+        return settings.replace(engine=engine_name(settings.engine, "BERTH_ENGINE"))
+    except InvalidRequest as exc:
+        raise SettingsError(exc.message) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `serve`: returns the process exit code."""
     parser = argparse.ArgumentParser(prog="serve", description=__doc__)
     parser.parse_args([a for a in (argv or []) if a != "serve"])  # SageMaker runs `docker run IMAGE serve`
     try:
-        settings = Settings.from_env()
+        settings = with_engine_checked(Settings.from_env())
     except SettingsError as exc:
         print(f"serve: invalid setting: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from berth_server.models.launch import ModelStatus
+from berth_server.launch_config import ModelStatus
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "models.table"

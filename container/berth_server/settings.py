@@ -20,11 +20,6 @@ from berth_server.settings_values import (
     parse_bool,
 )
 
-EngineChoice = Literal["auto", "vllm", "transformers", "llama.cpp"]
-# Other spellings of engine names (Xinference writes "llama.cpp"; env files often avoid the dot).
-ENGINE_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp"}
-ENGINE_NAMES = ("auto", "vllm", "transformers", "llama.cpp")
-
 # Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
 VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
 # Berth's own name first, then vLLM's server option as vLLM and the AWS vLLM container spell it.
@@ -109,7 +104,7 @@ def setting(default: Any, *names: str, kind: Kind = "str", minimum: int = 0, exp
     return field(default=default, metadata=metadata)
 
 
-Kind = Literal["str", "upper", "int", "float", "bool", "path"]
+Kind = Literal["str", "upper", "lower", "int", "float", "bool", "path"]
 _UNSET = object()
 
 
@@ -138,7 +133,9 @@ class Settings:
     host: str = setting("0.0.0.0", "BERTH_HOST")
     port: int = setting(8080, "PORT", "SAGEMAKER_BIND_TO_PORT", kind="int", minimum=1)
     # Berth's own.
-    engine: EngineChoice = "auto"  # BERTH_ENGINE, with aliases (read in from_env)
+    # BERTH_ENGINE as written (lower case); the engines name themselves, so the launcher checks and
+    # canonicalizes it at start (with_engine_checked), never a module below engines/.
+    engine: str = setting("auto", "BERTH_ENGINE", kind="lower")
     home: Path = setting(None, "BERTH_HOME", kind="path", factory=lambda: Path.home() / ".berth")
     api_key: str | None = setting(None, "BERTH_API_KEY")
     metrics_public: bool = setting(False, "BERTH_METRICS_PUBLIC", kind="bool")  # /metrics without the API key
@@ -181,7 +178,7 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """Environment that makes from_env() rebuild these settings in a child process."""
-        env: dict[str, str] = {"BERTH_ENGINE": self.engine}
+        env: dict[str, str] = {}
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
             if spec.metadata.get("export") and value is not None:
@@ -198,10 +195,6 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the environment once (os.environ unless given) into a Settings."""
         env = os.environ if env is None else env
-        engine = env.get("BERTH_ENGINE", "auto").strip().lower() or "auto"
-        engine = ENGINE_ALIASES.get(engine, engine)
-        if engine not in ENGINE_NAMES:
-            raise SettingsError(f"BERTH_ENGINE={engine!r}: use {', '.join(ENGINE_NAMES)}")
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             if "env" in spec.metadata:
@@ -211,7 +204,7 @@ class Settings:
         if values.get("request_timeout_s") == 0:
             values["request_timeout_s"] = None  # 0 means no budget
         roots = (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
-        return cls(**values, engine=engine,  # type: ignore[arg-type]
+        return cls(**values,  # type: ignore[arg-type]
                    model_roots=tuple(Path(part).expanduser() for part in roots if part.strip()),
                    vllm_args=_vllm_args(env), tool_call_parser=_tool_call_parser(env), lora=_lora_settings(env))
 
@@ -254,4 +247,6 @@ def _read_setting(env: Mapping[str, str], metadata: Mapping[str, Any]) -> Any:
         return env_float(env, name, None)
     if kind == "path":
         return Path(raw).expanduser()
+    if kind == "lower":
+        return raw.strip().lower()
     return raw.upper() if kind == "upper" else raw

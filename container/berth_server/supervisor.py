@@ -24,8 +24,8 @@ import zmq
 import zmq.asyncio
 
 from berth_server.errors import BerthError, Conflict, NotFound, from_failure
+from berth_server.launch_config import ModelLaunchConfig, ModelStatus
 from berth_server.model_table import TableWriter, table_path
-from berth_server.models.launch import ModelLaunchConfig, ModelStatus
 from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings
 

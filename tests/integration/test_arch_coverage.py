@@ -156,7 +156,7 @@ def test_greedy_tokens_equal_transformers(arch_server: RunningServer, family: Ar
         assert refusal in launched.json()["detail"]
         # BERTH_ENGINE=auto takes the other engine (this server pins its engine, so ask the selector itself).
         from berth_server.engines.select import choose_engine
-        from berth_server.models.launch import ModelLaunchConfig
+        from berth_server.launch_config import ModelLaunchConfig
         from berth_server.settings import Settings
 
         config = ModelLaunchConfig(uid="auto", source=str(model_dir), model_name=family.catalog, engine="auto")

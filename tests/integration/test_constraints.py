@@ -16,8 +16,8 @@ from berth_server.canonical import Constraint, GenerateRequest, SamplingParams
 from berth_server.engines.constraints import ConstraintCompiler, choice_grammar
 from berth_server.engines.transformers_engine import TransformersEngine
 from berth_server.errors import InvalidRequest
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.text_pipeline import TextPipeline
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,8 +10,8 @@ import pytest
 from berth_server import ipc
 from berth_server.demo_model import RECIPES, build
 from berth_server.errors import InvalidRequest
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.encoder_service import create_encoder_service
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 CACHE = Path(__file__).resolve().parents[2] / ".berth-home" / "test-models"

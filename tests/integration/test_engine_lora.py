@@ -13,7 +13,7 @@ from berth_server.canonical import SamplingParams
 from berth_server.engines.base import EngineRequest, EngineStep
 from berth_server.engines.transformers_engine import TransformersEngine
 from berth_server.errors import BerthError, InvalidRequest, NotFound
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import LoraSettings, Settings
 
 pytestmark = pytest.mark.timeout(900)

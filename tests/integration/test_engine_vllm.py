@@ -15,7 +15,7 @@ from berth_server.canonical import SamplingParams
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineRequest, EngineStep
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytest.importorskip("vllm")

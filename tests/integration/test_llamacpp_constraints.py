@@ -79,7 +79,7 @@ def test_what_gbnf_cannot_express_is_a_4xx_naming_the_field() -> None:
 def engine(smollm2_gguf: Path):  # type: ignore[no-untyped-def]
     pytest.importorskip("xllamacpp")
     from berth_server.engines.llamacpp_engine import LlamaCppEngine
-    from berth_server.models.launch import ModelLaunchConfig
+    from berth_server.launch_config import ModelLaunchConfig
     from berth_server.settings import Settings
 
     config = ModelLaunchConfig(uid="g", source=str(smollm2_gguf), model_name="g")

@@ -49,7 +49,7 @@ def gguf_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def llamacpp_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
     """llama.cpp's own server on the same file with the slots, context and threads Berth sizes from ENV."""
     from berth_server.engines import llamacpp_params
-    from berth_server.models.launch import ModelLaunchConfig
+    from berth_server.launch_config import ModelLaunchConfig
     from berth_server.settings import Settings
 
     config = ModelLaunchConfig(uid=UID, source=str(smollm2_gguf), model_name=UID, is_default=True)

@@ -15,7 +15,7 @@ import zmq
 from berth_server import ipc
 from berth_server.canonical import Delta, GenerateRequest, SamplingParams
 from berth_server.demo_model import RECIPES, build
-from berth_server.models.launch import ModelStatus
+from berth_server.launch_config import ModelStatus
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)

@@ -102,7 +102,7 @@ def test_launch_lists() -> None:
 
 def test_lora_settings_honour_sagemaker_and_lmi_names() -> None:
     from berth_server.engines.vllm_lora import lora_kwargs, lora_wanted
-    from berth_server.models.launch import ModelLaunchConfig
+    from berth_server.launch_config import ModelLaunchConfig
     from berth_server.settings import Settings, SettingsError
 
     settings = Settings.from_env({"SM_VLLM_ENABLE_LORA": "true", "SM_VLLM_MAX_LORA_RANK": "64",

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from berth_server import ipc
 from berth_server.canonical import choice_seed
+from berth_server.engines.facts import ENGINES
 from berth_server.errors import InvalidRequest
 from berth_server.http.app import create_app
-from berth_server.models.launch_keys import ENGINE_KEYS, check_engine_args
+from berth_server.models.launch_keys import check_engine_args
 from berth_server.models.launch_resolver import parse_launch
 from berth_server.protocols import bounds
 from berth_server.settings import Settings
@@ -120,7 +121,7 @@ def test_launch_keys_pass_only_the_engines_allowlist() -> None:
         check_engine_args("transformers", {"max_num_seqs": 4})
     with pytest.raises(InvalidRequest, match="'num_threads'.*must be a number"):
         check_engine_args("transformers", {"num_threads": {"nested": 1}})
-    assert all(keys for keys in ENGINE_KEYS.values())
+    assert all(facts.launch_keys for facts in ENGINES)
 
 
 @pytest.mark.parametrize("key", ["trust_remote_code", "download_dir", "hf_overrides", "worker_extension_cls",

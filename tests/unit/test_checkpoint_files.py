@@ -1,11 +1,11 @@
-"""models/checkpoint.py: the one reader of a checkpoint folder's config, generation config and chat template."""
+"""checkpoint.py: the one reader of a checkpoint folder's config, generation config and chat template."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from berth_server.models.checkpoint import (
+from berth_server.checkpoint import (
     chat_template,
     checkpoint_dtype,
     generation_eos_ids,

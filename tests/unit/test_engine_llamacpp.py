@@ -12,7 +12,7 @@ from berth_server.engines.base import EngineRequest
 from berth_server.engines.llamacpp_engine import LlamaCppEngine, gguf_path
 from berth_server.engines.llamacpp_tokens import TokenBytes, piece_bytes
 from berth_server.errors import GenerationFailed, InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError
 
 CONFIG = ModelLaunchConfig(uid="m", source="x.gguf", model_name="m")
@@ -109,10 +109,12 @@ def test_cannot_serve_says_why(tmp_path: Path) -> None:
 
 
 def test_engine_name_spellings() -> None:
-    assert Settings.from_env({"BERTH_ENGINE": "llamacpp"}).engine == "llama.cpp"
+    from berth_server.launcher import with_engine_checked
+
+    assert with_engine_checked(Settings.from_env({"BERTH_ENGINE": "LlamaCpp"})).engine == "llama.cpp"
     assert Settings.from_env({"BERTH_ENGINE": "llama.cpp", "BERTH_N_GPU_LAYERS": "-1"}).n_gpu_layers == -1
     with pytest.raises(SettingsError, match="llama.cpp"):
-        Settings.from_env({"BERTH_ENGINE": "ollama"})
+        with_engine_checked(Settings.from_env({"BERTH_ENGINE": "ollama"}))
 
 
 def test_piece_bytes_for_both_vocabulary_styles() -> None:

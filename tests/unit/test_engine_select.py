@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from berth_server.engines import select
+from berth_server.engines import facts, select
 from berth_server.engines.base import EngineCrashedAtStart, EngineLoadInfo
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 BIG = ModelLaunchConfig(uid="m", source="x", model_name="big")
@@ -50,9 +51,10 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Callable[[type, type], None]:
         module = type(sys)("fake_engines_for_select")
         module.Vllm, module.Transformers = vllm, transformers  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, module.__name__, module)
-        monkeypatch.setattr(select, "ENGINES", {"vllm": (module.__name__, "Vllm"),
-                                                "transformers": (module.__name__, "Transformers")})
-        monkeypatch.setattr(select, "REQUIRED_PACKAGE", {})
+        fakes = (replace(facts.VLLM, package="sys", engine_class=(module.__name__, "Vllm")),
+                 replace(facts.TRANSFORMERS, package="sys", engine_class=(module.__name__, "Transformers")))
+        monkeypatch.setattr(select, "ENGINES", fakes)
+        monkeypatch.setattr(select, "BY_NAME", {fake.name: fake for fake in fakes})
         _CrashesAtStart.shut_down = False
 
     return install
@@ -72,7 +74,7 @@ def test_auto_falls_back_and_explicit_choice_explains(engines: Callable[[type, t
 
 
 def test_missing_engine_package_is_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(select.REQUIRED_PACKAGE, "vllm", "surely_not_an_installed_package_xyz")
+    monkeypatch.setitem(select.BY_NAME, "vllm", replace(facts.VLLM, package="surely_not_an_installed_package_xyz"))
     config = ModelLaunchConfig(uid="m", source="x", model_name="tiny", engine="vllm")
     with pytest.raises(select.EngineUnavailable, match="surely_not_an_installed_package_xyz is not installed"):
         select.choose_engine(config, tmp_path, Settings())

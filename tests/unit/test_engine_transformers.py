@@ -14,7 +14,7 @@ from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineRequest, EngineStep
 from berth_server.engines.transformers_engine import TransformersEngine
 from berth_server.errors import BerthError, InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,7 +11,7 @@ from berth_server.engines import vllm_params
 from berth_server.engines.base import EngineRequest
 from berth_server.engines.vllm_engine import VllmEngine
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytest.importorskip("vllm")

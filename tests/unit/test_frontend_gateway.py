@@ -263,8 +263,8 @@ def test_a_restarted_model_fails_the_request_early(tmp_path: Path) -> None:
 
 
 def test_workers_read_the_launchers_table_at_once_and_drop_gone_models(tmp_path: Path) -> None:
+    from berth_server.launch_config import ModelStatus
     from berth_server.model_table import TableWriter, table_path
-    from berth_server.models.launch import ModelStatus
 
     writer = TableWriter(table_path(tmp_path))
     writer.write({"m": ModelStatus(uid="m", state="ready")})

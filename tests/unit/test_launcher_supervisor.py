@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import zmq.asyncio
 from berth_server.errors import Conflict, InvalidRequest, NotFound
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 from berth_server.supervisor import Supervisor
 

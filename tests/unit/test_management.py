@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from berth_server.errors import Conflict, InvalidRequest, NotFound, WeightsNotFound
-from berth_server.models.launch import ModelLaunchConfig, ModelStatus
+from berth_server.launch_config import ModelLaunchConfig, ModelStatus
 from berth_server.models.management import control_handlers, enrich_default_config
 from berth_server.settings import Settings
 

@@ -16,9 +16,9 @@ from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest, Sa
 from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
 from berth_server.errors import InvalidRequest
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.server import ModelServer
 from berth_server.model_process.text_pipeline import TextPipeline
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

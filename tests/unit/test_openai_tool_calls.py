@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from berth_server.errors import InvalidRequest
 from berth_server.http.app import create_app
-from berth_server.models.launch import ModelDescription
+from berth_server.launch_config import ModelDescription
 from berth_server.models.launch_resolver import LaunchRequest, build_config, parse_launch
 from berth_server.models.registry import Registry
 from berth_server.protocols.openai.tool_calls import (

@@ -9,9 +9,9 @@ from berth_server.canonical import GenerateRequest, SamplingParams
 from berth_server.demo_model import CHAT_TEMPLATE, REASONING_CHAT_TEMPLATE, RECIPES, build
 from berth_server.engines.base import EngineStep
 from berth_server.errors import InvalidRequest
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.reasoning import ReasoningSplitter, template_has_variable, thinking_kwargs
 from berth_server.model_process.text_pipeline import TextPipeline
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -43,7 +43,6 @@ def test_vllm_pass_through_from_both_prefixes() -> None:
 
 
 @pytest.mark.parametrize("env, name", [
-    ({"BERTH_ENGINE": "tgi"}, "BERTH_ENGINE"),
     ({"PORT": "http"}, "PORT"),
     ({"MAX_TOTAL_TOKENS": "0"}, "MAX_TOTAL_TOKENS"),
     ({"MESSAGES_API_ENABLED": "maybe"}, "MESSAGES_API_ENABLED"),
@@ -66,12 +65,12 @@ def test_every_setting_round_trips_with_a_value_other_than_its_default(tmp_path:
 
     from berth_server.settings import LoraSettings
 
-    samples = {"str": "x1", "upper": "DEBUG", "int": 17, "float": 2.5, "bool": True, "path": tmp_path / "p"}
+    samples = {"str": "x1", "upper": "DEBUG", "lower": "llama.cpp", "int": 17, "float": 2.5, "bool": True, "path": tmp_path / "p"}
     changed = {}
     for spec in dataclasses.fields(Settings):
         if "env" in spec.metadata and spec.metadata["export"]:
             changed[spec.name] = samples[spec.metadata["kind"]]
-    settings = Settings(**changed, engine="llama.cpp", model_roots=(tmp_path,), vllm_args={"max_num_seqs": "4"},
+    settings = Settings(**changed, model_roots=(tmp_path,), vllm_args={"max_num_seqs": "4"},
                         tool_call_parser="hermes", lora=LoraSettings(enabled=True, max_loras=2,
                                                                      adapters=(("a", "/a"),)))
     assert all(getattr(settings, name) != getattr(Settings(), name) for name in changed)

@@ -10,9 +10,9 @@ from berth_server.demo_model import RECIPES, build
 from berth_server.engines.base import EngineStep
 from berth_server.errors import InputTooLong, InvalidRequest
 from berth_server.ipc import Tokenize
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.detokenizer import IncrementalDetokenizer, StopMatcher
 from berth_server.model_process.text_pipeline import Limits, TextPipeline
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

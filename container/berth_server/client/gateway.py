@@ -22,8 +22,8 @@ from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_record
+from berth_server.launch_config import ModelDescription
 from berth_server.model_table import TableReader, table_path
-from berth_server.models.launch import ModelDescription
 from berth_server.settings import Settings
 
 __all__ = ["Gateway", "GenerationStream", "ModelClient", "new_request_id"]

@@ -76,6 +76,9 @@ class Engine(abc.ABC):
     """A loaded model that generates for many requests at once."""
 
     name: str = "base"
+    # It compiles constraints itself (engines/facts.py EngineFacts.compiles_constraints): the model process
+    # passes sampling.constraint on as it is, without compiling a token mask the engine would not read.
+    compiles_constraints: bool = False
 
     @abc.abstractmethod
     async def start(self) -> EngineLoadInfo:

@@ -23,8 +23,9 @@ from typing import Any
 from berth_server import errors
 from berth_server.engines import llamacpp_params
 from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.facts import LLAMA_CPP
 from berth_server.engines.llamacpp_tokens import TokenBytes
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class _Running:
 class LlamaCppEngine(Engine):
     """xllamacpp.Server fed with prompt token ids; yields token-id deltas per request."""
 
-    name = "llama.cpp"
+    name = LLAMA_CPP.name
+    compiles_constraints = LLAMA_CPP.compiles_constraints
 
     def __init__(self, model_dir: Path, config: ModelLaunchConfig, settings: Settings) -> None:
         self.model_path = Path(model_dir)

@@ -14,7 +14,7 @@ from typing import Any
 
 from berth_server import errors
 from berth_server.engines.base import EngineRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)

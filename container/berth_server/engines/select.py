@@ -1,6 +1,6 @@
 """Pick and build the engine for a model: an explicit choice, or `auto` (llama.cpp for GGUF, else vLLM when it can serve).
 
-Engine classes are imported lazily so `import berth_server` works without torch or vllm. An engine
+What each engine is (its class, package, order under `auto`) is in engines/facts.py. Engine classes are imported lazily so `import berth_server` works without torch or vllm. An engine
 class may expose `cannot_serve(config, model_dir, settings) -> str | None`, saying why it cannot
 serve a spec instead of failing late; `auto` uses it to fall back, an explicit choice fails with it.
 """
@@ -16,25 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from berth_server.engines.base import Engine, EngineCrashedAtStart, EngineLoadInfo
+from berth_server.engines.facts import BY_NAME, ENGINES, engine_name
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# name -> (module, class); declarative, so adding an engine is one line.
-ENGINES: dict[str, tuple[str, str]] = {
-    "vllm": ("berth_server.engines.vllm_engine", "VllmEngine"),
-    "transformers": ("berth_server.engines.transformers_engine", "TransformersEngine"),
-    "llama.cpp": ("berth_server.engines.llamacpp_engine", "LlamaCppEngine"),
-}
-# `auto` tries these in order; the last one is the fallback that serves anything it can load.
-# llama.cpp comes first: it serves GGUF files only, and it is the fast way to serve them on a CPU.
-AUTO_ORDER: tuple[str, ...] = ("llama.cpp", "vllm", "transformers")
-# The package each engine needs at all; a missing one is a reason, not an import error.
 # How long an engine that crashed at start gets to release what it holds before the next one loads.
 CRASHED_SHUTDOWN_S = 10.0
-REQUIRED_PACKAGE: dict[str, str] = {"vllm": "vllm", "transformers": "transformers", "llama.cpp": "xllamacpp"}
 
 
 class EngineUnavailable(InvalidRequest):
@@ -43,7 +33,7 @@ class EngineUnavailable(InvalidRequest):
 
 def engine_class(name: str) -> type[Engine]:
     """Import the engine class called `name`."""
-    module_name, class_name = ENGINES[name]
+    module_name, class_name = BY_NAME[name].engine_class
     module = importlib.import_module(module_name)
     cls: type[Engine] = getattr(module, class_name)
     return cls
@@ -51,8 +41,8 @@ def engine_class(name: str) -> type[Engine]:
 
 def why_not(name: str, config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
     """Why engine `name` cannot serve this model, or None when it can."""
-    package = REQUIRED_PACKAGE.get(name)
-    if package and importlib.util.find_spec(package) is None:
+    package = BY_NAME[name].package  # a missing package is a reason, not an import error
+    if importlib.util.find_spec(package) is None:
         return f"{package} is not installed"
     try:
         cls = engine_class(name)
@@ -67,10 +57,8 @@ def candidate_engines(config: ModelLaunchConfig, model_dir: Path, settings: Sett
 
     Logs why each skipped engine cannot serve; EngineUnavailable when none can.
     """
-    choice = config.engine if config.engine != "auto" else settings.engine
+    choice = engine_name(config.engine if config.engine != "auto" else settings.engine)
     if choice != "auto":
-        if choice not in ENGINES:
-            raise EngineUnavailable(f"unknown engine {choice!r}; use auto, {', '.join(ENGINES)}")
         reason = why_not(choice, config, model_dir, settings)
         if reason:
             raise EngineUnavailable(f"the {choice} engine cannot serve model '{config.model_name}': {reason}")
@@ -78,7 +66,7 @@ def candidate_engines(config: ModelLaunchConfig, model_dir: Path, settings: Sett
         return [choice]
     reasons: list[str] = []
     able: list[str] = []
-    for name in (n for n in AUTO_ORDER if n in ENGINES):
+    for name in (facts.name for facts in ENGINES):  # in `auto`'s order
         reason = why_not(name, config, model_dir, settings)
         if reason is None:
             able.append(name)

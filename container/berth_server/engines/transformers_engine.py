@@ -14,10 +14,11 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+from berth_server.checkpoint import capped_length
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.facts import TRANSFORMERS
 from berth_server.errors import GenerationFailed, InvalidRequest, NotFound
-from berth_server.models.checkpoint import capped_length
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ _DTYPES = {
 class TransformersEngine(Engine):
     """Continuous batching around model.forward, with per-request sampling, seeds and logprobs."""
 
-    name = "transformers"
+    name = TRANSFORMERS.name
+    compiles_constraints = TRANSFORMERS.compiles_constraints
 
     def __init__(self, model_dir: Path, config: ModelLaunchConfig, settings: Settings):
         self.model_dir = Path(model_dir)

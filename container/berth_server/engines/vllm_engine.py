@@ -24,9 +24,10 @@ from berth_server.engines.base import (
     EngineRequest,
     EngineStep,
 )
+from berth_server.engines.facts import VLLM
 from berth_server.engines.stderr_tail import StderrTail
 from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings, export_defaults
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ _FINISH: dict[str, EngineFinish] = {"stop": "eos", "length": "length", "abort": 
 class VllmEngine(Engine):
     """vLLM's AsyncLLM fed with prompt token ids; yields token-id deltas per request."""
 
-    name = "vllm"
+    name = VLLM.name
+    compiles_constraints = VLLM.compiles_constraints
 
     def __init__(self, model_dir: Path, config: ModelLaunchConfig, settings: Settings) -> None:
         self.model_dir = model_dir

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from berth_server.errors import Conflict, InvalidRequest, NotFound
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 

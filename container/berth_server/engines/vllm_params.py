@@ -18,9 +18,9 @@ from typing import Any
 
 from berth_server import errors
 from berth_server.canonical import Constraint
+from berth_server.checkpoint import capped_length, checkpoint_dtype
 from berth_server.engines.base import EngineRequest
-from berth_server.models.checkpoint import capped_length, checkpoint_dtype
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError, parse_bool
 
 log = logging.getLogger(__name__)

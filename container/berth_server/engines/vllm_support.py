@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from berth_server import errors
-from berth_server.models.checkpoint import capped_length, model_context_length, text_config
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.checkpoint import capped_length, model_context_length, text_config
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 # vLLM's CPU attention kernels reject smaller heads (FINDINGS.md).

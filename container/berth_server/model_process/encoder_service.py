@@ -13,7 +13,7 @@ from typing import Any
 from berth_server import ipc
 from berth_server.engines.base import EngineLoadInfo
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)

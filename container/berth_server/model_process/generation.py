@@ -67,7 +67,7 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
     rid = request.request_id
     try:
         prepared = await pipeline.prepare_async(request)
-        if request.sampling.constraint is not None:
+        if request.sampling.constraint is not None and not engine.compiles_constraints:
             prepared = await pipeline.constrain(prepared, request.sampling.constraint)
     except asyncio.CancelledError:  # aborted while its prompt was being prepared
         server.emit(peer, Failure(request_id=rid, message="the request was aborted before it started",

@@ -23,8 +23,8 @@ import zmq
 from berth_server import control, ipc
 from berth_server.engines.base import Engine, EngineLoadInfo
 from berth_server.errors import BerthError
+from berth_server.launch_config import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
 from berth_server.model_process.server import ModelServer
-from berth_server.models.launch import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
 from berth_server.settings import Settings, SettingsError
 
 log = logging.getLogger("berth_server.model_process")

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 
 DEFAULT_THINKING_VARIABLES = ("enable_thinking", "thinking")
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from berth_server.canonical import Constraint, GenerateRequest
+from berth_server.checkpoint import generation_eos_ids, text_config
 from berth_server.engines.base import EngineRequest
 from berth_server.errors import InputTooLong, InvalidRequest
 from berth_server.ipc import Tokenize, TokenSpan
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.output_stream import OutputStream
 from berth_server.model_process.reasoning import ReasoningSplitter, thinking_kwargs
-from berth_server.models.checkpoint import generation_eos_ids, text_config
-from berth_server.models.launch import ModelLaunchConfig
 from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)

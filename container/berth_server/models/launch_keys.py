@@ -1,10 +1,9 @@
-"""Which launch-body keys may reach an engine: one allowlist per engine, in this one place.
+"""Which launch-body keys may reach an engine: each engine's own list (engines/facts.py), and the keys no request sets.
 
 A launch body (POST /v1/models) holds Xinference's own keys, which models/launch_resolver.py reads,
-and engine arguments. An engine argument passes only when it is listed for the engine here:
-- to let an engine take a new key from launch bodies, add it to that engine's set in ENGINE_KEYS;
-- a new engine adds one ENGINE_KEYS entry (the "auto" engine accepts the union);
-- a launch key that Berth accepts but does not use goes in IGNORED_KEYS.
+and engine arguments. An engine argument passes only when the engine lists it in its EngineFacts
+(the "auto" engine accepts the union); a launch key that Berth accepts but does not use goes in
+IGNORED_KEYS.
 Anything that loads code, reads or writes files, or changes where weights come from is an operator
 setting, read from the environment by settings.py; OPERATOR_ONLY names the variable to use instead.
 Every refused key gets a 4xx naming it.
@@ -15,20 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from berth_server.errors import InvalidRequest
-
-ENGINE_KEYS: Mapping[str, frozenset[str]] = {
-    "vllm": frozenset({
-        "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-        "enable_prefix_caching", "enable_chunked_prefill", "block_size", "kv_cache_dtype",
-        "enforce_eager", "max_logprobs", "swap_space", "cpu_offload_gb", "seed",
-        # LoRA sizing (peft_model_config itself is read by launch_resolver and turns LoRA on).
-        "enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras",
-    }),
-    "transformers": frozenset({"num_threads"}),
-    # llama.cpp's own names, as Xinference's llama.cpp engine takes them (engines/llamacpp_params.py).
-    "llama.cpp": frozenset({"n_ctx", "n_parallel", "n_gpu_layers", "n_threads"}),
-}
+from berth_server.engines.facts import check_launch_keys
 
 # Xinference launch keys Berth accepts and deliberately ignores (a non-default value is reported, not fatal).
 IGNORED_KEYS = (
@@ -52,23 +38,6 @@ OPERATOR_ONLY: Mapping[str, str] = {
 }
 
 
-def allowed_keys(engine: str) -> frozenset[str]:
-    """The engine arguments a launch body may set for `engine` ("auto": any engine's)."""
-    if engine in ENGINE_KEYS:
-        return ENGINE_KEYS[engine]
-    return frozenset().union(*ENGINE_KEYS.values())
-
-
 def check_engine_args(engine: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """The engine arguments of a launch body, or InvalidRequest naming the first refused key and why."""
-    allowed = allowed_keys(engine)
-    for key, value in args.items():
-        if key in OPERATOR_ONLY:
-            raise InvalidRequest(f"launch key {key!r} is an operator setting, not a request field: "
-                                 f"set {OPERATOR_ONLY[key]} in the server's environment", param=key)
-        if key not in allowed:
-            raise InvalidRequest(f"launch key {key!r} is not accepted for engine {engine!r}; "
-                                 f"accepted: {', '.join(sorted(allowed))}", param=key)
-        if not isinstance(value, (bool, int, float, str)):
-            raise InvalidRequest(f"launch key {key!r} must be a number, string or boolean", param=key)
-    return dict(args)
+    return check_launch_keys(engine, args, OPERATOR_ONLY)

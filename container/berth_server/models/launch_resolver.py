@@ -12,9 +12,10 @@ from berth.registration import LLMRegistration, Registration, size_key
 
 from berth_server.adapter_specs import AdapterSource, from_peft_model_config
 from berth_server.canonical import check_parser_name
+from berth_server.checkpoint import chat_template
+from berth_server.engines.facts import engine_name as canonical_engine
 from berth_server.errors import InvalidRequest, WeightsNotFound
-from berth_server.models.checkpoint import chat_template
-from berth_server.models.launch import ModelLaunchConfig
+from berth_server.launch_config import ModelLaunchConfig
 from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
 from berth_server.models.roots import check_model_roots
@@ -24,8 +25,6 @@ from berth_server.wire_values import as_bool
 
 log = logging.getLogger(__name__)
 
-_ENGINES = {"vllm": "vllm", "transformers": "transformers", "auto": "auto", "llama.cpp": "llama.cpp",
-            "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp"}
 # Quantized weight formats the engines load natively (Xinference's model_format -> engine quantization).
 _FORMAT_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bnb": "bitsandbytes"}
 _UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -59,10 +58,7 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("model_name is required", param="model_name")
     engine_name = body.pop("model_engine", None)
-    engine = _ENGINES.get(str(engine_name).lower()) if engine_name else "auto"
-    if engine is None:
-        raise InvalidRequest(f"model_engine {engine_name!r} is not available; use vLLM, Transformers or llama.cpp",
-                             param="model_engine")
+    engine = canonical_engine(str(engine_name) if engine_name else None, "model_engine")
     uid = body.pop("model_uid", None)
     if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):
         raise InvalidRequest(f"model_uid {uid!r} is invalid: start with a letter or digit; use letters, digits, "

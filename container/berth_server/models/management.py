@@ -12,7 +12,7 @@ import msgspec
 from berth.registration import LLMRegistration, Registration
 
 from berth_server.errors import Conflict, InvalidRequest, NotFound
-from berth_server.models.launch import ModelLaunchConfig, ModelStatus
+from berth_server.launch_config import ModelLaunchConfig, ModelStatus
 from berth_server.models.launch_resolver import build_config, generated_uid, parse_launch
 from berth_server.models.registry import Registry, model_type_or_400
 from berth_server.process_memory import resident_bytes

@@ -19,8 +19,8 @@ from berth.registration import (
 )
 
 from berth_server.atomic_file import out_of_space, write_atomically
+from berth_server.checkpoint import chat_template
 from berth_server.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound
-from berth_server.models.checkpoint import chat_template
 
 # A full disk, a full quota, or a file-size limit: the write cannot succeed, and the client should know.
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import time
 
 import zmq
 from berth_server import control
-from berth_server.models.launch import ModelDescription, ModelStatus
+from berth_server.launch_config import ModelDescription, ModelStatus
 
 
 def main() -> int:

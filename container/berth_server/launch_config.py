@@ -22,7 +22,7 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     revision: str | None = None
     # The GGUF file inside `source` (a folder, an s3:// prefix or a hub repo); may hold * wildcards.
     gguf_file: str | None = None
-    engine: Literal["auto", "vllm", "transformers", "llama.cpp"] = "auto"
+    engine: str = "auto"  # a canonical engine name (engines/facts.py) or "auto"
     engine_args: dict[str, Any] = {}
     abilities: list[str] = msgspec.field(default_factory=lambda: ["chat", "generate"])
     chat_template: str | None = None  # overrides the tokenizer's
