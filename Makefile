@@ -93,7 +93,7 @@ soak: venv
 
 lint: venv
 	$(VENV)/bin/ruff check container sdk tests bench
-	$(VENV)/bin/mypy container/berth_server sdk/berth
+	$(VENV)/bin/mypy container/berth_server sdk/berth sdk/berth_spec
 	$(VENV)/bin/lint-imports
 
 clean:

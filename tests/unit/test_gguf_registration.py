@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from berth.registration import RegistrationError, parse_registration
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.models.launch_resolver import build_config, parse_launch
 from berth_server.settings import Settings
+from berth_spec.registration import RegistrationError, parse_registration
 
 
 def _registration(spec: dict[str, Any], **extra: Any) -> Any:

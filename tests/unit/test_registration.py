@@ -1,4 +1,4 @@
-"""Xinference v2 registration schema (sdk/berth/registration.py): what is accepted and what is refused."""
+"""Xinference v2 registration schema (sdk/berth_spec/registration.py, which the SDK re-exports as berth.registration): what is accepted and what is refused."""
 
 from __future__ import annotations
 

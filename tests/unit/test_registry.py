@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from berth.registration import LLMRegistration
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.models.registry import Registry
+from berth_spec.registration import LLMRegistration
 
 from .test_registration import EMBEDDING, LLM, _with
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from berth.registration import LLMRegistration, Registration
+from berth_spec.registration import LLMRegistration, Registration
 
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.launch_config import ModelLaunchConfig, ModelStatus

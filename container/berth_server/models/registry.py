@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth.registration import (
+from berth_spec.registration import (
     MODEL_TYPES,
     Registration,
     RegistrationError,

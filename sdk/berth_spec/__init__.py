@@ -1,0 +1,1 @@
+"""Wire specifications both the SDK (`berth`) and the server (`berth_server`) import: neither imports the other."""
