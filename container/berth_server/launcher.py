@@ -101,6 +101,11 @@ def control_handlers(settings: Settings, supervisor: Supervisor) -> dict[str, Ha
     return handlers
 
 
+# A gunicorn worker still booting when SIGTERM comes has no handler for it yet and serves on until the
+# master's graceful timeout kills it: without a request to drain, a stop waits only this long.
+NO_DRAIN_S = 0.0
+
+
 class Launcher:
     """Runs one server: the supervisor, the control server and gunicorn."""
 
@@ -110,6 +115,7 @@ class Launcher:
         self.supervisor = Supervisor(settings, self._context)
         self._stop = asyncio.Event()
         self._gunicorn: asyncio.subprocess.Process | None = None
+        self._drain_s = settings.graceful_timeout_s
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (signal handler)."""
@@ -146,6 +152,7 @@ class Launcher:
                     ready.result()
                 except BerthError as exc:
                     log.error("default model cannot be served: %s", exc.message)
+                    self._drain_s = NO_DRAIN_S  # nothing was ever served, so nothing is in flight to drain
                     return EXIT_MODEL_FAILED
                 log.info("default model %s is ready; serving on %s:%d", config.uid, self.settings.host,
                          self.settings.port)
@@ -183,11 +190,11 @@ class Launcher:
         """gunicorn first (it drains in-flight requests, which still need the models), then the models."""
         process = self._gunicorn
         if process is not None and process.returncode is None:
-            log.info("stopping: draining in-flight requests (up to %.0f s)", self.settings.graceful_timeout_s)
+            log.info("stopping: draining in-flight requests (up to %.0f s)", self._drain_s)
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout=self.settings.graceful_timeout_s + 3)
+                await asyncio.wait_for(process.wait(), timeout=self._drain_s + 3)
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
