@@ -95,6 +95,15 @@ class NotReady(BerthError):
     openai_type = "service_unavailable"
 
 
+class DefaultModelNotReady(NotReady):
+    """A health check (SageMaker's /ping, TGI's /health) while the default model is not ready."""
+
+    error_type = "healthcheck"  # TGI's word for it
+
+    def __init__(self) -> None:
+        super().__init__("the default model is not ready")
+
+
 class WeightsNotFound(InvalidRequest):
     """A model source that does not exist or cannot be read; the message names the URI."""
 

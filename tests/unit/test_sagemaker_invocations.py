@@ -49,7 +49,7 @@ def test_ping_follows_default_model_readiness(client: FlaskClient, gateway: Fake
     assert client.get("/ping").status_code == 200
     gateway.ready = False
     reply = client.get("/ping")
-    assert reply.status_code == 503 and reply.is_json
+    assert reply.status_code == 503 and reply.json["error_type"] == "healthcheck"
 
 
 def test_inputs_body_gets_a_tgi_list_reply(client: FlaskClient, gateway: FakeGateway) -> None:

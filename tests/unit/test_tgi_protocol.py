@@ -153,7 +153,10 @@ def test_info_tokenize_health(client: FlaskClient, gateway: FakeGateway) -> None
     assert client.post("/tokenize", json={"inputs": ""}).status_code == 422
     assert client.get("/health").status_code == 200
     gateway.ready = False
-    assert client.get("/health").status_code == 503
+    unhealthy = client.get("/health")
+    assert unhealthy.status_code == 503  # in TGI's error shape, from the one typed error
+    assert unhealthy.json == {"error": "the default model is not ready", "error_type": "healthcheck",
+                              "detail": "the default model is not ready"}
 
 
 def test_null_parameters_and_a_single_stop_string_are_accepted(client: FlaskClient, gateway: FakeGateway) -> None:

@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify
 
 from berth_server import __version__
 from berth_server.client.state import get_state
+from berth_server.errors import DefaultModelNotReady
 from berth_server.protocols.tgi import service
 from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody, parse
@@ -61,7 +62,6 @@ def info() -> Any:
 @tgi_bp.get("/health")
 def health() -> Any:
     """TGI's GET /health: 200 when the default model is ready, else 503."""
-    if get_state().gateway.default_ready():
-        return jsonify({"status": "ok"})
-    body = {"error": "model is not ready", "error_type": "healthcheck", "detail": "model is not ready"}
-    return jsonify(body), 503
+    if not get_state().gateway.default_ready():
+        raise DefaultModelNotReady()  # in TGI's error shape, as TGI answers it
+    return jsonify({"status": "ok"})
