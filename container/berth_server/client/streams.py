@@ -29,6 +29,7 @@ from berth_server.errors import (
     IncompleteGeneration,
     ModelTimeout,
     NotReady,
+    failure_of,
     from_record,
 )
 
@@ -134,7 +135,7 @@ class ModelClient:
     def fail_pending(self, reason: str) -> None:
         """End every request still waiting on this model with an IncompleteGeneration naming `reason`."""
         for request_id, queue in list(self._queues.items()):
-            queue.put(Failure(request_id=request_id, message=reason, error_type="incomplete_generation"))
+            queue.put(failure_of(request_id, IncompleteGeneration(reason)))
         self._queues = {}
 
     def _overflow(self, request_id: str, queue: Queue) -> None:
