@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from berth_server.control_server import ControlServer, Handler, supervisor_handlers
+from berth_server.engines.engine_settings import check_engine_settings
 from berth_server.engines.facts import engine_name
 from berth_server.errors import BerthError, InvalidRequest
 from berth_server.ipc import control_socket_address
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args([a for a in (argv or []) if a != "serve"])  # SageMaker runs `docker run IMAGE serve`
     try:
         settings = with_engine_checked(Settings.from_env())
+        check_engine_settings()  # the engines' own settings fail here, not at the first launch
     except SettingsError as exc:
         print(f"serve: invalid setting: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

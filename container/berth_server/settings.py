@@ -20,20 +20,8 @@ from berth_server.settings_values import (
     parse_bool,
 )
 
-# Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
-VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
 # Berth's own name first, then vLLM's server option as vLLM and the AWS vLLM container spell it.
 TOOL_CALL_PARSER_VARS = ("BERTH_TOOL_CALL_PARSER", "BERTH_VLLM_TOOL_CALL_PARSER", "SM_VLLM_TOOL_CALL_PARSER")
-
-
-def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
-    """Collect BERTH_VLLM_<ARG>/SM_VLLM_<ARG> into {"arg": "value"}; the vLLM engine validates names."""
-    args: dict[str, str] = {}
-    for key, value in env.items():
-        for prefix in VLLM_ARG_PREFIXES:
-            if key.startswith(prefix) and len(key) > len(prefix) and key not in TOOL_CALL_PARSER_VARS:
-                args[key[len(prefix):].lower()] = value
-    return args
 
 
 def _tool_call_parser(env: Mapping[str, str]) -> str | None:
@@ -150,12 +138,8 @@ class Settings:
     log_level: str = setting("INFO", "BERTH_LOG_LEVEL", kind="upper")
     device: str = setting("auto", "BERTH_DEVICE")
     max_batch_size: int = setting(32, "BERTH_MAX_BATCH_SIZE", kind="int", minimum=1)
-    gpu_memory_utilization: float | None = setting(None, "BERTH_GPU_MEMORY_UTILIZATION", kind="float")
     kv_cache_gb: float | None = setting(None, "BERTH_KV_CACHE_GB", kind="float")
-    llamacpp_threads: int | None = setting(None, "BERTH_LLAMACPP_THREADS", kind="int", minimum=1)  # None: all cores
-    # llama.cpp layers on the GPU; None: all when one is visible.
-    n_gpu_layers: int | None = setting(None, "BERTH_N_GPU_LAYERS", kind="int", minimum=-1)
-    vllm_args: Mapping[str, str] = field(default_factory=dict)  # BERTH_VLLM_<ARG> / SM_VLLM_<ARG> (from_env)
+    # Settings only one engine reads are declared beside it (engines/engine_settings.py).
     s3_endpoint_url: str | None = setting(None, "BERTH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
     download_workers: int = setting(8, "BERTH_DOWNLOAD_WORKERS", kind="int", minimum=1)
     tool_call_parser: str | None = None  # the default model's (TOOL_CALL_PARSER_VARS, read in from_env)
@@ -187,26 +171,19 @@ class Settings:
             env["BERTH_MODEL_ROOTS"] = os.pathsep.join(str(root) for root in self.model_roots)
         if self.tool_call_parser:
             env["BERTH_TOOL_CALL_PARSER"] = self.tool_call_parser
-        env.update({f"BERTH_VLLM_{k.upper()}": v for k, v in self.vllm_args.items()})
         env.update(self.lora.to_env())
         return env
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the environment once (os.environ unless given) into a Settings."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for spec in dataclasses.fields(cls):
-            if "env" in spec.metadata:
-                value = _read_setting(env, spec.metadata)
-                if value is not _UNSET:
-                    values[spec.name] = value
+        values, env = read_declared(cls, env)
         if values.get("request_timeout_s") == 0:
             values["request_timeout_s"] = None  # 0 means no budget
         roots = (env.get("BERTH_MODEL_ROOTS") or "").replace(",", os.pathsep).split(os.pathsep)
         return cls(**values,  # type: ignore[arg-type]
                    model_roots=tuple(Path(part).expanduser() for part in roots if part.strip()),
-                   vllm_args=_vllm_args(env), tool_call_parser=_tool_call_parser(env), lora=_lora_settings(env))
+                   tool_call_parser=_tool_call_parser(env), lora=_lora_settings(env))
 
     def child_environment(self, **extra: str) -> dict[str, str]:
         """The environment for a child process: ours, these settings, and `extra` on top."""
@@ -220,6 +197,18 @@ class Settings:
         if self.runtime_dir is not None:
             return self.runtime_dir
         return Path(tempfile.mkdtemp(prefix="berth-"))
+
+
+def read_declared(cls: type, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The values of `cls`'s setting() fields that the environment sets (os.environ unless given), and that env."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        if "env" in spec.metadata:
+            value = _read_setting(env, spec.metadata)
+            if value is not _UNSET:
+                values[spec.name] = value
+    return values, env
 
 
 def export_defaults(values: Mapping[str, str]) -> None:

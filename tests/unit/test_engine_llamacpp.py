@@ -9,6 +9,7 @@ import pytest
 from berth_server.canonical import SamplingParams
 from berth_server.engines import llamacpp_params
 from berth_server.engines.base import EngineRequest
+from berth_server.engines.engine_settings import LlamaCppSettings, check_engine_settings
 from berth_server.engines.llamacpp_engine import LlamaCppEngine, gguf_path
 from berth_server.engines.llamacpp_tokens import TokenBytes, piece_bytes
 from berth_server.errors import GenerationFailed, InvalidRequest
@@ -64,9 +65,10 @@ FACTS = llamacpp_params.GgufFacts(path=Path("m.gguf"), architecture="llama", con
 
 
 def test_slots_and_context_come_from_the_limits() -> None:
-    settings = Settings(max_concurrent_requests=8, max_total_tokens=1024, llamacpp_threads=3, kv_cache_gb=4.0)
+    settings = Settings(max_concurrent_requests=8, max_total_tokens=1024, kv_cache_gb=4.0)
+    own = LlamaCppSettings.from_env({"BERTH_LLAMACPP_THREADS": "3"})
     options = llamacpp_params.server_options(Path("m.gguf"), FACTS, ModelLaunchConfig(
-        uid="m", source="x", model_name="m", is_default=True), settings, cpu_count=2)
+        uid="m", source="x", model_name="m", is_default=True), settings, cpu_count=2, own=own)
     assert (options.n_parallel, options.slot_context, options.n_ctx) == (8, 1024, 8192)
     assert options.threads == 3 and options.n_gpu_layers == 0
 
@@ -112,7 +114,9 @@ def test_engine_name_spellings() -> None:
     from berth_server.launcher import with_engine_checked
 
     assert with_engine_checked(Settings.from_env({"BERTH_ENGINE": "LlamaCpp"})).engine == "llama.cpp"
-    assert Settings.from_env({"BERTH_ENGINE": "llama.cpp", "BERTH_N_GPU_LAYERS": "-1"}).n_gpu_layers == -1
+    assert LlamaCppSettings.from_env({"BERTH_N_GPU_LAYERS": "-1"}).n_gpu_layers == -1
+    with pytest.raises(SettingsError, match="BERTH_LLAMACPP_THREADS"):
+        check_engine_settings({"BERTH_LLAMACPP_THREADS": "0"})  # the launcher's check at start
     with pytest.raises(SettingsError, match="llama.cpp"):
         with_engine_checked(Settings.from_env({"BERTH_ENGINE": "ollama"}))
 

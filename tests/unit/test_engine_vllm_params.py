@@ -9,6 +9,7 @@ import pytest
 from berth_server.canonical import SamplingParams
 from berth_server.engines import vllm_params
 from berth_server.engines.base import EngineRequest
+from berth_server.engines.engine_settings import VllmSettings
 from berth_server.engines.vllm_engine import VllmEngine
 from berth_server.errors import InvalidRequest
 from berth_server.launch_config import ModelLaunchConfig
@@ -58,17 +59,18 @@ def test_typical_p_is_a_validation_error() -> None:
 def test_settings_map_to_engine_args(tmp_path: Path) -> None:
     settings = Settings(
         sm_num_gpus=2, quantize="awq", max_total_tokens=1024, max_batch_prefill_tokens=512,
-        max_concurrent_requests=64, gpu_memory_utilization=0.8, kv_cache_gb=4, dtype="float16",
-        trust_remote_code=True,
+        max_concurrent_requests=64, kv_cache_gb=4, dtype="float16", trust_remote_code=True,
     )
-    kwargs = vllm_params.engine_kwargs(tmp_path, CONFIG, settings, cpu=False)
+    own = VllmSettings.from_env({"BERTH_GPU_MEMORY_UTILIZATION": "0.8", "SM_VLLM_ENFORCE_EAGER": "false"})
+    kwargs = vllm_params.engine_kwargs(tmp_path, CONFIG, settings, cpu=False, vllm=own)
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["quantization"] == "awq"
     assert kwargs["max_model_len"] == 1024 and kwargs["max_num_batched_tokens"] == 512
     assert kwargs["max_num_seqs"] == 64 and kwargs["gpu_memory_utilization"] == 0.8
     assert kwargs["kv_cache_memory_bytes"] == 4 << 30 and kwargs["dtype"] == "float16"
-    assert kwargs["trust_remote_code"] and not kwargs["skip_tokenizer_init"] and "enforce_eager" not in kwargs
+    assert kwargs["trust_remote_code"] and not kwargs["skip_tokenizer_init"] and kwargs["enforce_eager"] is False
     cpu = vllm_params.engine_kwargs(tmp_path, CONFIG.__class__(uid="m", source="/m", model_name="m",
-                                                               context_length=256), Settings(), cpu=True)
+                                                               context_length=256), Settings(), cpu=True,
+                                vllm=VllmSettings())
     assert cpu["enforce_eager"] and cpu["max_model_len"] == 256 and "kv_cache_memory_bytes" not in cpu
     env = vllm_params.cpu_environment(Settings(kv_cache_gb=2), cpu_count=2)
     assert env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1",

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from berth_server.engines.engine_settings import VllmSettings
 from berth_server.errors import InvalidRequest
 from berth_server.http.app import create_app
 from berth_server.launch_config import ModelDescription
@@ -265,7 +266,8 @@ def test_streaming_without_calls_keeps_finish_reason(tmp_path) -> None:
 @pytest.mark.parametrize("var", ["BERTH_TOOL_CALL_PARSER", "BERTH_VLLM_TOOL_CALL_PARSER", "SM_VLLM_TOOL_CALL_PARSER"])
 def test_settings_read_the_parser_and_keep_it_out_of_vllm_args(var: str) -> None:
     settings = Settings.from_env({var: "hermes", "SM_VLLM_MAX_NUM_SEQS": "4"})
-    assert settings.tool_call_parser == "hermes" and dict(settings.vllm_args) == {"max_num_seqs": "4"}
+    own = VllmSettings.from_env({var: "hermes", "SM_VLLM_MAX_NUM_SEQS": "4"})
+    assert settings.tool_call_parser == "hermes" and dict(own.args) == {"max_num_seqs": "4"}
     assert Settings.from_env(settings.to_env()).tool_call_parser == "hermes"
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: "nope"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from berth_server.engines.engine_settings import VllmSettings
 from berth_server.settings import Settings, SettingsError
 
 
@@ -38,8 +39,8 @@ def test_tgi_names() -> None:
 
 
 def test_vllm_pass_through_from_both_prefixes() -> None:
-    settings = Settings.from_env({"BERTH_VLLM_ENFORCE_EAGER": "true", "SM_VLLM_MAX_NUM_SEQS": "8"})
-    assert settings.vllm_args == {"enforce_eager": "true", "max_num_seqs": "8"}
+    own = VllmSettings.from_env({"BERTH_VLLM_ENFORCE_EAGER": "true", "SM_VLLM_MAX_NUM_SEQS": "8"})
+    assert own.args == {"enforce_eager": "true", "max_num_seqs": "8"}
 
 
 @pytest.mark.parametrize("env, name", [
@@ -56,7 +57,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
 def test_to_env_round_trips(tmp_path: Path) -> None:
     settings = Settings(hf_model_id="/m", model_uid="u", max_input_tokens=5, max_total_tokens=9, engine="vllm",
                         home=tmp_path, runtime_dir=tmp_path / "run", messages_api_enabled=True,
-                        vllm_args={"enforce_eager": "true"}, port=1234, kv_cache_gb=2.5)
+                        port=1234, kv_cache_gb=2.5)
     assert Settings.from_env(settings.to_env()) == settings
 
 
@@ -70,8 +71,7 @@ def test_every_setting_round_trips_with_a_value_other_than_its_default(tmp_path:
     for spec in dataclasses.fields(Settings):
         if "env" in spec.metadata and spec.metadata["export"]:
             changed[spec.name] = samples[spec.metadata["kind"]]
-    settings = Settings(**changed, model_roots=(tmp_path,), vllm_args={"max_num_seqs": "4"},
-                        tool_call_parser="hermes", lora=LoraSettings(enabled=True, max_loras=2,
+    settings = Settings(**changed, model_roots=(tmp_path,), tool_call_parser="hermes", lora=LoraSettings(enabled=True, max_loras=2,
                                                                      adapters=(("a", "/a"),)))
     assert all(getattr(settings, name) != getattr(Settings(), name) for name in changed)
     assert Settings.from_env(settings.to_env()) == settings

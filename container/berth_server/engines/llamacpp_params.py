@@ -14,6 +14,7 @@ from typing import Any
 
 from berth_server import errors
 from berth_server.engines.base import EngineRequest
+from berth_server.engines.engine_settings import LlamaCppSettings
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -96,8 +97,9 @@ class ServerOptions:
 
 
 def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, settings: Settings,
-                   cpu_count: int, on_gpu: bool = False) -> ServerOptions:
+                   cpu_count: int, on_gpu: bool = False, own: LlamaCppSettings | None = None) -> ServerOptions:
     """Threads, slots and context sizes: slots from MAX_CONCURRENT_REQUESTS, a slot's context from MAX_TOTAL_TOKENS."""
+    own = own if own is not None else LlamaCppSettings.from_env()
     explicit = config.max_total_tokens or (settings.max_total_tokens if config.is_default else None)
     slot_context = min(explicit or config.context_length or facts.context_length, facts.context_length)
     if not explicit and slot_context > DEFAULT_SLOT_CONTEXT:
@@ -120,8 +122,8 @@ def server_options(path: Path, facts: GgufFacts, config: ModelLaunchConfig, sett
             log.info("llama.cpp: %d slots of %d tokens fit %.2f GiB of KV cache (not %d; set BERTH_KV_CACHE_GB "
                      "for more)", max(1, fits), slot_context, budget_gb, n_parallel)
             n_parallel = max(1, fits)
-    threads = int(args.get("n_threads") or settings.llamacpp_threads or max(1, cpu_count))
-    gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else (-1 if on_gpu else 0)
+    threads = int(args.get("n_threads") or own.threads or max(1, cpu_count))
+    gpu_layers = own.n_gpu_layers if own.n_gpu_layers is not None else (-1 if on_gpu else 0)
     if args.get("n_gpu_layers") is not None:
         gpu_layers = int(args["n_gpu_layers"])
     return ServerOptions(model_path=path, threads=threads, n_parallel=n_parallel, slot_context=slot_context,

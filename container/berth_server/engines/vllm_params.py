@@ -20,6 +20,7 @@ from berth_server import errors
 from berth_server.canonical import Constraint
 from berth_server.checkpoint import capped_length, checkpoint_dtype
 from berth_server.engines.base import EngineRequest
+from berth_server.engines.engine_settings import VllmSettings
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError, parse_bool
 
@@ -195,8 +196,10 @@ def on_cpu(settings: Settings) -> bool:
     return bool(current_platform.is_cpu())
 
 
-def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings, cpu: bool) -> dict[str, Any]:
+def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings, cpu: bool,
+                  vllm: VllmSettings | None = None) -> dict[str, Any]:
     """AsyncEngineArgs keyword arguments from TGI-named settings, the launch config and pass-through."""
+    vllm = vllm if vllm is not None else VllmSettings.from_env()
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         # Berth tokenizes and detokenizes once in the model process, but vLLM's structured outputs
@@ -226,8 +229,8 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
         kwargs["max_num_batched_tokens"] = settings.max_batch_prefill_tokens
     # vLLM preallocates per-sequence state for max_num_seqs; beyond 256 (its default) it only costs.
     kwargs["max_num_seqs"] = max(1, min(settings.max_concurrent_requests, 256))
-    if settings.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    if vllm.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = vllm.gpu_memory_utilization
     if cpu:
         kwargs["enforce_eager"] = True  # compilation costs 40-60 s here and gains 5-8% (FINDINGS.md)
     elif settings.kv_cache_gb is not None:
@@ -235,7 +238,7 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
     # Launch-time engine_args (Xinference launch bodies) may hold other engines' knobs: keep vLLM's.
     fields = {f.name for f in dataclasses.fields(_engine_args_class())}
     kwargs.update({k: v for k, v in config.engine_args.items() if k in fields})
-    kwargs.update(passthrough_args(settings.vllm_args))
+    kwargs.update(passthrough_args(vllm.args))
     return kwargs
 
 

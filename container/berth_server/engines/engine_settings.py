@@ -1,0 +1,57 @@
+"""Settings only one engine reads, declared here beside the engines; settings.py reads them as it reads its own.
+
+Each class is read from the environment of the process that runs the engine (the model process
+inherits the server's), and once by the launcher at start, so a bad value fails there, not at a launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from berth_server.settings import TOOL_CALL_PARSER_VARS, read_declared, setting
+
+# Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
+VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """vLLM's own: its GPU memory share and any engine argument passed through by name."""
+
+    gpu_memory_utilization: float | None = setting(None, "BERTH_GPU_MEMORY_UTILIZATION", kind="float")
+    args: Mapping[str, str] = field(default_factory=dict)  # BERTH_VLLM_<ARG> / SM_VLLM_<ARG> -> {"arg": value}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> VllmSettings:
+        values, env = read_declared(cls, env)
+        return cls(**values, args=_vllm_args(env))
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """llama.cpp's own: its CPU threads and the layers it puts on a GPU."""
+
+    threads: int | None = setting(None, "BERTH_LLAMACPP_THREADS", kind="int", minimum=1)  # None: all cores
+    n_gpu_layers: int | None = setting(None, "BERTH_N_GPU_LAYERS", kind="int", minimum=-1)  # None: all on a GPU
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LlamaCppSettings:
+        values, _ = read_declared(cls, env)
+        return cls(**values)
+
+
+def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
+    """Collect BERTH_VLLM_<ARG>/SM_VLLM_<ARG> into {"arg": "value"}; the vLLM engine validates names."""
+    args: dict[str, str] = {}
+    for key, value in env.items():
+        for prefix in VLLM_ARG_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix) and key not in TOOL_CALL_PARSER_VARS:
+                args[key[len(prefix):].lower()] = value
+    return args
+
+
+def check_engine_settings(env: Mapping[str, str] | None = None) -> None:
+    """Read every engine's own settings once (the launcher, at start): SettingsError on a bad value."""
+    VllmSettings.from_env(env)
+    LlamaCppSettings.from_env(env)
