@@ -14,6 +14,29 @@ from berth.streaming import iter_events
 
 Body = dict[str, Any] | str | bytes
 ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"  # what SageMaker sends the container for an adapter
+ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"  # route=... reaches another Berth route
+SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
+NEW_SESSION_HEADER = "X-Amzn-SageMaker-New-Session-Id"  # "<id>; Expires=<YYYY-MM-DDTHH:MM:SSZ>"
+CLOSED_SESSION_HEADER = "X-Amzn-SageMaker-Closed-Session-Id"
+NEW_SESSION_BODY = b'{"requestType": "NEW_SESSION"}'
+CLOSE_SESSION_BODY = b'{"requestType": "CLOSE"}'
+
+
+def session_id_of(header: str | None) -> str:
+    """The id in a New-Session-Id header ("<id>; Expires=..."); BerthError when there is none."""
+    session = (header or "").split(";", 1)[0].strip()
+    if not session:
+        raise BerthError("the endpoint did not open a session (are stateful sessions enabled on it?)")
+    return session
+
+
+def route_attributes(route: str | None) -> str | None:
+    """The custom attributes that send an invocation to another route ("route=/v1/embeddings")."""
+    if route is None:
+        return None
+    if not route.startswith("/") or "," in route or ";" in route:
+        raise BerthError(f"route must be a path such as /v1/embeddings, not {route!r}")
+    return f"route={route}"
 
 
 def _checked(reply: httpx.Response) -> httpx.Response:
@@ -44,9 +67,25 @@ class Predictor:
 
     endpoint_name: str
 
-    def predict(self, body: Body, adapter: str | None = None) -> Any:
-        """Send one request to /invocations (with a LoRA adapter, by name) and return the parsed JSON reply."""
+    def predict(self, body: Body, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> Any:
+        """Send one request to /invocations and return the parsed JSON reply.
+
+        Args:
+            body: the request body (any shape /invocations takes, or the route's own).
+            adapter: a LoRA adapter, by name.
+            route: another Berth route to serve it ("/v1/embeddings"), through SageMaker's custom attributes.
+            session: a stateful session's id (from new_session()).
+        """
         raise NotImplementedError
+
+    def new_session(self) -> str:
+        """Open a stateful session on the endpoint; its id."""
+        raise BerthError(f"{type(self).__name__} cannot open sessions")
+
+    def close_session(self, session: str) -> str:
+        """Close a stateful session (its cached prefix is freed); the id the endpoint closed."""
+        raise BerthError(f"{type(self).__name__} cannot close sessions")
 
     def add_adapter(self, name: str, src: str) -> None:
         """Attach a LoRA adapter (SageMaker's adapter contract)."""
@@ -96,13 +135,32 @@ class HttpPredictor(Predictor):
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s)
         self._on_delete = on_delete
 
-    def predict(self, body: Body, adapter: str | None = None) -> Any:
-        """POST /invocations and return the JSON reply; raise InvokeError on a non-2xx."""
+    def predict(self, body: Body, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> Any:
+        """POST /invocations with the headers SageMaker would send and return the JSON reply; InvokeError on a non-2xx."""
+        return _checked(self._invoke(encode_body(body), adapter=adapter, route=route, session=session)).json()
+
+    def new_session(self) -> str:
+        """POST {"requestType": "NEW_SESSION"}; the id from X-Amzn-SageMaker-New-Session-Id."""
+        return session_id_of(_checked(self._invoke(NEW_SESSION_BODY, session="NEW_SESSION")).headers.get(
+            NEW_SESSION_HEADER))
+
+    def close_session(self, session: str) -> str:
+        """POST {"requestType": "CLOSE"} with the session's header; the id the endpoint closed."""
+        reply = _checked(self._invoke(CLOSE_SESSION_BODY, session=session))
+        return reply.headers.get(CLOSED_SESSION_HEADER, "")
+
+    def _invoke(self, content: bytes, *, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> httpx.Response:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if adapter:
             headers[ADAPTER_HEADER] = adapter
-        reply = self._client.post("/invocations", content=encode_body(body), headers=headers)
-        return _checked(reply).json()
+        attributes = route_attributes(route)
+        if attributes:
+            headers[ATTRIBUTES_HEADER] = attributes
+        if session:
+            headers[SESSION_HEADER] = session
+        return self._client.post("/invocations", content=content, headers=headers)
 
     def add_adapter(self, name: str, src: str, pin: bool = False) -> None:
         """POST /adapters {name, src, preload, pin}."""
@@ -144,12 +202,31 @@ class RuntimePredictor(Predictor):
         self.runtime = runtime_client
         self._on_delete = on_delete
 
-    def predict(self, body: Body, adapter: str | None = None) -> Any:
+    def predict(self, body: Body, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> Any:
         """InvokeEndpoint and parse the JSON body; an adapter is named as its inference component."""
-        extra = {"InferenceComponentName": adapter} if adapter else {}
-        reply = self.runtime.invoke_endpoint(EndpointName=self.endpoint_name, Body=encode_body(body),
-                                             ContentType="application/json", Accept="application/json", **extra)
-        return json.loads(reply["Body"].read())
+        return json.loads(self._invoke(encode_body(body), adapter=adapter, route=route, session=session)["Body"].read())
+
+    def new_session(self) -> str:
+        """InvokeEndpoint with SessionId="NEW_SESSION"; the id from its NewSessionId."""
+        return session_id_of(self._invoke(NEW_SESSION_BODY, session="NEW_SESSION").get("NewSessionId"))
+
+    def close_session(self, session: str) -> str:
+        """InvokeEndpoint with the session's id and a CLOSE body; its ClosedSessionId."""
+        return str(self._invoke(CLOSE_SESSION_BODY, session=session).get("ClosedSessionId") or "")
+
+    def _invoke(self, content: bytes, *, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> Any:
+        extra: dict[str, str] = {}
+        if adapter:
+            extra["InferenceComponentName"] = adapter
+        attributes = route_attributes(route)
+        if attributes:
+            extra["CustomAttributes"] = attributes
+        if session:
+            extra["SessionId"] = session
+        return self.runtime.invoke_endpoint(EndpointName=self.endpoint_name, Body=content,
+                                            ContentType="application/json", Accept="application/json", **extra)
 
     def stream_bytes(self, body: Body) -> Iterator[bytes]:
         """InvokeEndpointWithResponseStream and yield each PayloadPart's bytes."""

@@ -14,7 +14,11 @@ from berth.eventstream import model_stream_error, payload_part
 
 _ROUTE = re.compile(r"^/endpoints/(?P<name>[^/]+)/(?P<action>invocations|invocations-response-stream)$")
 # Request headers SageMaker forwards to the container.
-_FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes", "X-Amzn-SageMaker-Inference-Id")
+_FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes", "X-Amzn-SageMaker-Inference-Id",
+              "X-Amzn-SageMaker-Session-Id")
+# Reply headers SageMaker passes back to the caller (boto3: CustomAttributes, NewSessionId, ClosedSessionId).
+_RETURNED = ("X-Amzn-SageMaker-Custom-Attributes", "X-Amzn-SageMaker-New-Session-Id",
+             "X-Amzn-SageMaker-Closed-Session-Id")
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
 
 
@@ -59,9 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(503, "ServiceUnavailable", f"the model server is unreachable: {exc}")
         if reply.status_code >= 400:
             return self._model_error(reply.status_code, reply.text)
+        returned = {h: reply.headers[h] for h in _RETURNED if reply.headers.get(h)}
         self._send(200, reply.content, {
             "Content-Type": reply.headers.get("Content-Type", "application/json"),
-            "x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+            "x-Amzn-Invoked-Production-Variant": "AllTraffic", **returned})
 
     def _invoke_stream(self, body: bytes, headers: dict[str, str]) -> None:
         """Forward and re-frame each chunk of the container's reply as a PayloadPart event."""

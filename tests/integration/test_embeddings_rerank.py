@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from berth.errors import InvokeError
+from berth.predictor import HttpPredictor
 from xinference_client import RESTfulClient
 
 from .conftest import RunningServer, launch_serve
@@ -55,11 +57,32 @@ def test_embeddings_and_rerank(server: RunningServer, tiny_embedding_model: Path
         assert results[0]["document"]["text"] in ("a cat", "the dog", "numbers")
         wrong = httpx.post(server.url("/v1/rerank"), json={"model": emb, "query": "q", "documents": ["d"]}, timeout=30)
         assert wrong.status_code == 400 and "does not rerank" in wrong.json()["detail"]
+        _routes_through_invocations(server, emb, rr)
     finally:
         client.terminate_model(emb)
         client.terminate_model(rr)
         client.unregister_model("embedding", "emb-tiny")
         client.unregister_model("rerank", "rr-tiny")
+
+
+def _routes_through_invocations(server: RunningServer, emb: str, rr: str) -> None:
+    """SageMaker's custom attributes `route=...` (the SDK's predict(route=)) equal the direct routes' replies."""
+    predictor = HttpPredictor(server.base_url, "berth")
+    embed = {"model": emb, "input": ["hello world", "second"], "encoding_format": "float"}
+    assert predictor.predict(embed, route="/v1/embeddings") == httpx.post(server.url("/v1/embeddings"),
+                                                                           json=embed, timeout=30).json()
+    rerank = {"model": rr, "query": "cat", "documents": ["a cat", "the dog"], "return_documents": True}
+    routed = predictor.predict(rerank, route="/v1/rerank")
+    direct = httpx.post(server.url("/v1/rerank"), json=rerank, timeout=30).json()
+    assert {k: v for k, v in routed.items() if k != "id"} == {k: v for k, v in direct.items() if k != "id"}
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+    routed = predictor.predict(chat, route="/v1/chat/completions")
+    direct = httpx.post(server.url("/v1/chat/completions"), json=chat, timeout=30).json()
+    assert routed["choices"] == direct["choices"] and routed["usage"] == direct["usage"]
+    with pytest.raises(InvokeError) as refused:  # launching a model changes state: not without the operator
+        predictor.predict({"model_uid": "x"}, route="/v1/models")
+    assert refused.value.status == 403
+    predictor.delete()
 
 
 def test_minilm_matches_sentence_transformers(server: RunningServer, minilm_model: Path) -> None:

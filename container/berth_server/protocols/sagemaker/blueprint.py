@@ -8,7 +8,8 @@ is read and accepted for compatibility with TGI's SageMaker image: as in TGI >= 
 decides, and the setting only breaks the tie when a body carries both "messages" and "inputs"
 (chat when true, TGI when false). Any other body is a 422 naming the accepted shapes. Errors on
 TGI-shaped bodies have TGI bodies; chat/prompt bodies get OpenAI error bodies (400 on validation).
-X-Amzn-SageMaker-Custom-Attributes and Accept are accepted (replies are JSON, or SSE when streaming);
+X-Amzn-SageMaker-Custom-Attributes `route=/path` sends the invocation to another route (routes.py); Accept is
+accepted (replies are JSON, or SSE when streaming);
 X-Amzn-SageMaker-Inference-Id is echoed back.
 """
 
@@ -24,7 +25,8 @@ from berth_server.protocols.openai import service as openai_service
 from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.schemas import parse as parse_openai
-from berth_server.protocols.sagemaker import adapters, service
+from berth_server.protocols.route_policy import changes_state
+from berth_server.protocols.sagemaker import adapters, routes, service
 from berth_server.protocols.sagemaker.schemas import shape_of
 from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.wire import request_json
@@ -46,8 +48,12 @@ def ping() -> Any:
 
 @sagemaker_bp.post("/invocations")
 def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
-    """One SageMaker invocation, answered by the protocol its body speaks."""
+    """One SageMaker invocation: routed by its custom attributes, else answered by the protocol its body speaks."""
     state = get_state()
+    attributes = routes.custom_attributes(request.headers.get(routes.CUSTOM_ATTRIBUTES_HEADER))
+    routed = routes.resolve(attributes, routes.allowed_patterns(state.settings.invocations_routes))
+    if routed is not None:
+        return routed()
     body = request_json()
     shape = shape_of(body, state.settings.messages_api_enabled)
     g.berth_errors = TGI_ERRORS if shape == "tgi" else OPENAI_ERRORS
@@ -63,6 +69,7 @@ def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
 
 
 @sagemaker_bp.post("/adapters")
+@changes_state
 def register_adapter() -> Response:
     """Register a LoRA adapter (JSON body, or the same keys as query parameters)."""
     body = request_json() if request.get_data() else dict(request.args)
@@ -70,6 +77,7 @@ def register_adapter() -> Response:
 
 
 @sagemaker_bp.delete("/adapters/<name>")
+@changes_state
 def unregister_adapter(name: str) -> Response:
     """Remove a LoRA adapter."""
     return Response(adapters.unregister(get_state(), name), mimetype="text/plain")

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from berth_server.client.state import get_state
 from berth_server.protocols.openai.errors import OPENAI_ERRORS
+from berth_server.protocols.route_policy import changes_state
 from berth_server.protocols.wire import request_json
 from berth_server.protocols.xinference import service
 from berth_server.protocols.xinference.errors import XINFERENCE_ERRORS
@@ -44,6 +45,7 @@ def get_registration(model_type: str, name: str) -> ResponseReturnValue:
 
 
 @xinference_bp.post("/v1/model_registrations/<model_type>")
+@changes_state
 def register(model_type: str) -> ResponseReturnValue:
     """Register a custom model from its JSON string."""
     body = parse(RegisterBody, request_json())
@@ -51,12 +53,14 @@ def register(model_type: str) -> ResponseReturnValue:
 
 
 @xinference_bp.delete("/v1/model_registrations/<model_type>/<name>")
+@changes_state
 def unregister(model_type: str, name: str) -> ResponseReturnValue:
     """Remove a custom registration."""
     return _json(service.unregister(get_state(), model_type, name))
 
 
 @xinference_bp.post("/v1/models")
+@changes_state
 def launch() -> ResponseReturnValue:
     """Launch a model (blocks unless wait_ready=false)."""
     return _json(service.launch(get_state(), request_json(), request.args.get("wait_ready")))
@@ -76,6 +80,7 @@ def describe(model_uid: str) -> ResponseReturnValue:
 
 
 @xinference_bp.delete("/v1/models/<model_uid>")
+@changes_state
 def terminate(model_uid: str) -> ResponseReturnValue:
     """Terminate a model: its process exits."""
     return _json(service.terminate(get_state(), model_uid))
