@@ -8,6 +8,7 @@ from typing import Any
 from berth_server.canonical import Accepted, Delta, GenerateRequest, TokenInfo, TopToken
 from berth_server.errors import BerthError, NotFound
 from berth_server.ipc import ModelStats
+from berth_server.models.launch import ModelDescription
 
 from tests.unit.fakes.adapters import FakeAdapters
 
@@ -109,6 +110,13 @@ class FakeGateway(FakeAdapters):
         return {"default": {"uid": "default", "state": "ready",
                             "description": {"model_name": "tiny", "model_type": "LLM", "abilities": ["chat"],
                                             "context_length": 64}}}
+
+    def describe(self, uid: str) -> ModelDescription:
+        """The one model, on a CPU."""
+        return ModelDescription(uid=uid, model_name="tiny", model_type="LLM", source="/models/tiny",
+                                engine="transformers", device="cpu", dtype="float32", abilities=["chat"],
+                                max_input_tokens=32, max_total_tokens=64, context_length=64, max_batch_size=8,
+                                pid=1)
 
     def stats(self, uid: str) -> ModelStats:
         """Fixed counters."""

@@ -20,8 +20,15 @@ def render(reply: WireReply) -> Response:
         frame = FRAMINGS[reply.framing][0]
         chunks = ("".join(frame(streamed(event)) for event in (item if isinstance(item, list) else [item]))
                   for item in reply.parts[0])
-        return sse_response(chunks, on_close=reply.on_close, done=reply.done, framing=reply.framing)
-    return jsonify(reply.whole(_fold_watching(reply)))
+        response = sse_response(chunks, on_close=reply.on_close, done=reply.done, framing=reply.framing)
+        response.headers.update(reply.headers)
+        return response
+    folded = _fold_watching(reply)
+    response = jsonify(reply.whole(folded))
+    response.headers.update(reply.headers)
+    if reply.whole_headers is not None:
+        response.headers.update(reply.whole_headers(folded))
+    return response
 
 
 def _fold_watching(reply: WireReply) -> list[dict]:  # type: ignore[type-arg]

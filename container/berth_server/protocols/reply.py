@@ -13,7 +13,9 @@ Keys that start with "_" are whole-only: the fold sees them, a streamed event ne
 
 A wire whose whole reply is not a key-by-key merge of its events (typed event streams such as
 OpenAI Responses or Anthropic Messages, where the client itself rebuilds the object) gives its own
-`fold`; it still folds the very events it streams. How events are framed on the wire (`framing`):
+`fold`; it still folds the very events it streams. A reply may carry HTTP headers: `headers`, known before
+the first byte (sent on streams too), and `whole_headers`, computed from the folded parts once the whole
+reply is made (TGI's token counts and timings). How events are framed on the wire (`framing`):
 "sse" (`data:` lines), "sse_named" (an `event:` line named by the event's "type", then `data:`)
 or "ndjson" (one JSON object per line).
 """
@@ -55,6 +57,8 @@ class WireReply:
         on_close: runs once the reply is sent, failed, or the client left (aborts unfinished generations).
         framing: how streamed events are written ("sse", "sse_named", "ndjson").
         fold: the wire's own fold of one part's events, for typed event streams; default fold_events(rules).
+        headers: response headers known before the first byte (streamed and whole replies).
+        whole_headers: folded parts -> more headers, for a whole reply only (figures known at its end).
     """
 
     parts: Sequence[Iterable[WireItem]]
@@ -65,6 +69,8 @@ class WireReply:
     on_close: Callable[[], None] | None = field(default=None)
     framing: Framing = "sse"
     fold: Callable[[Iterable[WireEvent]], WireEvent] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    whole_headers: Callable[[list[WireEvent]], Mapping[str, str]] | None = None
 
     def fold_part(self, part: Iterable[WireItem]) -> WireEvent:
         """One part's events folded: by the wire's own fold, else by its rules."""

@@ -9,8 +9,9 @@ from berth_server.canonical import Accepted, TokenInfo
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.client.streams import new_request_id
-from berth_server.errors import InvalidRequest
+from berth_server.errors import BerthError, InvalidRequest
 from berth_server.protocols.reply import FoldRules, WireReply
+from berth_server.protocols.tgi.headers import TgiTimings
 from berth_server.protocols.tgi.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
@@ -77,16 +78,29 @@ def reply(state: FrontendState, bodies: list[GenerateBody], uid: str, stream: bo
 
     Streamed: token events of bodies[0]. Whole: a list with one {generated_text, details?} per body
     (the object alone when `single`, as /generate answers), each the fold of that body's token events.
+    The reply carries TGI's x-* headers (protocols/tgi/headers.py).
     """
+    timings = TgiTimings(compute_type=_compute_type(state.gateway, uid),
+                         characters=sum(len(body.inputs) for body in bodies))
     batch = TgiRequests(state, bodies, uid)
     generation = batch.start()
+    timings.mark_accepted()
     parts = [token_events(batch, generation, index) for index in range(len(bodies))]
 
     def whole(folded: list[dict[str, Any]]) -> Any:
         replies = [_whole_reply(body, events) for body, events in zip(bodies, folded, strict=True)]
         return replies[0] if single else replies
 
-    return WireReply(parts, TGI_RULES, whole, stream=stream, on_close=generation.close)
+    return WireReply(parts, TGI_RULES, whole, stream=stream, on_close=generation.close,
+                     headers=timings.stream_headers(), whole_headers=timings.whole_headers)
+
+
+def _compute_type(gateway: Any, uid: str) -> str | None:
+    """TGI's x-compute-type: the device the model runs on ("cpu", "cuda", ...), as it reports itself."""
+    try:
+        return gateway.describe(uid).device or None
+    except BerthError:
+        return None
 
 
 def _whole_reply(body: GenerateBody, folded: dict[str, Any]) -> dict[str, Any]:
