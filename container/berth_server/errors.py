@@ -57,7 +57,7 @@ class NotFound(BerthError):
     status = 404
     error_type = "not_found"
     openai_type = "not_found_error"
-    code = "model_not_found"
+    code: str | None = "model_not_found"
 
 
 class Conflict(BerthError):

@@ -118,14 +118,13 @@ class ComponentPredictor(RuntimePredictor):
         self.components = components
         self.resource = resource  # the model's and the endpoint config's name
 
-    def predict(self, body: Body, adapter: str | None = None) -> Any:
+    def predict(self, body: Body, adapter: str | None = None, route: str | None = None,
+                session: str | None = None) -> Any:
         """InvokeEndpoint on the adapter's component (the base component when adapter is None)."""
         import json
 
-        reply = self.runtime.invoke_endpoint(
-            EndpointName=self.endpoint_name, InferenceComponentName=adapter or self.components.base,
-            Body=encode_body(body), ContentType="application/json", Accept="application/json")
-        return json.loads(reply["Body"].read())
+        return json.loads(self._invoke(encode_body(body), adapter=adapter or self.components.base, route=route,
+                                       session=session)["Body"].read())
 
     def add_adapter(self, name: str, src: str, wait: bool = True) -> None:
         """Attach an adapter: a new adapter inference component."""

@@ -8,7 +8,7 @@ from typing import Any
 from berth_server.canonical import Accepted, Delta, GenerateRequest, TokenInfo, TopToken
 from berth_server.errors import BerthError, NotFound
 from berth_server.ipc import ModelStats
-from berth_server.models.launch import ModelDescription
+from berth_server.launch_config import ModelDescription
 
 from tests.unit.fakes.adapters import FakeAdapters
 

@@ -35,7 +35,7 @@ MAX_ROUTE_CHARS = 512
 class UnknownRoute(BerthNotFound):
     """route=... names no route of this server."""
 
-    code = None  # not a model: no model_not_found code
+    code: str | None = None  # not a model: no model_not_found code
 
 
 class RouteForbidden(BerthError):
