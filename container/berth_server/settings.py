@@ -117,11 +117,6 @@ class Settings:
     max_concurrent_requests: int = setting(128, "MAX_CONCURRENT_REQUESTS", kind="int", minimum=1)
     max_body_bytes: int = setting(6 * 1024 * 1024, "BERTH_MAX_BODY_BYTES", kind="int", minimum=1)
     messages_api_enabled: bool = setting(False, "MESSAGES_API_ENABLED", kind="bool")
-    # SageMaker's stateful sessions (the model-hosting-container standard's names first) and their lifetime.
-    stateful_sessions: bool = setting(False, "SAGEMAKER_ENABLE_STATEFUL_SESSIONS", "BERTH_ENABLE_STATEFUL_SESSIONS",
-                                      kind="bool")
-    sessions_ttl_s: int = setting(1200, "SAGEMAKER_SESSIONS_EXPIRATION", "BERTH_SESSIONS_EXPIRATION", kind="int",
-                                  minimum=1)
     # Routes that change state (launch, terminate, register) which /invocations may still reach with
     # route=...: comma-separated globs over the path ("*" for all); by default none.
     invocations_routes: str | None = setting(None, "BERTH_INVOCATIONS_ROUTES")
