@@ -30,12 +30,17 @@ class Abort(msgspec.Struct, tag="abort"):
 
 
 class Tokenize(msgspec.Struct, tag="tokenize", kw_only=True):
-    """Tokenize text (TGI /tokenize) or render+tokenize messages (chat)."""
+    """Tokenize text (TGI /tokenize), render+tokenize messages (chat), or count a chat request's prompt.
+
+    `chat` is a whole canonical chat request, rendered exactly as its generation would render it (its
+    tools and thinking switch included): what the agent APIs' token-count routes answer with.
+    """
 
     request_id: str
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
     add_special_tokens: bool = True
+    chat: GenerateRequest | None = None
 
 
 class TokenSpan(msgspec.Struct, array_like=True):

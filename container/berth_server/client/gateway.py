@@ -121,10 +121,10 @@ class Gateway:
         return event
 
     def tokenize(self, uid: str, text: str | None = None, messages: list[dict[str, Any]] | None = None,
-                 add_special_tokens: bool = True) -> list[ipc.TokenSpan]:
-        """Tokenize text, or render and tokenize chat messages."""
+                 add_special_tokens: bool = True, chat: GenerateRequest | None = None) -> list[ipc.TokenSpan]:
+        """Tokenize text, render and tokenize chat messages, or render a whole chat request as its generation would."""
         message = ipc.Tokenize(request_id=new_request_id(), text=text, messages=messages,
-                               add_special_tokens=add_special_tokens)
+                               add_special_tokens=add_special_tokens, chat=chat)
         return self._call(uid, message, ipc.Tokenized).tokens
 
     def embed(self, uid: str, texts: list[str], dimensions: int | None = None) -> ipc.Embedded:

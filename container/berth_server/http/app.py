@@ -18,6 +18,7 @@ from berth_server.http.replies import render
 from berth_server.http.webui import ui_bp
 from berth_server.protocols.openai.blueprint import openai_bp
 from berth_server.protocols.reply import WireReply
+from berth_server.protocols.responses.blueprint import responses_bp
 from berth_server.protocols.sagemaker.blueprint import sagemaker_bp
 from berth_server.protocols.tgi.blueprint import tgi_bp
 from berth_server.protocols.xinference.blueprint import xinference_bp
@@ -26,7 +27,7 @@ from berth_server.settings import Settings
 log = logging.getLogger(__name__)
 
 # Every protocol's blueprint; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
-PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, openai_bp)
+PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, openai_bp, responses_bp)
 
 
 class BerthFlask(Flask):

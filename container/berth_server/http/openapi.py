@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from berth_server import __version__
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
+from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody
 from berth_server.protocols.xinference.schemas import (
@@ -29,6 +30,8 @@ from berth_server.protocols.xinference.schemas import (
 REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "openai.chat_completions": (ChatCompletionRequest,),
     "openai.completions": (CompletionRequest,),
+    "responses.create": (CreateResponse,),
+    "responses.input_tokens": (ResponseInputs,),
     "tgi.compat_generate": (GenerateBody,),
     "tgi.generate": (GenerateBody,),
     "tgi.generate_stream": (GenerateBody,),
@@ -40,12 +43,15 @@ REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "xinference.rerank": (RerankRequest,),
 }
 # Endpoints that answer with server-sent events (when the body asks for a stream, or always).
-STREAMING = {"openai.chat_completions", "openai.completions", "tgi.compat_generate", "sagemaker.invocations"}
+STREAMING = {"openai.chat_completions", "openai.completions", "responses.create", "tgi.compat_generate",
+             "sagemaker.invocations"}
 ALWAYS_STREAMING = {"tgi.generate_stream"}
 QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "xinference.launch": (("wait_ready", {"type": "string", "enum": ["true", "false"]}),),
     "xinference.list_registrations": (("detailed", {"type": "string", "enum": ["true", "false"]}),),
     "xinference.instances": (("model_name", {"type": "string"}), ("model_uid", {"type": "string"})),
+    "responses.input_items": (("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+                              ("order", {"type": "string", "enum": ["asc", "desc"]}), ("after", {"type": "string"})),
 }
 TEXT_PLAIN = {"berth_core.metrics"}
 # Every error body, whatever the protocol, carries "detail" (http/errors.py).

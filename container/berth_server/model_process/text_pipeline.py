@@ -249,7 +249,9 @@ class TextPipeline:
 
     def tokenize(self, message: Tokenize) -> list[TokenSpan]:
         """TGI /tokenize: ids with their text and character offsets (messages are rendered first)."""
-        if message.messages is not None:
+        if message.chat is not None and message.chat.messages is not None:
+            text, add_special = self.render_chat(message.chat), bool(message.chat.add_special_tokens)
+        elif message.messages is not None:
             request = GenerateRequest(request_id=message.request_id, model="", messages=message.messages)
             text, add_special = self.render_chat(request), False
         elif message.text is not None:

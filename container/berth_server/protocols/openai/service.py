@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from berth_server.canonical import Accepted, TokenInfo
+from berth_server.canonical import Accepted, GenerateRequest, TokenInfo
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError
 from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
+from berth_server.protocols.openai.tool_syntax import ToolChoice
 from berth_server.protocols.reply import FoldRules, WireReply
 
 SYSTEM_FINGERPRINT = "berth"
@@ -86,13 +88,31 @@ CHAT_RULES = FoldRules(concat=frozenset({"content", "reasoning_content", "reason
 COMPLETION_RULES = FoldRules(concat=frozenset({"text"}), by_index=frozenset({"choices"}))
 
 
-def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> WireReply:
-    """Serve POST /v1/chat/completions: chunks, streamed or folded into one chat.completion."""
+@dataclass(frozen=True)
+class ChatPlan:
+    """A chat request made ready to start: its model, its canonical requests, how to read its tool calls."""
+
+    uid: str
+    requests: list[GenerateRequest]
+    choice: ToolChoice
+    parser: tool_calls.ToolCallParser | None
+
+
+def plan_chat(state: FrontendState, body: ChatCompletionRequest, request_id: str) -> ChatPlan:
+    """Resolve the model, check tool_choice (before the model is asked anything) and build the requests;
+    OpenAI Responses builds its chat request and goes through here too."""
     uid, adapter = _target(state, body)
-    choice = body.tool_choice_mode()  # refuses a bad tool_choice before the model is asked anything
+    choice = body.tool_choice_mode()
     parser_name = tool_calls.parser_name(state.gateway, uid) if body.tools else None
     parser = tool_calls.parser_for(parser_name, choice) if body.tools else None
-    generation = start(state, body.to_generate_requests(uid, uuid.uuid4().hex, parser_name, adapter))
+    return ChatPlan(uid, body.to_generate_requests(uid, request_id, parser_name, adapter), choice, parser)
+
+
+def chat_completion(state: FrontendState, body: ChatCompletionRequest) -> WireReply:
+    """Serve POST /v1/chat/completions: chunks, streamed or folded into one chat.completion."""
+    plan = plan_chat(state, body, uuid.uuid4().hex)
+    uid, parser = plan.uid, plan.parser
+    generation = start(state, plan.requests)
     chunks = _chat_chunks(state, body, uid, body.model or uid, generation, parser,
                           include_usage=body.include_usage or not body.stream)
     # TGI's client (it always sends model "tgi") fails on `data: [DONE]`; it reads to connection close.
