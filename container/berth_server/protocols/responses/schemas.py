@@ -366,7 +366,8 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
             if last is not None and last["role"] == "assistant" and not reasoning:  # pending reasoning opens a turn
                 last.setdefault("tool_calls", []).append(call)
                 continue
-            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            # "" rather than None: templates such as SmolLM2's concatenate the content as a string
+            message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": [call]}
         else:
             role = "system" if item["role"] == "developer" else item["role"]
             message = {"role": role, "content": _text_of(item["content"])}
