@@ -153,9 +153,10 @@ class Settings:
     # BERTH_STREAM_BUFFER: events one request may have waiting in a worker.
     stream_buffer_events: int = setting(8192, "BERTH_STREAM_BUFFER", kind="int", minimum=16)
     # OpenAI Responses' store (stored responses, shared by every worker, under the runtime dir): the oldest
-    # go first once either bound is passed.
-    responses_store_max_count: int = setting(1000, "BERTH_RESPONSES_STORE_MAX_COUNT", kind="int")
-    responses_store_max_bytes: int = setting(64 * 1024 * 1024, "BERTH_RESPONSES_STORE_MAX_BYTES", kind="int")
+    # go first once either bound is passed; 0 keeps nothing.
+    responses_store_max_count: int = setting(1000, "BERTH_RESPONSES_STORE_MAX_COUNT", kind="int", minimum=0)
+    responses_store_max_bytes: int = setting(64 * 1024 * 1024, "BERTH_RESPONSES_STORE_MAX_BYTES", kind="int",
+                                             minimum=0)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @property

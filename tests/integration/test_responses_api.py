@@ -10,6 +10,8 @@ bad input is a 400 in OpenAI's error shape.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,12 +19,13 @@ import jsonschema
 import openai
 import pytest
 
-from .conftest import RunningServer
+from .conftest import RunningServer, checkpoint_engines
+from .test_xinference_client import llm_registration
 
 pytestmark = pytest.mark.timeout(600)
 
 MAX_NEW = 24
-INSTRUCTIONS = "You are a helpful assistant. Answer briefly."
+INSTRUCTIONS = "You are a calculator. Use the tools."
 QUESTION = "What is the capital of France?"
 ADD = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 999},
                                         "b": {"type": "integer", "minimum": 0, "maximum": 999}},
@@ -40,21 +43,20 @@ def _client(server: RunningServer) -> openai.OpenAI:
 
 def test_greedy_text_equals_chat_completions_and_stream_equals_whole(smollm2_server: RunningServer) -> None:
     client = _client(smollm2_server)
-    chat = client.chat.completions.create(
-        model="smollm2", max_tokens=MAX_NEW, temperature=0,
-        messages=[{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": QUESTION}])
-    whole = client.responses.create(model="smollm2", instructions=INSTRUCTIONS, input=QUESTION,
-                                    max_output_tokens=MAX_NEW, temperature=0)
+    chat = client.chat.completions.create(model="smollm2", max_tokens=MAX_NEW, temperature=0,
+                                          messages=[{"role": "user", "content": QUESTION}])
+    whole = client.responses.create(model="smollm2", input=QUESTION, max_output_tokens=MAX_NEW, temperature=0)
     assert whole.status == "completed" and whole.output_text == chat.choices[0].message.content
+    assert whole.output_text == "The capital of France is Paris."  # the README's example
     assert whole.usage is not None and chat.usage is not None
     assert (whole.usage.input_tokens, whole.usage.output_tokens) == (chat.usage.prompt_tokens,
                                                                      chat.usage.completion_tokens)
     assert whole.usage.total_tokens == chat.usage.total_tokens
-    counted = client.responses.input_tokens.count(model="smollm2", instructions=INSTRUCTIONS, input=QUESTION)
+    counted = client.responses.input_tokens.count(model="smollm2", input=QUESTION)
     assert counted.input_tokens == whole.usage.input_tokens
 
-    with client.responses.stream(model="smollm2", instructions=INSTRUCTIONS, input=QUESTION,
-                                 max_output_tokens=MAX_NEW, temperature=0) as stream:
+    with client.responses.stream(model="smollm2", input=QUESTION, max_output_tokens=MAX_NEW,
+                                 temperature=0) as stream:
         events = list(stream)
         final = stream.get_final_response()
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -86,7 +88,8 @@ def test_max_output_tokens_is_incomplete(smollm2_server: RunningServer) -> None:
 
 def test_forced_tool_call_loop_with_stored_responses(smollm2_server: RunningServer) -> None:
     client = _client(smollm2_server)
-    first = client.responses.create(model="smollm2", input="Add 2 and 3.", tools=TOOLS, max_output_tokens=60,
+    first = client.responses.create(model="smollm2", instructions=INSTRUCTIONS, input="Add 2 and 3.", tools=TOOLS,
+                                    max_output_tokens=60,
                                     tool_choice={"type": "function", "name": "add"}, temperature=0)
     assert first.status == "completed"
     (call,) = [item for item in first.output if item.type == "function_call"]
@@ -96,7 +99,7 @@ def test_forced_tool_call_loop_with_stored_responses(smollm2_server: RunningServ
 
     arguments = json.loads(call.arguments)
     second = client.responses.create(
-        model="smollm2", previous_response_id=first.id, tools=TOOLS, max_output_tokens=MAX_NEW, temperature=0,
+        model="smollm2", previous_response_id=first.id, tools=TOOLS, max_output_tokens=12, temperature=0,
         input=[{"type": "function_call_output", "call_id": call.call_id,
                 "output": str(arguments["a"] + arguments["b"])}])
     assert second.previous_response_id == first.id and second.output_text
@@ -105,7 +108,7 @@ def test_forced_tool_call_loop_with_stored_responses(smollm2_server: RunningServ
     assert [item.type for item in items.data] == ["message", "function_call", "function_call_output"]
     # The same conversation, sent whole (as Codex sends it, store false), gives the same greedy answer.
     resent = client.responses.create(
-        model="smollm2", tools=TOOLS, max_output_tokens=MAX_NEW, temperature=0, store=False,
+        model="smollm2", tools=TOOLS, max_output_tokens=12, temperature=0, store=False,
         input=[{"role": "user", "content": "Add 2 and 3."},
                {"type": "function_call", "call_id": call.call_id, "name": "add", "arguments": call.arguments},
                {"type": "function_call_output", "call_id": call.call_id,
@@ -149,3 +152,44 @@ def test_bad_input_is_a_400_in_openai_shape(smollm2_server: RunningServer, body:
         assert error["type"] == "invalid_request_error" and needle in error["message"]
     with pytest.raises(openai.BadRequestError):
         _client(smollm2_server).responses.create(model="smollm2", **body)
+
+
+@pytest.fixture
+def thinking_model(smollm2_server: RunningServer, tiny_reasoning_model: Path) -> Iterator[str]:
+    """The tiny thinking-template model (it opens <think> unless thinking is off), launched beside SmolLM2.
+
+    It runs on transformers whatever the server's engine (the reasoning split is the model process's, the
+    same on every engine), so it is checked once, on the first engine's server.
+    """
+    if smollm2_server.engine != checkpoint_engines()[0]:
+        pytest.skip("the thinking model runs on transformers on every server: checked once")
+    registration = llm_registration("responses-think", tiny_reasoning_model,
+                                    model_ability=["chat", "generate", "reasoning", "hybrid"],
+                                    reasoning_start_tag="<think>", reasoning_end_tag="</think>")
+    post = lambda path, body: httpx.post(smollm2_server.url(path), json=body, timeout=300)
+    assert post("/v1/model_registrations/LLM", {"model": json.dumps(registration)}).status_code == 200
+    launched = post("/v1/models", {"model_name": "responses-think", "model_engine": "transformers"})
+    assert launched.status_code == 200, launched.text
+    uid = launched.json()["model_uid"]
+    yield uid
+    httpx.delete(smollm2_server.url(f"/v1/models/{uid}"), timeout=120)
+    httpx.delete(smollm2_server.url("/v1/model_registrations/LLM/responses-think"), timeout=60)
+
+
+def test_thinking_goes_into_reasoning_items(smollm2_server: RunningServer, thinking_model: str) -> None:
+    client = _client(smollm2_server)
+    thinking = client.responses.create(model=thinking_model, input="why?", max_output_tokens=12, temperature=0,
+                                       reasoning={"effort": "high"})
+    reasoning = thinking.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content and reasoning.content[0].text
+    assert thinking.usage is not None and thinking.usage.output_tokens_details.reasoning_tokens > 0
+    with client.responses.stream(model=thinking_model, input="why?", max_output_tokens=12, temperature=0,
+                                 reasoning={"effort": "high"}) as stream:
+        events = list(stream)
+    streamed = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert streamed == reasoning.content[0].text
+    quiet = client.responses.create(model=thinking_model, input="why?", max_output_tokens=12, temperature=0,
+                                    reasoning={"effort": "none"})
+    assert [item.type for item in quiet.output] == ["message"] and quiet.output_text
+    for reply in (thinking, quiet):
+        assert "<think>" not in reply.model_dump_json() and "</think>" not in reply.model_dump_json()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from berth_server.errors import InvalidRequest
 from berth_server.protocols import bounds
@@ -60,7 +60,6 @@ class RefusalPart(ResponsesBase):
 
 
 ContentPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
-Content = str | Annotated[list[ContentPart], Field(max_length=bounds.MAX_MESSAGES)]
 
 
 def _text_parts_only(value: Any) -> Any:
@@ -72,45 +71,41 @@ def _text_parts_only(value: Any) -> Any:
     return value
 
 
-class MessageItem(ResponsesBase):
+# A string, or text parts (an image or file part is refused by name).
+Content = Annotated[str | Annotated[list[ContentPart], Field(max_length=bounds.MAX_MESSAGES)],
+                    BeforeValidator(_text_parts_only)]
+
+
+class ItemBase(ResponsesBase):
+    """What every input item may carry: its id and status (echoed back from an earlier response)."""
+
+    id: Name | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class MessageItem(ItemBase):
     """A message: the user's, the system's or developer's, or an assistant's earlier one."""
 
     type: Literal["message"] = "message"
-    id: Name | None = None
     role: Literal["user", "assistant", "system", "developer"]
     content: Content
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _text_only(cls, value: Any) -> Any:
-        return _text_parts_only(value)
 
 
-class FunctionCallItem(ResponsesBase):
+class FunctionCallItem(ItemBase):
     """A function call the model made earlier (echoed back by the client)."""
 
     type: Literal["function_call"]
-    id: Name | None = None
     call_id: Name = Field(min_length=1)
     name: Name = Field(min_length=1)
     arguments: str
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
-class FunctionCallOutputItem(ResponsesBase):
+class FunctionCallOutputItem(ItemBase):
     """What a function call returned."""
 
     type: Literal["function_call_output"]
-    id: Name | None = None
     call_id: Name = Field(min_length=1)
     output: Content
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
-
-    @field_validator("output", mode="before")
-    @classmethod
-    def _text_only(cls, value: Any) -> Any:
-        return _text_parts_only(value)
 
 
 class ReasoningText(ResponsesBase):
@@ -120,15 +115,13 @@ class ReasoningText(ResponsesBase):
     text: str
 
 
-class ReasoningItem(ResponsesBase):
+class ReasoningItem(ItemBase):
     """An earlier reasoning item: its text goes back to the template as the next assistant turn's reasoning."""
 
     type: Literal["reasoning"]
-    id: Name | None = None
     summary: Annotated[list[ReasoningText], Field(max_length=bounds.MAX_MESSAGES)] = []
     content: Annotated[list[ReasoningText], Field(max_length=bounds.MAX_MESSAGES)] | None = None
     encrypted_content: str | None = None
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
 InputItem = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem,
