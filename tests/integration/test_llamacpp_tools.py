@@ -120,3 +120,24 @@ def test_a_pattern_in_the_parameters_holds(client: openai.OpenAI) -> None:
         "name": "get_weather"}}, temperature=1.0, seed=3)
     _check(whole, {"get_weather"})
     assert len(json.loads(whole[0][1])["country"]) == 2
+
+
+def test_responses_calls_equal_the_chat_calls(server: RunningServer, client: openai.OpenAI) -> None:
+    """OpenAI Responses (/v1/responses) plans the same canonical request: on llama.cpp with the hermes parser,
+    its forced call equals chat's, streamed (the typed events) and whole alike (once: the JSON form without a
+    parser is the same code on the Responses side, and this machine's minutes are few)."""
+    if "BERTH_TOOL_CALL_PARSER" not in server.env:
+        pytest.skip("checked with the hermes parser")
+    chat, _ = _whole(client, "What is the weather in Paris?", "required", parallel_tool_calls=False, temperature=0)
+    tools: Any = [{"type": "function", **tool["function"]} for tool in TOOLS]
+    kw: Any = {"model": UID, "input": "What is the weather in Paris?", "tools": tools, "tool_choice": "required",
+               "parallel_tool_calls": False, "max_output_tokens": 120, "temperature": 0}
+    whole = client.responses.create(**kw)
+    assert whole.status == "completed"
+    assert [(item.name, item.arguments) for item in whole.output if item.type == "function_call"] == chat
+    with client.responses.stream(**kw) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [(item.name, item.arguments) for item in final.output if item.type == "function_call"] == chat
+    arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert arguments == chat[0][1] and events[-1].type == "response.completed"
