@@ -319,3 +319,38 @@ def test_truncation_auto_drops_the_oldest_turns(tmp_path: Path) -> None:
     items = [{"type": "message", "role": "user"}, {"type": "function_call"}, {"type": "function_call_output"},
              {"type": "message", "role": "user"}]
     assert drop_oldest_turn(items) == items[3:] and drop_oldest_turn(items[3:]) is None
+
+
+def test_a_codex_turn_is_served_and_its_metrics_counted(tmp_path: Path) -> None:
+    """What Codex sends (CLIENTS.md): store false, the whole history, reasoning items it got back, its own keys."""
+    gateway = Gateway()
+    client = client_for(tmp_path, gateway, api_key="k")
+    body = {
+        "model": "default", "instructions": "You are Codex.", "store": False, "stream": True,
+        "tools": [{"type": "function", "name": "shell", "description": "Run a command", "strict": False,
+                   "parameters": {"type": "object", "properties": {"command": {"type": "array"}}}}],
+        "tool_choice": "auto", "parallel_tool_calls": False, "reasoning": {"effort": "medium", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "abc", "text": {"verbosity": "low"},
+        "client_metadata": {"x": "y"},
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "sandbox"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "I should ls."}],
+             "content": None, "encrypted_content": None},
+            {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "shell",
+             "arguments": "{\"command\": [\"ls\"]}", "status": "completed"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
+        ],
+    }
+    assert client.post("/v1/responses", json=body).status_code == 401
+    reply = client.post("/v1/responses", json=body, headers={"Authorization": "Bearer k"})
+    events = named_events(reply.get_data(as_text=True))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["store"] is False
+    (request,) = gateway.requests
+    assert request.enable_thinking is True and request.tools is not None
+    assert request.messages is not None and request.messages[-2]["reasoning_content"] == "I should ls."
+    assert request.messages[-1] == {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"}
+    metrics = client.get("/metrics", headers={"Authorization": "Bearer k"}).get_data(as_text=True)
+    assert 'berth_generated_tokens_total{model="default"} 3.0' in metrics  # the fake's three words
+    assert 'berth_prompt_tokens_total{model="default"} 5.0' in metrics
