@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth_server.canonical import Delta
-from berth_server.client.generation import FinishReasons, Generation, start_generation
+from berth_server.client.generation import FinishReasons, Generation, coalesce, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError, GenerationFailed
 from berth_server.protocols.openai import tool_calls
@@ -116,12 +116,14 @@ def _events(state: FrontendState, store: ResponseStore, body: CreateResponse, pl
     output_tokens = reasoning_tokens = 0
     finish: str | None = None
     try:
-        for delta in generation.deltas():
+        for batch in generation.streams[0].batches():  # one request, one choice
+            # Reasoning comes first: the tokens up to its last piece are reasoning tokens (counted before
+            # the batch is merged into one delta, so a batch that ends the reasoning counts exactly).
+            reasoning_tokens = max([d.completion_tokens for d in batch if d.reasoning], default=reasoning_tokens)
+            delta = coalesce(batch)
             last = delta.finish_reason is not None
             text, calls = tools.step(delta.text, last) if tools is not None else (delta.text, None)
             events = _delta_events(writer, delta, text, calls, logprobs)
-            if delta.reasoning:  # reasoning comes first: the tokens up to its last piece are reasoning tokens
-                reasoning_tokens = delta.completion_tokens
             if last:
                 output_tokens, finish = delta.completion_tokens, delta.finish_reason
             if events:
