@@ -20,6 +20,7 @@ from berth_server.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from berth_server.protocols.anthropic.errors import ANTHROPIC_ERRORS
 from berth_server.protocols.error_shape import ErrorShape
 from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.tgi.errors import TGI_ERRORS
@@ -61,6 +62,8 @@ def shape_for_request() -> ErrorShape:
             return shape
     path = request.path  # no route matched: guess the wire from the path
     if path.startswith("/v1/"):
+        if path == "/v1/messages" or path.startswith("/v1/messages/"):
+            return ANTHROPIC_ERRORS
         if path.startswith(_XINFERENCE_PREFIXES) or (path == "/v1/models" and request.method == "POST"):
             return XINFERENCE_ERRORS
         return OPENAI_ERRORS

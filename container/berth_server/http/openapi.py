@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from berth_server import __version__
+from berth_server.protocols.anthropic.schemas import CountTokensRequest, MessagesRequest
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
@@ -41,10 +42,12 @@ REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "xinference.launch": (LaunchBody,),
     "xinference.embeddings": (EmbeddingRequest,),
     "xinference.rerank": (RerankRequest,),
+    "anthropic.messages": (MessagesRequest,),
+    "anthropic.count_tokens": (CountTokensRequest,),
 }
 # Endpoints that answer with server-sent events (when the body asks for a stream, or always).
 STREAMING = {"openai.chat_completions", "openai.completions", "responses.create", "tgi.compat_generate",
-             "sagemaker.invocations"}
+             "sagemaker.invocations", "anthropic.messages"}
 ALWAYS_STREAMING = {"tgi.generate_stream"}
 QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "xinference.launch": (("wait_ready", {"type": "string", "enum": ["true", "false"]}),),
@@ -121,10 +124,11 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Berth", "version": __version__,
-                 "description": "SageMaker, TGI, OpenAI and Xinference APIs for open LLMs."},
+                 "description": "SageMaker, TGI, OpenAI, Anthropic and Xinference APIs for open LLMs."},
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
     }
 
 
