@@ -13,7 +13,7 @@ from berth_server.canonical import Accepted, Delta, GenerateRequest
 from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, NotReady, Overloaded
 from berth_server.http.app import create_app
 from berth_server.ipc import TokenSpan
-from berth_server.models.launch import ModelDescription
+from berth_server.launch_config import ModelDescription
 from berth_server.protocols.anthropic.errors import error_type, status_of
 from berth_server.protocols.anthropic.fold import fold_message
 from berth_server.protocols.anthropic.schemas import CountTokensRequest, MessagesRequest
@@ -153,7 +153,7 @@ def test_a_conversation_becomes_the_chat_request_it_means() -> None:
     assert [m.to_template() for m in chat.messages] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [  # thinking is not shown to the model
+        {"role": "assistant", "content": "", "tool_calls": [  # thinking is not shown to the model
             {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "content": "sunny", "tool_call_id": "toolu_1"},
         {"role": "user", "content": "Thanks."}]
@@ -184,13 +184,25 @@ def test_a_prefilled_reply_is_continued() -> None:
 
 @pytest.mark.parametrize("model_reasons, asked, switch", [
     (True, {"type": "disabled"}, False), (False, {"type": "disabled"}, None),
-    (False, {"type": "enabled", "budget_tokens": 1024}, True), (True, None, None)])
+    (False, {"type": "enabled", "budget_tokens": 1024}, True), (True, None, None),
+    (True, {"type": "adaptive", "display": "summarized"}, None), (True, {"type": "between_tools"}, False)])
 def test_thinking_switch(model_reasons: bool, asked: Any, switch: bool | None) -> None:
     body = parse(CountTokensRequest, {"model": "m", "messages": BODY["messages"], "thinking": asked})
     assert body.thinking_switch(model_reasons) is switch
 
 
+def test_output_format_is_a_json_schema_constraint() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    body = parse(MessagesRequest, {**BODY, "output_config": {"effort": "low",
+                                                             "format": {"type": "json_schema", "schema": schema}}})
+    (request,) = body.to_chat_request(None).to_generate_requests("default", "r")
+    constraint = request.sampling.constraint
+    assert constraint is not None and constraint.kind == "json_schema" and json.loads(constraint.value) == schema
+
+
 @pytest.mark.parametrize("override, needle", [
+    ({"output_config": {"format": {"type": "regex", "schema": {}}}}, "output_config.format.type"),
+    ({"thinking": {"type": "sometimes"}}, "thinking.type"),
     ({"max_tokens": None}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"temperature": 1.5}, "temperature"),
@@ -249,7 +261,7 @@ def test_stop_reasons(tmp_path: Path, finish: str, stop: str | None, reason: str
     whole, events = both(client_for(tmp_path, ScriptedGateway([("", "a")], finish, stop)),
                          stop_sequences=["END"])
     assert (whole["stop_reason"], whole["stop_sequence"]) == (reason, sequence)
-    assert events[-2]["delta"] == {"stop_reason": reason, "stop_sequence": sequence}
+    assert events[-2]["delta"] == {"stop_reason": reason, "stop_sequence": sequence, "stop_details": None}
 
 
 def test_a_forced_tool_call_is_a_tool_use_block(tmp_path: Path) -> None:

@@ -140,9 +140,9 @@ class ToolChoice(AnthropicBase):
 
 
 class Thinking(AnthropicBase):
-    """{"type": "enabled", "budget_tokens"} or {"type": "disabled"}."""
+    """{"type": "enabled", "budget_tokens"}, "disabled", "adaptive" (the model decides) or "between_tools" (off)."""
 
-    type: Literal["enabled", "disabled"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: PositiveTokenCount | None = None
 
     @model_validator(mode="after")
@@ -150,6 +150,24 @@ class Thinking(AnthropicBase):
         if self.type == "enabled" and self.budget_tokens is None:
             raise ValueError("thinking of type 'enabled' needs budget_tokens")
         return self
+
+
+class OutputFormat(AnthropicBase):
+    """output_config.format: {"type": "json_schema", "schema"} (Anthropic's structured outputs)."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    def to_chat(self) -> dict[str, Any]:
+        """OpenAI's response_format for it (enforced while decoding, as chat completions enforce it)."""
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": self.schema_, "strict": True}}
+
+
+class OutputConfig(AnthropicBase):
+    """output_config: the output's format; effort is accepted and has no effect here."""
+
+    effort: str | None = None
+    format: OutputFormat | None = None
 
 
 class ConversationFields(AnthropicBase):
@@ -163,13 +181,18 @@ class ConversationFields(AnthropicBase):
     thinking: Thinking | None = None
 
     def thinking_switch(self, model_reasons: bool) -> bool | None:
-        """enable_thinking for the template: on when enabled; off when disabled on a model that thinks
-        (a model that never thinks has nothing to turn off, so "disabled" asks nothing of it)."""
-        if self.thinking is None:
+        """enable_thinking for the template: on when enabled; the template's default when adaptive or
+        not asked; off when disabled (or between_tools) on a model that thinks (a model that never
+        thinks has nothing to turn off, so it is asked nothing)."""
+        if self.thinking is None or self.thinking.type == "adaptive":
             return None
         if self.thinking.type == "enabled":
             return True
         return False if model_reasons else None
+
+    def turns_thinking_off(self) -> bool:
+        """Whether this request asks for thinking off (the service then asks the model whether it thinks)."""
+        return self.thinking is not None and self.thinking.type in ("disabled", "between_tools")
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The conversation as chat messages (system first; tool results as tool messages)."""
@@ -209,11 +232,14 @@ class MessagesRequest(ConversationFields):
     metadata: dict[str, Any] | None = None
     stream: bool | None = False
     service_tier: str | None = None
+    output_config: OutputConfig | None = None
 
     def to_chat_request(self, enable_thinking: bool | None) -> ChatCompletionRequest:
-        """The chat-completion request this Messages request is, with its sampling and stops."""
+        """The chat-completion request this Messages request is, with its sampling, stops and output format."""
+        output_format = self.output_config.format if self.output_config else None
         return self.to_chat(self.max_tokens, enable_thinking, stop=self.stop_sequences,
-                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                            response_format=output_format.to_chat() if output_format else None)
 
 
 class CountTokensRequest(ConversationFields):
@@ -238,14 +264,18 @@ def _image_refused(where: str) -> InvalidRequest:
 
 
 def _assistant(message: Message, where: str) -> dict[str, Any]:
-    """An assistant turn: its text, and its tool_use blocks as tool_calls; thinking is dropped."""
+    """An assistant turn: its text, and its tool_use blocks as tool_calls; thinking is dropped.
+
+    A turn of calls alone has content "" rather than null: templates without tool support (SmolLM2's)
+    concatenate the content and fail on null, and those with it render "" as no text.
+    """
     if isinstance(message.content, str):
         return {"role": "assistant", "content": message.content}
     texts = [block for block in message.content if block.type == "text"]
     calls = [{"id": block.id, "type": "function",
               "function": {"name": block.name, "arguments": json.dumps(block.input, ensure_ascii=False)}}
              for block in message.content if isinstance(block, ToolUseBlock)]
-    turn: dict[str, Any] = {"role": "assistant", "content": _text_parts(texts, where) if texts or not calls else None}
+    turn: dict[str, Any] = {"role": "assistant", "content": _text_parts(texts, where) if texts else ""}
     if calls:
         turn["tool_calls"] = calls
     return turn

@@ -27,7 +27,7 @@ FINISH_REASONS = FinishReasons({"length": "max_tokens", "eos": "end_turn", "stop
 
 def _thinking(state: FrontendState, body: ConversationFields, uid: str) -> bool | None:
     """The template's thinking switch for this request ("disabled" asks the model whether it thinks at all)."""
-    reasons = bool(body.thinking and body.thinking.type == "disabled" and state.gateway.describe(uid).reasoning)
+    reasons = body.turns_thinking_off() and bool(state.gateway.describe(uid).reasoning)
     return body.thinking_switch(reasons)
 
 
@@ -116,7 +116,7 @@ def _events(state: FrontendState, body: MessagesRequest, uid: str, generation: G
     input_tokens = generation.prompt_tokens
     yield [{"type": "message_start", "message": {
         "id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": body.model, "content": [],
-        "stop_reason": None, "stop_sequence": None,
+        "stop_reason": None, "stop_sequence": None, "stop_details": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": 0}}}, {"type": "ping"}]
     blocks = _Blocks()
     last: Delta | None = None
@@ -138,6 +138,7 @@ def _events(state: FrontendState, body: MessagesRequest, uid: str, generation: G
         reason = "tool_use"  # a whole call was made (one cut short by max_tokens stays max_tokens)
     output_tokens = last.completion_tokens if last else 0
     state.metrics.count_tokens(uid, input_tokens, output_tokens)
-    yield [{"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
+    yield [{"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": stop_sequence,
+                                               "stop_details": None},
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}},
            {"type": "message_stop"}]
