@@ -226,7 +226,7 @@ def test_bad_bodies_are_400_in_anthropics_envelope(tmp_path: Path, override: dic
 
 
 def test_images_are_refused_naming_the_block(tmp_path: Path) -> None:
-    gateway = FakeGateway()
+    gateway = ScriptedGateway([("", "a")])
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
     for content, where in (([{"type": "text", "text": "What is it?"}, image], "messages.0.content.1"),
                            ([{"type": "tool_result", "tool_use_id": "t", "content": [image]}], "messages.0.content.0.content.0")):
@@ -313,6 +313,14 @@ def test_unknown_model_is_404_not_found_error(tmp_path: Path) -> None:
     assert reply.status_code == 404 and reply.get_json()["error"]["type"] == "not_found_error"
     wrong_method = client_for(tmp_path, FakeGateway()).get("/v1/messages")
     assert wrong_method.status_code == 405 and wrong_method.get_json()["type"] == "error"
+
+
+@pytest.mark.parametrize("asked, sent", [(16, 16), (63, 63), (64, None), (32000, None)])
+def test_a_max_tokens_no_context_could_hold_means_as_many_as_fit(tmp_path: Path, asked: int, sent: int | None) -> None:
+    """The fake model's MAX_TOTAL_TOKENS is 64: Claude Code's 32,000 gets what fits instead of a 400."""
+    gateway = ScriptedGateway([("", "a")])
+    assert client_for(tmp_path, gateway).post("/v1/messages", json={**BODY, "max_tokens": asked}).status_code == 200
+    assert gateway.requests[-1].sampling.max_new_tokens == sent
 
 
 def test_disabled_thinking_on_a_thinking_model_turns_it_off(tmp_path: Path) -> None:

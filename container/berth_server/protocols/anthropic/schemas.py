@@ -234,10 +234,17 @@ class MessagesRequest(ConversationFields):
     service_tier: str | None = None
     output_config: OutputConfig | None = None
 
-    def to_chat_request(self, enable_thinking: bool | None) -> ChatCompletionRequest:
-        """The chat-completion request this Messages request is, with its sampling, stops and output format."""
+    def to_chat_request(self, enable_thinking: bool | None, max_total_tokens: int | None = None) -> ChatCompletionRequest:
+        """The chat-completion request this Messages request is, with its sampling, stops and output format.
+
+        A max_tokens of at least the model's whole `max_total_tokens` becomes "as many as fit": Claude
+        Code asks for a Claude model's output limit (32,000 and more) whatever the model, and such a
+        request could never fit a smaller context. A max_tokens that could fit is honoured, and a
+        prompt that leaves it no room is refused, as on every route.
+        """
         output_format = self.output_config.format if self.output_config else None
-        return self.to_chat(self.max_tokens, enable_thinking, stop=self.stop_sequences,
+        fits = max_total_tokens is None or self.max_tokens < max_total_tokens
+        return self.to_chat(self.max_tokens if fits else None, enable_thinking, stop=self.stop_sequences,
                             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                             response_format=output_format.to_chat() if output_format else None)
 

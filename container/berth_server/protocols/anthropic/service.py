@@ -34,7 +34,7 @@ def _thinking(state: FrontendState, body: ConversationFields, uid: str) -> bool 
 def messages(state: FrontendState, body: MessagesRequest) -> WireReply:
     """Serve POST /v1/messages: typed events, streamed, or folded into one message."""
     uid, adapter = state.gateway.resolve_target(body.model)
-    chat = body.to_chat_request(_thinking(state, body, uid))
+    chat = body.to_chat_request(_thinking(state, body, uid), state.gateway.describe(uid).max_total_tokens)
     choice = chat.tool_choice_mode()  # a bad tool_choice is refused before the model is asked anything
     parser_name = tool_calls.parser_name(state.gateway, uid) if chat.tools else None
     parser = tool_calls.parser_for(parser_name, choice) if chat.tools else None
