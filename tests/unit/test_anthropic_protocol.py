@@ -288,6 +288,18 @@ def test_a_call_cut_by_max_tokens_stays_max_tokens(tmp_path: Path) -> None:
     assert without_id(accumulated(events)) == without_id(whole)
 
 
+def test_malformed_arguments_are_sent_as_far_as_they_are_well_formed(tmp_path: Path) -> None:
+    """The SDK raises on partial_json that is no JSON object prefix: such a piece is held back, and the
+    input is the object as far as the model wrote it well, streamed and whole alike (never a 500)."""
+    pieces = [("", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '),
+              ("", '"when": nope, "x": 1}}\n</tool_call>')]
+    whole, events = both(client_for(tmp_path, ScriptedGateway(pieces, parser="hermes")), tools=TOOLS)
+    assert whole["content"][0]["input"] == {"city": "Paris"} and whole["stop_reason"] == "tool_use"
+    sent = "".join(e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta")
+    assert sent == '{"city": "Paris", '
+    assert without_id(accumulated(events)) == without_id(whole)
+
+
 def test_an_error_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:
     client = client_for(tmp_path, ScriptedGateway([("", "a"), ("", "b")], finish="error"))
     events = named_events(client.post("/v1/messages", json={**BODY, "stream": True}).get_data(as_text=True))

@@ -4,6 +4,9 @@ message_start gives the message; content_block_start appends a block; text, thin
 deltas extend it; input_json_delta pieces are joined and parsed as the SDK parses them (partial
 JSON allowed, so a call cut short by max_tokens has the same input either way); message_delta sets
 stop_reason, stop_sequence and usage (its counts are totals, so they replace). ping adds nothing.
+
+The SDK raises on pieces that do not join into a JSON object prefix, so the service sends only
+pieces after which `partial_input` still reads an object (service.py holds the rest back).
 """
 
 from __future__ import annotations
@@ -16,6 +19,18 @@ import pydantic_core
 
 from berth_server.errors import GenerationFailed
 from berth_server.protocols.reply import WireEvent
+
+
+def partial_input(text: str) -> dict[str, Any] | None:
+    """A tool_use input as the SDK reads its joined partial_json: the object so far, or None when the
+    text is not (yet) the start of a JSON object."""
+    if not text.strip():
+        return None
+    try:
+        value = pydantic_core.from_json(text, allow_partial=True)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def fold_message(events: Iterable[WireEvent]) -> WireEvent:
@@ -52,5 +67,6 @@ def _apply_delta(block: dict[str, Any], index: int, delta: dict[str, Any], parti
         block["signature"] = delta["signature"]
     elif kind == "input_json_delta":
         partial_json[index] = partial_json.get(index, "") + delta["partial_json"]
-        if partial_json[index].strip():
-            block["input"] = pydantic_core.from_json(partial_json[index], allow_partial=True)
+        parsed = partial_input(partial_json[index])
+        if parsed is not None:
+            block["input"] = parsed

@@ -16,7 +16,7 @@ from typing import Any
 from berth_server.canonical import Delta
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
-from berth_server.protocols.anthropic.fold import fold_message
+from berth_server.protocols.anthropic.fold import fold_message, partial_input
 from berth_server.protocols.anthropic.schemas import ConversationFields, CountTokensRequest, MessagesRequest
 from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.reply import FoldRules, WireEvent, WireReply
@@ -64,6 +64,8 @@ class _Blocks:
     def __init__(self) -> None:
         self.index = -1
         self.open: str | None = None  # "thinking", "text", or the id of the open tool_use block
+        self.arguments = ""  # the open call's arguments sent so far
+        self.held = ""  # and those held back: with them the arguments would not read as a JSON object
 
     def _switch(self, key: str, block: dict[str, Any]) -> list[WireEvent]:
         if self.open == key:
@@ -104,10 +106,25 @@ class _Blocks:
                 call_id = "toolu_" + str(delta["id"]).removeprefix("call_")
                 events += self._switch(call_id, {"type": "tool_use", "id": call_id, "name": function.get("name"),
                                                  "input": {}})
+                self.arguments = self.held = ""
             if function.get("arguments"):
-                events.append({"type": "content_block_delta", "index": self.index,
-                               "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})
+                events += self._arguments(function["arguments"])
         return events
+
+    def _arguments(self, piece: str) -> list[WireEvent]:
+        """A piece of the open call's arguments, sent once the arguments so far read as a JSON object.
+
+        The SDK parses the joined pieces after each one and raises on text that is no JSON object
+        prefix; a model's malformed arguments are held back, so the input is the object as far as it
+        was well formed, streamed and whole alike.
+        """
+        pending = self.held + piece
+        if partial_input(self.arguments + pending) is None:
+            self.held = pending
+            return []
+        self.arguments, self.held = self.arguments + pending, ""
+        return [{"type": "content_block_delta", "index": self.index,
+                 "delta": {"type": "input_json_delta", "partial_json": pending}}]
 
 
 def _events(state: FrontendState, body: MessagesRequest, uid: str, generation: Generation,
