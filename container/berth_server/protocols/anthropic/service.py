@@ -16,6 +16,7 @@ from typing import Any
 from berth_server.canonical import Delta
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
+from berth_server.launch_config import ModelDescription
 from berth_server.protocols.anthropic.fold import fold_message, partial_input
 from berth_server.protocols.anthropic.schemas import ConversationFields, CountTokensRequest, MessagesRequest
 from berth_server.protocols.openai import tool_calls
@@ -25,16 +26,16 @@ from berth_server.protocols.reply import FoldRules, WireEvent, WireReply
 FINISH_REASONS = FinishReasons({"length": "max_tokens", "eos": "end_turn", "stop": "end_turn"}, unknown="end_turn")
 
 
-def _thinking(state: FrontendState, body: ConversationFields, uid: str) -> bool | None:
-    """The template's thinking switch for this request ("disabled" asks the model whether it thinks at all)."""
-    reasons = body.turns_thinking_off() and bool(state.gateway.describe(uid).reasoning)
-    return body.thinking_switch(reasons)
+def _thinking(body: ConversationFields, model: ModelDescription) -> bool | None:
+    """The template's thinking switch for this request (turning it off asks only a model that thinks)."""
+    return body.thinking_switch(body.turns_thinking_off() and bool(model.reasoning))
 
 
 def messages(state: FrontendState, body: MessagesRequest) -> WireReply:
     """Serve POST /v1/messages: typed events, streamed, or folded into one message."""
     uid, adapter = state.gateway.resolve_target(body.model)
-    chat = body.to_chat_request(_thinking(state, body, uid), state.gateway.describe(uid).max_total_tokens)
+    model = state.gateway.describe(uid)
+    chat = body.to_chat_request(_thinking(body, model), model.max_total_tokens)
     choice = chat.tool_choice_mode()  # a bad tool_choice is refused before the model is asked anything
     parser_name = tool_calls.parser_name(state.gateway, uid) if chat.tools else None
     parser = tool_calls.parser_for(parser_name, choice) if chat.tools else None
@@ -53,7 +54,7 @@ def _whole(parts: list[WireEvent]) -> WireEvent:
 def count_tokens(state: FrontendState, body: CountTokensRequest) -> dict[str, int]:
     """Serve POST /v1/messages/count_tokens: the prompt's tokens as /v1/messages would count them."""
     uid, adapter = state.gateway.resolve_target(body.model)
-    chat = body.to_chat(enable_thinking=_thinking(state, body, uid))
+    chat = body.to_chat(enable_thinking=_thinking(body, state.gateway.describe(uid)))
     (request,) = chat.to_generate_requests(uid, uuid.uuid4().hex, None, adapter)
     return {"input_tokens": len(state.gateway.tokenize(uid, chat=request))}
 
