@@ -335,6 +335,20 @@ def test_a_max_tokens_no_context_could_hold_means_as_many_as_fit(tmp_path: Path,
     assert gateway.requests[-1].sampling.max_new_tokens == sent
 
 
+def test_reachable_through_invocations_with_its_own_shapes(tmp_path: Path) -> None:
+    """SageMaker: route=/v1/messages runs this view, with Anthropic's reply and error shapes."""
+    client = client_for(tmp_path, ScriptedGateway([("", "Hello")]))
+    route = {"X-Amzn-SageMaker-Custom-Attributes": "route=/v1/messages"}
+    whole = client.post("/invocations", json=BODY, headers=route)
+    assert whole.status_code == 200 and whole.get_json()["content"] == [{"type": "text", "text": "Hello"}]
+    streamed = client.post("/invocations", json={**BODY, "stream": True}, headers=route)
+    direct = client.post("/v1/messages", json={**BODY, "stream": True})
+    kinds = [e["type"] for e in named_events(streamed.get_data(as_text=True))]
+    assert kinds == [e["type"] for e in named_events(direct.get_data(as_text=True))] and kinds[0] == "message_start"
+    refused = client.post("/invocations", json={**BODY, "max_tokens": 0}, headers=route)
+    assert refused.status_code == 400 and refused.get_json()["error"]["type"] == "invalid_request_error"
+
+
 def test_disabled_thinking_on_a_thinking_model_turns_it_off(tmp_path: Path) -> None:
     gateway = ScriptedGateway([("", "a")], reasoning=True)
     client_for(tmp_path, gateway).post("/v1/messages", json={**BODY, "thinking": {"type": "disabled"}})
