@@ -272,24 +272,43 @@ def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
     server.stop()
 
 
-@pytest.fixture(scope="session", params=checkpoint_engines())
-def smollm2_server(request: pytest.FixtureRequest, smollm2_model: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The shared SmolLM2 server (uid "smollm2"), once per engine, as `make run` starts it: `demo://smollm2`, no DTYPE.
+@pytest.fixture(scope="session")
+def smollm2_servers(smollm2_model: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], RunningServer]]:
+    """The shared SmolLM2 servers (uid "smollm2"), by engine, started on first use, as `make run` starts them.
 
-    Every test that needs the real model and no special settings uses this one (a new server costs
-    a model load: on vLLM, most of a minute).
-
-    On vLLM the engine is `auto`, as in `make run` with vllm installed; the demo checkpoint is the
-    one already made (linked into the server's home), so nothing is dequantized twice.
+    `demo://smollm2`, no DTYPE. Every test that needs the real model and no special settings uses
+    these (a new server costs a model load: on vLLM, most of a minute). On vLLM the engine is `auto`,
+    as in `make run` with vllm installed; the demo checkpoint is the one already made (linked into
+    the server's home), so nothing is dequantized twice.
     """
-    home = tmp_path_factory.mktemp(f"smollm2-{request.param}")
-    (home / "demo-models").mkdir()
-    (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
-    env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if request.param == "vllm" else {})
-    server = launch_serve("demo://smollm2", home, engine=request.param, env=env)
-    yield server
-    server.stop()
+    started: dict[str, RunningServer] = {}
+    failed: dict[str, ServerDidNotStart] = {}  # a start that failed is not tried again by the next test
+
+    def server_for(engine: str) -> RunningServer:
+        if engine in failed:
+            raise failed[engine]
+        if engine not in started:
+            home = tmp_path_factory.mktemp(f"smollm2-{engine}")
+            (home / "demo-models").mkdir()
+            (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
+            env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if engine == "vllm" else {})
+            try:
+                started[engine] = launch_serve("demo://smollm2", home, engine=engine, env=env)
+            except ServerDidNotStart as exc:
+                failed[engine] = exc
+                raise
+        return started[engine]
+
+    yield server_for
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=checkpoint_engines())
+def smollm2_server(request: pytest.FixtureRequest, smollm2_servers: Callable[[str], RunningServer]) -> RunningServer:
+    """The shared SmolLM2 server on each checkpoint engine (see smollm2_servers)."""
+    return smollm2_servers(request.param)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,14 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 @pytest.fixture(scope="module", params=checkpoint_engines())
-def server(request: pytest.FixtureRequest, smollm2_model: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(request: pytest.FixtureRequest, smollm2_model: Path, tmp_path_factory: pytest.TempPathFactory,
+           smollm2_servers: Callable[[str], RunningServer]) -> Iterator[RunningServer]:
+    """vLLM without a tool-call parser (the shared SmolLM2 server); transformers with the hermes one."""
     engine = request.param
-    env = {"BERTH_MODEL_UID": "smol"}
     if engine == "vllm":
-        env["DTYPE"] = "float32"
-    else:
-        env["BERTH_TOOL_CALL_PARSER"] = "hermes"
+        yield smollm2_servers(engine)  # the same env: a second vLLM load costs half a minute
+        return
+    env = {"BERTH_MODEL_UID": "smol", "BERTH_TOOL_CALL_PARSER": "hermes"}
     running = launch_serve(smollm2_model, tmp_path_factory.mktemp(f"structured-{engine}"), engine=engine, env=env)
     yield running
     running.stop()
@@ -63,7 +63,7 @@ def _client(server: RunningServer) -> openai.OpenAI:
 
 
 def _chat(server: RunningServer, user: str, **kw: Any) -> Any:
-    return _client(server).chat.completions.create(model="smol", messages=[{"role": "user", "content": user}], **kw)
+    return _client(server).chat.completions.create(model=server.model_uid, messages=[{"role": "user", "content": user}], **kw)
 
 
 def _streamed_text(server: RunningServer, user: str, **kw: Any) -> str:
@@ -97,7 +97,7 @@ def test_vllm_extension_regex_choice_and_guided_fields_match_exactly(server: Run
         answer = _streamed_text(server, "I love this film! Sentiment?", temperature=1.0, seed=2, max_tokens=10,
                                 extra_body=body)
         assert answer in choices
-    completion = _client(server).completions.create(model="smol", prompt="The answer is", max_tokens=10,
+    completion = _client(server).completions.create(model=server.model_uid, prompt="The answer is", max_tokens=10,
                                                     extra_body={"guided_regex": "(yes|no)"})
     assert completion.choices[0].text in ("yes", "no")
 
@@ -240,7 +240,7 @@ def test_token_level_constraints_change_the_output(server: RunningServer) -> Non
                    extra_body={"bad_words": ["Paris"]}).choices[0].message.content
     assert "Paris" not in (banned or "") and (banned or "").startswith("The capital of France is")
     allowed = [t["id"] for t in httpx.post(server.url("/tokenize"), json={"inputs": " yes no"}, timeout=60).json()]
-    only = _client(server).completions.create(model="smol", prompt="Answer:", max_tokens=4, temperature=1.0,
+    only = _client(server).completions.create(model=server.model_uid, prompt="Answer:", max_tokens=4, temperature=1.0,
                                               extra_body={"allowed_token_ids": allowed, "return_tokens_as_token_ids":
                                                           True}, logprobs=0)
     assert {int(t.removeprefix("token_id:")) for t in only.choices[0].logprobs.tokens} <= set(allowed)
@@ -248,12 +248,12 @@ def test_token_level_constraints_change_the_output(server: RunningServer) -> Non
 
 def test_list_prompts_and_truncate_prompt_tokens(server: RunningServer) -> None:
     prompts = ["The capital of France is", "One, two, three,"]
-    many = _client(server).completions.create(model="smol", prompt=prompts, n=2, max_tokens=5, temperature=0)
-    singles = [_client(server).completions.create(model="smol", prompt=p, max_tokens=5, temperature=0)
+    many = _client(server).completions.create(model=server.model_uid, prompt=prompts, n=2, max_tokens=5, temperature=0)
+    singles = [_client(server).completions.create(model=server.model_uid, prompt=p, max_tokens=5, temperature=0)
                for p in prompts]
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
     assert [c.text for c in many.choices] == [singles[0].choices[0].text] * 2 + [singles[1].choices[0].text] * 2
     assert many.usage and many.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles if s.usage)
-    cut = _client(server).completions.create(model="smol", prompt="ignore this. The capital of France is",
+    cut = _client(server).completions.create(model=server.model_uid, prompt="ignore this. The capital of France is",
                                              max_tokens=5, temperature=0, extra_body={"truncate_prompt_tokens": 5})
     assert cut.usage and cut.usage.prompt_tokens == 5

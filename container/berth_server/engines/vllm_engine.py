@@ -128,6 +128,11 @@ class VllmEngine(Engine):
                 request.request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params,
                 lora_request=lora_request)
         except (ValueError, VLLMClientError) as exc:  # VLLMValidationError and vLLM's older ValueErrors
+            constraint = request.sampling.constraint
+            if constraint is not None and _is_constraint_error(str(exc)):
+                # vLLM compiles constraints itself (the model process did not): name the field it came from.
+                raise errors.InvalidRequest(f"{constraint.param}: vLLM cannot compile this constraint: {exc}",
+                                            param=constraint.param) from exc
             raise errors.InvalidRequest(f"vLLM rejected the request: {exc}") from exc
         return self._steps(collector, request)
 
@@ -222,3 +227,9 @@ def _prompt_logprobs(entries: Any, prompt_ids: list[int]) -> list[float | None]:
         chosen = position.get(prompt_ids[i])
         result[i] = float(chosen.logprob) if chosen is not None else None
     return result
+
+
+def _is_constraint_error(message: str) -> bool:
+    """Whether vLLM's refusal is about the structured-output constraint (its grammar backend's words)."""
+    lowered = message.lower()
+    return any(word in lowered for word in ("grammar", "json schema", "regex", "structured output", "choice"))
