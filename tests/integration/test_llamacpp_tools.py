@@ -141,3 +141,26 @@ def test_responses_calls_equal_the_chat_calls(server: RunningServer, client: ope
     assert [(item.name, item.arguments) for item in final.output if item.type == "function_call"] == chat
     arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     assert arguments == chat[0][1] and events[-1].type == "response.completed"
+
+
+def test_anthropic_tool_use_equals_the_chat_call(server: RunningServer, client: openai.OpenAI) -> None:
+    """Anthropic Messages (/v1/messages) plans the same canonical request: on llama.cpp, its forced tool_use
+    equals chat's forced call, whole and streamed (with the hermes parser, once, as for Responses)."""
+    import anthropic
+
+    if "BERTH_TOOL_CALL_PARSER" not in server.env:
+        pytest.skip("checked with the hermes parser")
+    chat, _ = _whole(client, "What is the weather in Paris?", "required", parallel_tool_calls=False, temperature=0)
+    messages = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300).messages
+    kw: Any = {"model": UID, "max_tokens": 120, "extra_body": {"temperature": 0},  # anthropic 2.x: not an argument
+               "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+               "tools": [{"name": t["function"]["name"], "description": t["function"]["description"],
+                          "input_schema": t["function"]["parameters"]} for t in TOOLS],
+               "tool_choice": {"type": "any", "disable_parallel_tool_use": True}}
+    whole = messages.create(**kw)
+    expected = [(name, json.loads(arguments)) for name, arguments in chat]
+    assert whole.stop_reason == "tool_use"
+    assert [(block.name, block.input) for block in whole.content if block.type == "tool_use"] == expected
+    with messages.stream(**kw) as stream:
+        final = stream.get_final_message()
+    assert [(block.name, block.input) for block in final.content if block.type == "tool_use"] == expected
