@@ -197,6 +197,7 @@ def test_resolve_model_and_readiness(runtime: tuple[Gateway, FakeModel]) -> None
     gateway, _ = runtime
     assert gateway.resolve_model(None) == "m" and gateway.resolve_model("tgi") == "m"
     assert gateway.resolve_model("other") == "other"
+    assert gateway.resolve_model("default") == "m"  # the README's placeholder, whatever the default's uid
     with pytest.raises(NotFound, match="model 'x' not found"):
         gateway.resolve_model("x")
     assert gateway.default_ready()

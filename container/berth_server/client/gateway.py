@@ -204,12 +204,18 @@ class Gateway:
             self._clients.pop(uid).close(f"model '{uid}' was terminated")
 
     def resolve_model(self, name: str | None) -> str:
-        """The uid a request's model name means; None/""/"tgi"/the default id mean the default model."""
+        """The uid a request's model name means; None/""/"tgi"/the default id mean the default model.
+
+        "default" means it too unless a running model has that uid: OpenAI clients need some model
+        name, and the README's examples write "default" whatever HF_MODEL_ID is (demo://smollm2).
+        """
         default = self.settings.default_model_uid
         if name in (None, "", "tgi", default, self.settings.hf_model_id):
             return default
         if name in self.statuses():
             return name  # type: ignore[return-value]
+        if name == "default":
+            return default
         raise NotFound(f"model '{name}' not found")
 
     def describe(self, uid: str) -> ModelDescription:
