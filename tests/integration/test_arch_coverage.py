@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,48 @@ def arch_server(request: pytest.FixtureRequest, tiny_model: Path,
                           env={"BERTH_MODEL_UID": "tiny", "MAX_TOTAL_TOKENS": "2048", "DTYPE": "float32"})
     yield server
     server.stop()
+
+
+class LaunchAhead:
+    """Launches each family's model while the previous family's test runs: a vLLM load is most of a test.
+
+    One launch at a time, at most one family ahead, in FAMILIES order (pytest's order), so at most two
+    family models are up at once. Each test still deletes its own model; close() deletes any left.
+    """
+
+    def __init__(self, server: RunningServer):
+        self.server = server
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="launch-ahead")
+        self._launches: dict[str, Future[tuple[Path, httpx.Response]]] = {}
+
+    def launched(self, family: ArchFamily) -> tuple[Path, httpx.Response]:
+        """(model folder, launch response) of `family`, after starting the next family's launch."""
+        self._submit(family)
+        following = FAMILIES.index(family) + 1
+        if following < len(FAMILIES):
+            self._submit(FAMILIES[following])
+        return self._launches[family.name].result()
+
+    def _submit(self, family: ArchFamily) -> None:
+        if family.name not in self._launches:
+            self._launches[family.name] = self._pool.submit(self._launch, family)
+
+    def _launch(self, family: ArchFamily) -> tuple[Path, httpx.Response]:
+        model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
+        return model_dir, _launch(self.server, family, model_dir, self.server.engine)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for name, launch in self._launches.items():
+            if not launch.cancelled() and launch.exception() is None:
+                httpx.delete(self.server.url(f"/v1/models/arch-{name}-{self.server.engine}"), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def launch_ahead(arch_server: RunningServer) -> Iterator[LaunchAhead]:
+    ahead = LaunchAhead(arch_server)
+    yield ahead
+    ahead.close()
 
 
 def _catalog(family: ArchFamily) -> dict[str, Any]:
@@ -139,12 +182,12 @@ def _generate_all(server: RunningServer, uid: str, texts: list[str]) -> list[dic
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
-def test_greedy_tokens_equal_transformers(arch_server: RunningServer, family: ArchFamily) -> None:
+def test_greedy_tokens_equal_transformers(arch_server: RunningServer, launch_ahead: LaunchAhead,
+                                          family: ArchFamily) -> None:
     from transformers import AutoTokenizer
 
     engine = arch_server.engine
-    model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
-    launched = _launch(arch_server, family, model_dir, engine)
+    model_dir, launched = launch_ahead.launched(family)
     load_failure = LOAD_FAILS.get((engine, family.name))
     if load_failure is not None:
         assert 400 <= launched.status_code < 500, launched.text
