@@ -150,7 +150,7 @@ class Failure(ErrorRecord, tag="failure", kw_only=True):
 ModelEvent = Accepted | Delta | Failure
 
 
-# The tool-call markups Berth parses (protocols/openai/tool_calls.py holds one parser per name). Settings
+# The tool-call markups Berth parses (protocols/tool_calls.py holds one parser per name). Settings
 # and launch keys check a name against this list, so the core never imports a protocol.
 TOOL_CALL_PARSERS: tuple[str, ...] = ("deepseek_v3", "hermes", "llama3_json", "mistral")
 

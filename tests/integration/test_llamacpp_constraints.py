@@ -125,7 +125,7 @@ def test_llamacpp_output_obeys_regex_and_choice(engine, smollm2_gguf: Path) -> N
 @pytest.mark.timeout(900)
 def test_llamacpp_output_obeys_a_tool_call_structure_and_escaped_regex(  # type: ignore[no-untyped-def]
         engine, smollm2_gguf: Path) -> None:
-    from berth_server.protocols.openai.tool_syntax import ToolChoice, tool_constraint
+    from berth_server.protocols.tool_syntax import ToolChoice, tool_constraint
 
     tool = {"type": "function", "function": {"name": "who", "parameters": PERSON}}
     constraint = tool_constraint([tool], ToolChoice("named", "who"), "hermes", False)

@@ -12,15 +12,15 @@ from berth_server.http.app import create_app
 from berth_server.launch_config import ModelDescription
 from berth_server.models.launch_resolver import LaunchRequest, build_config, parse_launch
 from berth_server.models.registry import Registry
-from berth_server.protocols.openai.tool_calls import (
+from berth_server.protocols.tool_calls import (
     MARKUPS,
     TOOL_CALL_PARSERS,
     ChoiceToolStream,
     ToolCall,
     ToolCallParser,
 )
-from berth_server.protocols.openai.tool_stream import ArgsPiece, CallStart
-from berth_server.protocols.openai.tool_syntax import ToolChoice
+from berth_server.protocols.tool_stream import ArgsPiece, CallStart
+from berth_server.protocols.tool_syntax import ToolChoice
 from berth_server.settings import Settings, SettingsError
 from flask.testing import FlaskClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk

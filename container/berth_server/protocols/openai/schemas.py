@@ -26,7 +26,8 @@ from berth_server.protocols.bounds import (
     TopK,
 )
 from berth_server.protocols.openai.refused import CHAT_ONLY, unsupported_field
-from berth_server.protocols.openai.tool_syntax import ToolChoice, check_tool_choice, tool_constraint
+from berth_server.protocols.tool_calls import keeps_special_tokens
+from berth_server.protocols.tool_syntax import ToolChoice, check_tool_choice, tool_constraint
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
 M = TypeVar("M", bound="OpenAIBase")
@@ -239,8 +240,7 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice_mode()
         forced = tool_constraint(self.tools, choice, tool_parser, self.parallel_tool_calls is not False)
         constraint = constraints.one_of(self.output_constraint(), forced)
-        # These parsers' markers are special tokens in their models' tokenizers: keep them in the text.
-        keep_specials = tool_parser in ("mistral", "deepseek_v3") and choice.mode != "none"
+        keep_specials = keeps_special_tokens(tool_parser, choice)
         return [GenerateRequest(
             request_id=request_id,
             model=uid,

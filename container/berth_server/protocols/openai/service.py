@@ -12,7 +12,7 @@ from berth_server.canonical import Accepted, GenerateRequest, TokenInfo
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError
-from berth_server.protocols.openai import tool_calls
+from berth_server.protocols import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.tool_syntax import ToolChoice
 from berth_server.protocols.reply import FoldRules, WireReply

@@ -1,4 +1,4 @@
-"""Tool-call parsers (pure text): the model's call markup -> OpenAI tool_calls, whole or streamed.
+"""Tool-call parsers (pure text): the model's call markup -> tool calls, whole or streamed (every wire's).
 
 Formats: hermes (Qwen2.5/Qwen3/QwQ/Hermes), llama3_json (Llama 3.x), mistral (`[TOOL_CALLS][...]`
 and the v11 `[TOOL_CALLS]name[ARGS]{...}`), deepseek_v3 (DeepSeek V3 / R1 markup), plus the JSON
@@ -15,7 +15,7 @@ from typing import Any
 
 import regex
 
-from berth_server.protocols.openai.tool_stream import (
+from berth_server.protocols.tool_stream import (
     ArgsPiece,
     CallEnd,
     CallStart,
@@ -24,7 +24,7 @@ from berth_server.protocols.openai.tool_stream import (
     MarkupStreamer,
     NamedStreamer,
 )
-from berth_server.protocols.openai.tool_syntax import (
+from berth_server.protocols.tool_syntax import (
     DS_CALL_BEGIN,
     DS_CALL_END,
     DS_CALLS_BEGIN,
@@ -136,11 +136,17 @@ TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {
 }
 
 
-# -- glue for the OpenAI service ---------------------------------------------------------------
+# -- glue for the services ---------------------------------------------------------------------
 def parser_name(gateway: Any, uid: str) -> str | None:
     """The model's configured tool-call parser, if any."""
     name = getattr(gateway.describe(uid), "tool_call_parser", None)
     return name if name in TOOL_CALL_PARSERS else None
+
+
+def keeps_special_tokens(parser: str | None, choice: ToolChoice) -> bool:
+    """Whether the output must keep special tokens: these parsers' markers are special tokens in their
+    models' tokenizers, so decoding must not drop them while calls may come."""
+    return parser in ("mistral", "deepseek_v3") and choice.mode != "none"
 
 
 def parser_for(name: str | None, choice: ToolChoice) -> ToolCallParser | None:
