@@ -90,3 +90,43 @@ def checkpoint_dtype(model_dir: Path) -> str | None:
         if isinstance(value, str) and value:
             return value.removeprefix("torch.")
     return None
+
+
+# Files that hold weights, by suffix (what /api/show and /api/tags report as a model's size).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weights_size(model_dir: Path) -> int | None:
+    """Bytes of weights in a checkpoint folder (or one GGUF file); None when there are none to measure."""
+    path = Path(model_dir)
+    files = [path] if path.is_file() else [f for f in path.glob("*") if f.suffix in _WEIGHT_SUFFIXES]
+    try:
+        total = sum(f.stat().st_size for f in files if f.is_file())
+    except OSError:
+        return None
+    return total or None
+
+
+def parameter_count(model_dir: Path) -> int | None:
+    """Parameters in a checkpoint's safetensors files, read from their headers alone; None without them."""
+    total = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else ():
+        try:
+            with open(file, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size < 100_000_000 else {}
+        except (OSError, ValueError):
+            return None
+        for name, tensor in header.items():
+            if name != "__metadata__" and isinstance(tensor, dict):
+                count = 1
+                for dim in tensor.get("shape") or []:
+                    count *= int(dim)
+                total += count
+    return total or None
+
+
+def architecture(model_dir: Path) -> str | None:
+    """The checkpoint's architecture family as its config names it (config.json's model_type: "llama")."""
+    kind = text_config(model_dir).get("model_type") if Path(model_dir).is_dir() else None
+    return kind if isinstance(kind, str) and kind else None

@@ -42,7 +42,7 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     tensor_parallel_size: int = 1
     is_default: bool = False
     dimensions: int | None = None  # embedding models
-    # How the OpenAI frontend reads tool calls out of the output (protocols/openai/tool_calls.py).
+    # How the frontend reads tool calls out of the output (protocols/tool_calls.py).
     tool_call_parser: str | None = None
     # LoRA adapters registered at start (Xinference peft_model_config; TGI's LORA_ADAPTERS for the default).
     adapters: list[AdapterSource] = []
@@ -67,6 +67,13 @@ class ModelDescription(msgspec.Struct, kw_only=True):
     reasoning: bool = False
     dimensions: int | None = None
     tool_call_parser: str | None = None
+    # Facts about the weights (Ollama's /api/show and /api/tags); None where the weights do not say.
+    architecture: str | None = None  # config.json's model_type ("llama")
+    parameter_count: int | None = None  # from the safetensors headers
+    size_bytes: int | None = None  # the weight files on disk
+    weights_format: str | None = None  # "safetensors", "gguf", ...
+    quantization: str | None = None  # the launch's quantization, when one was asked
+    chat_template: str | None = None  # the template the model process renders chats with
 
 
 class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):

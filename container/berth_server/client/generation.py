@@ -11,6 +11,7 @@ through each wire's own table (a FinishReasons, declared in its protocol package
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +73,43 @@ def coalesce(batch: Sequence[Delta]) -> Delta:
                  stop_sequence=last.stop_sequence)
 
 
+@dataclass(frozen=True)
+class Timings:
+    """How long a generation took, as the frontend saw it, in nanoseconds (Ollama reports these).
+
+    Attributes:
+        total_ns: from the request being sent to its last delta.
+        prompt_eval_ns: from the request being sent to its first generated token (templating,
+            tokenizing, waiting for a batch slot, prefill and the first step).
+        eval_ns: from the first generated token to the last delta.
+    """
+
+    total_ns: int
+    prompt_eval_ns: int
+    eval_ns: int
+
+
 class Generation:
     """Started, accepted generations of one HTTP request (one stream per choice or prompt)."""
 
-    def __init__(self, streams: list[Any]) -> None:
+    def __init__(self, streams: list[Any], started_ns: int | None = None) -> None:
         self.streams = streams
+        self.started_ns = time.monotonic_ns() if started_ns is None else started_ns
+        self._first_token_ns: int | None = None
+        self._last_ns: int | None = None
+
+    def _seen(self, batch: Sequence[Delta]) -> None:
+        """Note when deltas arrived: the first generated token, and the latest delta."""
+        now = time.monotonic_ns()
+        if self._first_token_ns is None and any(d.completion_tokens or d.text or d.reasoning for d in batch):
+            self._first_token_ns = now
+        self._last_ns = now
+
+    def timings(self) -> Timings:
+        """The durations so far (read after the last delta for the whole generation's)."""
+        last = self._last_ns if self._last_ns is not None else time.monotonic_ns()
+        first = self._first_token_ns if self._first_token_ns is not None else last
+        return Timings(total_ns=last - self.started_ns, prompt_eval_ns=first - self.started_ns, eval_ns=last - first)
 
     @property
     def accepted(self) -> list[Accepted]:
@@ -91,6 +124,7 @@ class Generation:
     def deltas(self, index: int = 0) -> Iterator[Delta]:
         """Stream `index`'s deltas (one choice per stream, as TGI sends), those already waiting merged into one."""
         for batch in self.streams[index].batches():
+            self._seen(batch)
             yield coalesce(batch)
 
     @property
@@ -104,6 +138,7 @@ class Generation:
         offset = 0
         for stream in self.streams:
             for batch in stream.batches():
+                self._seen(batch)
                 for delta in by_choice(batch):
                     yield offset + delta.choice, delta
             offset += max(1, stream.request.n)
@@ -130,6 +165,7 @@ def start_generation(gateway: Any, requests: Sequence[GenerateRequest]) -> Gener
         requests: canonical requests, sent before any is awaited so the model batches them.
     """
     streams: list[Any] = []
+    started_ns = time.monotonic_ns()
     try:
         for request in requests:
             streams.append(gateway.generate(request))
@@ -139,4 +175,4 @@ def start_generation(gateway: Any, requests: Sequence[GenerateRequest]) -> Gener
         for stream in streams:
             stream.close()
         raise
-    return Generation(streams)
+    return Generation(streams, started_ns)

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from berth_server import control, ipc
+from berth_server import checkpoint, control, ipc
 from berth_server.engines.base import Engine, EngineLoadInfo
 from berth_server.errors import BerthError
 from berth_server.launch_config import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
@@ -130,6 +130,7 @@ class ModelProcess:
                                             self._progress, config.gguf_file)
         self.status.push("loading")
         address = ipc.model_socket_address(self.runtime_dir, config.uid)
+        facts = weights_facts(model_dir, config)
         if config.model_type in ("embedding", "rerank"):
             info, server = await self._load_encoder(model_dir, address)
             limits = (info.max_model_len, info.max_model_len)
@@ -146,6 +147,8 @@ class ModelProcess:
             pipeline = await asyncio.to_thread(TextPipeline.load, model_dir, config, settings, info.max_model_len)
             server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline, adapter_store=store)
             limits = (pipeline.limits.max_input, pipeline.limits.max_total)
+            template = pipeline.tokenizer.chat_template
+            facts["chat_template"] = template if isinstance(template, str) else None
         server.bind()
         description = ModelDescription(
             uid=config.uid, model_name=config.model_name, model_type=config.model_type, source=config.source,
@@ -153,7 +156,8 @@ class ModelProcess:
             max_input_tokens=limits[0], max_total_tokens=limits[1], context_length=info.max_model_len,
             max_batch_size=info.max_batch_size, pid=os.getpid(),
             reasoning=bool(config.reasoning_start_tag and config.reasoning_end_tag),
-            dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser)
+            dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser,
+            **facts)
         return server, description
 
     async def _add_launch_adapters(self) -> None:
@@ -189,6 +193,16 @@ class ModelProcess:
                 await asyncio.wait_for(shutdown(), ENGINE_SHUTDOWN_S)
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 log.warning("engine shutdown did not complete cleanly: %s", one_line_reason(exc))
+
+
+def weights_facts(model_dir: Path, config: ModelLaunchConfig) -> dict[str, Any]:
+    """What the weights say about themselves, for the model's description (architecture, size, parameters)."""
+    formats = {".gguf": "gguf", ".safetensors": "safetensors", ".bin": "pytorch"}
+    files = [model_dir] if model_dir.is_file() else list(model_dir.glob("*"))
+    weights_format = next((formats[f.suffix] for f in files if f.suffix in formats), None)
+    return {"architecture": checkpoint.architecture(model_dir), "parameter_count": checkpoint.parameter_count(model_dir),
+            "size_bytes": checkpoint.weights_size(model_dir), "weights_format": weights_format,
+            "quantization": config.quantization}
 
 
 def main(argv: list[str] | None = None) -> int:
