@@ -22,6 +22,7 @@ from berth_server.errors import (
 )
 from berth_server.protocols.anthropic.errors import ANTHROPIC_ERRORS
 from berth_server.protocols.error_shape import ErrorShape
+from berth_server.protocols.ollama.errors import OLLAMA_ERRORS
 from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.xinference.errors import XINFERENCE_ERRORS
@@ -67,6 +68,8 @@ def shape_for_request() -> ErrorShape:
         if path.startswith(_XINFERENCE_PREFIXES) or (path == "/v1/models" and request.method == "POST"):
             return XINFERENCE_ERRORS
         return OPENAI_ERRORS
+    if path.startswith("/api/"):
+        return OLLAMA_ERRORS
     return TGI_ERRORS
 
 

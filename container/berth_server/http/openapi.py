@@ -16,6 +16,13 @@ from pydantic.json_schema import models_json_schema
 
 from berth_server import __version__
 from berth_server.protocols.anthropic.schemas import CountTokensRequest, MessagesRequest
+from berth_server.protocols.ollama.schemas import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequestWire,
+    ShowRequest,
+)
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
@@ -44,11 +51,18 @@ REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "xinference.rerank": (RerankRequest,),
     "anthropic.messages": (MessagesRequest,),
     "anthropic.count_tokens": (CountTokensRequest,),
+    "ollama.chat": (ChatRequest,),
+    "ollama.generate": (GenerateRequestWire,),
+    "ollama.embed": (EmbedRequest,),
+    "ollama.embeddings": (EmbeddingsRequest,),
+    "ollama.show": (ShowRequest,),
 }
 # Endpoints that answer with server-sent events (when the body asks for a stream, or always).
 STREAMING = {"openai.chat_completions", "openai.completions", "responses.create", "tgi.compat_generate",
              "sagemaker.invocations", "anthropic.messages"}
 ALWAYS_STREAMING = {"tgi.generate_stream"}
+# Endpoints that answer with NDJSON (one JSON object a line) unless the body says "stream": false.
+NDJSON_STREAMING = {"ollama.chat", "ollama.generate"}
 QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "xinference.launch": (("wait_ready", {"type": "string", "enum": ["true", "false"]}),),
     "xinference.list_registrations": (("detailed", {"type": "string", "enum": ["true", "false"]}),),
@@ -91,6 +105,8 @@ def _responses(endpoint: str) -> dict[str, Any]:
         ok = {"application/json": {"schema": {}}}
         if endpoint in STREAMING:
             ok["text/event-stream"] = {"schema": SSE_EVENT}
+        if endpoint in NDJSON_STREAMING:
+            ok["application/x-ndjson"] = {"schema": {}}
     return {"200": {"description": "OK", "content": ok},
             "default": {"description": "An error; `detail` says what and why",
                         "content": {"application/json": {"schema": ERROR}}}}
@@ -124,7 +140,7 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Berth", "version": __version__,
-                 "description": "SageMaker, TGI, OpenAI, Anthropic and Xinference APIs for open LLMs."},
+                 "description": "SageMaker, TGI, OpenAI, Anthropic, Ollama and Xinference APIs for open LLMs."},
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},

@@ -117,6 +117,17 @@ def tgi_grammar(value: Any) -> Constraint | None:
     raise InvalidRequest(f"grammar type {kind!r} is not supported; use json or regex", param="grammar")
 
 
+def json_format(value: Any, param: str = "format") -> Constraint | None:
+    """A "json" switch or a JSON schema (Ollama's `format`): any JSON object, or one matching the schema."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return Constraint(kind="json_object", param=param)
+    if isinstance(value, dict):
+        return Constraint(kind="json_schema", value=_schema_text(value, param), param=param)
+    raise InvalidRequest(f'{param} must be "json" or a JSON schema object', param=param)
+
+
 def one_of(*constraints: Constraint | None) -> Constraint | None:
     """The single constraint given, or InvalidRequest naming the fields that compete."""
     given = [c for c in constraints if c is not None]

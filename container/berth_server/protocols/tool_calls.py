@@ -13,8 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import regex
 
+from berth_server.canonical import SamplingParams
 from berth_server.protocols.tool_stream import (
     ArgsPiece,
     CallEnd,
@@ -143,10 +145,12 @@ def parser_name(gateway: Any, uid: str) -> str | None:
     return name if name in TOOL_CALL_PARSERS else None
 
 
-def keeps_special_tokens(parser: str | None, choice: ToolChoice) -> bool:
-    """Whether the output must keep special tokens: these parsers' markers are special tokens in their
-    models' tokenizers, so decoding must not drop them while calls may come."""
-    return parser in ("mistral", "deepseek_v3") and choice.mode != "none"
+def keeping_special_tokens(sampling: SamplingParams, parser: str | None, choice: ToolChoice) -> SamplingParams:
+    """`sampling`, keeping special tokens in the text where the parser needs them: mistral's and deepseek_v3's
+    markers are special tokens in their models' tokenizers, so decoding must not drop them while calls may come."""
+    if parser in ("mistral", "deepseek_v3") and choice.mode != "none":
+        return msgspec.structs.replace(sampling, skip_special_tokens=False)
+    return sampling
 
 
 def parser_for(name: str | None, choice: ToolChoice) -> ToolCallParser | None:
@@ -234,3 +238,39 @@ class ChoiceToolStream:
         if reason == "length" and not _is_json(self.arguments.strip() or "{}"):
             return reason
         return _finish(reason, self.choice)
+
+
+class WholeCallStream:
+    """One streamed choice for wires that send each call whole (Ollama): content now, each call once complete.
+
+    Wraps ChoiceToolStream (the same parsing and whitespace rules as OpenAI's streamed calls); a call
+    is given when its arguments close, as {"index", "name", "arguments"} with the arguments parsed to an object.
+    A call cut off before its arguments close, or whose arguments are not a JSON object, is not given.
+    """
+
+    def __init__(self, parser: ToolCallParser) -> None:
+        self.inner = ChoiceToolStream(parser)
+        self.calls: list[dict[str, str]] = []
+        self.checked = 0  # calls whose arguments closed
+        self.given = 0  # of those, the usable ones given
+
+    def step(self, text: str, last: bool) -> tuple[str, list[dict[str, Any]]]:
+        """Feed one delta's text (`last`: it carries the finish_reason) -> (content, calls completed now)."""
+        content, deltas = self.inner.step(text, last)
+        for delta in deltas or []:
+            if "id" in delta:
+                self.calls.append({"name": delta["function"]["name"], "arguments": ""})
+            else:
+                self.calls[delta["index"]]["arguments"] += delta["function"]["arguments"]
+        complete = []
+        while self.checked < min(self.inner.closed, len(self.calls)):
+            call = self.calls[self.checked]
+            self.checked += 1
+            try:
+                arguments = json.loads(call["arguments"].strip() or "{}")
+            except ValueError:
+                continue
+            if isinstance(arguments, dict):
+                complete.append({"index": self.given, "name": call["name"], "arguments": arguments})
+                self.given += 1
+        return content, complete

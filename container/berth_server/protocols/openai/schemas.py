@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from berth_server.canonical import Constraint, GenerateRequest, SamplingParams
@@ -26,7 +25,7 @@ from berth_server.protocols.bounds import (
     TopK,
 )
 from berth_server.protocols.openai.refused import CHAT_ONLY, unsupported_field
-from berth_server.protocols.tool_calls import keeps_special_tokens
+from berth_server.protocols.tool_calls import keeping_special_tokens
 from berth_server.protocols.tool_syntax import ToolChoice, check_tool_choice, tool_constraint
 from berth_server.protocols.wire import parse  # noqa: F401 - re-exported for the blueprints
 
@@ -240,11 +239,10 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice_mode()
         forced = tool_constraint(self.tools, choice, tool_parser, self.parallel_tool_calls is not False)
         constraint = constraints.one_of(self.output_constraint(), forced)
-        keep_specials = keeps_special_tokens(tool_parser, choice)
         return [GenerateRequest(
             request_id=request_id,
             model=uid,
-            sampling=_keep_specials(self.sampling(max_new, logprobs, constraint), keep_specials),
+            sampling=keeping_special_tokens(self.sampling(max_new, logprobs, constraint), tool_parser, choice),
             messages=messages,
             chat_template_kwargs=dict(self.chat_template_kwargs or {}),
             enable_thinking=self.thinking(),
@@ -310,7 +308,3 @@ class CompletionRequest(SamplingFields):
             )
             for p, prompt in enumerate(self.prompts())
         ]
-
-
-def _keep_specials(sampling: SamplingParams, keep: bool) -> SamplingParams:
-    return msgspec.structs.replace(sampling, skip_special_tokens=False) if keep else sampling
