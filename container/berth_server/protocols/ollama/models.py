@@ -16,7 +16,7 @@ import msgspec
 
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError, NotFound
-from berth_server.models.launch import ModelDescription
+from berth_server.launch_config import ModelDescription
 
 # The Ollama API version Berth speaks (clients gate features on it); Berth's own version is /info's.
 OLLAMA_API_VERSION = "0.12.0"

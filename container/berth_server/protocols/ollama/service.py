@@ -17,7 +17,7 @@ from berth_server.canonical import TokenInfo
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import InvalidRequest
-from berth_server.models.launch import ModelDescription
+from berth_server.launch_config import ModelDescription
 from berth_server.protocols import tool_calls
 from berth_server.protocols.ollama.models import iso, resolve
 from berth_server.protocols.ollama.schemas import (
