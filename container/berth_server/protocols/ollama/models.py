@@ -12,10 +12,8 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
-import msgspec
-
 from berth_server.client.state import FrontendState
-from berth_server.errors import BerthError, NotFound
+from berth_server.errors import BerthError, InvalidRequest, NotFound
 from berth_server.launch_config import ModelDescription
 
 # The Ollama API version Berth speaks (clients gate features on it); Berth's own version is /info's.
@@ -42,25 +40,39 @@ def base_name(name: str) -> str:
     return base
 
 
-def _ready_descriptions(state: FrontendState) -> dict[str, dict[str, Any]]:
-    return {uid: status["description"] for uid, status in state.gateway.statuses().items()
-            if status.get("state") not in _GONE and status.get("description")}
+def _running_uids(state: FrontendState) -> list[str]:
+    return [uid for uid, status in state.gateway.statuses().items()
+            if status.get("state") not in _GONE and status.get("description")]
 
 
-def resolve(state: FrontendState, name: str) -> str:
-    """The running model's uid an Ollama name means; a 404 in Ollama's words otherwise."""
-    base = base_name(name)
+def resolve_target(state: FrontendState, name: str) -> tuple[str, str | None]:
+    """(uid, adapter) an Ollama name means: a running model or an adapter of the default one, as
+    `name` or `name:latest`, or a running model launched from the registration `name`; else a 404."""
     try:
-        return str(state.gateway.resolve_model(base))
+        return state.gateway.resolve_target(name)  # a uid that itself holds a colon
     except NotFound:
         pass
-    for uid, description in _ready_descriptions(state).items():
-        if description.get("model_name") == base:
-            return uid
+    base = base_name(name)
+    try:
+        return state.gateway.resolve_target(base)
+    except NotFound:
+        pass
+    for uid in _running_uids(state):
+        if state.gateway.statuses()[uid]["description"].get("model_name") == base:
+            return uid, None
     if _registration(state, base) is not None:
         raise NotFound(f"model '{name}' is registered with Berth but not running: launch it through the Xinference "
                        f"API (POST /v1/models {{\"model_name\": \"{base}\"}})", param="model")
     raise NotFound(f"model '{name}' not found: GET /api/tags lists the models Berth serves", param="model")
+
+
+def resolve(state: FrontendState, name: str) -> str:
+    """The running model's uid an Ollama name means (adapters not allowed); a 404 in Ollama's words otherwise."""
+    uid, adapter = resolve_target(state, name)
+    if adapter is not None:
+        raise InvalidRequest(f"'{name}' is a LoRA adapter: it serves only /api/chat and /api/generate",
+                             param="model")
+    return uid
 
 
 def _registration(state: FrontendState, name: str) -> dict[str, Any] | None:
@@ -118,7 +130,12 @@ def _registration_entry(registration: dict[str, Any], modified: float) -> dict[s
 
 def described(state: FrontendState) -> dict[str, ModelDescription]:
     """Every model that is up and usable on an Ollama route, by uid."""
-    found = {uid: msgspec.convert(d, ModelDescription) for uid, d in _ready_descriptions(state).items()}
+    found = {}
+    for uid in _running_uids(state):
+        try:
+            found[uid] = state.gateway.describe(uid)
+        except BerthError:
+            continue  # stopped since the table was read
     return {uid: d for uid, d in found.items() if d.model_type in _TYPES}
 
 

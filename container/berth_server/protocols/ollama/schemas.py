@@ -149,10 +149,11 @@ class GenerateFields(OllamaBase):
         """The options, empty when none were sent."""
         return self.options or Options()
 
-    def base_request(self, uid: str, request_id: str, split_reasoning: bool) -> GenerateRequest:
+    def base_request(self, uid: str, request_id: str, split_reasoning: bool,
+                     adapter: str | None = None) -> GenerateRequest:
         """The canonical request without its messages or prompt (the caller adds them)."""
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return GenerateRequest(request_id=request_id, model=uid,
+        return GenerateRequest(request_id=request_id, model=uid, adapter=adapter,
                                sampling=self.opts.sampling(constraints.json_format(self.format), logprobs),
                                enable_thinking=self.think if isinstance(self.think, bool) else None,
                                token_details=logprobs is not None, split_reasoning=split_reasoning)
@@ -174,9 +175,9 @@ class ChatRequest(GenerateFields):
         """Whether any message carries images."""
         return any(message.images for message in self.messages)
 
-    def to_generate_request(self, uid: str, request_id: str) -> GenerateRequest:
+    def to_generate_request(self, uid: str, request_id: str, adapter: str | None = None) -> GenerateRequest:
         """One canonical chat request: the messages through the model's template, reasoning split off."""
-        request = self.base_request(uid, request_id, split_reasoning=True)
+        request = self.base_request(uid, request_id, split_reasoning=True, adapter=adapter)
         request.messages = [message.to_template() for message in self.messages]
         request.tools = self.tools or None
         return request
@@ -206,9 +207,9 @@ class GenerateRequestWire(GenerateFields, GenerateRequestBody):
             raise ValueError("context is not supported (Berth returns none); send the conversation to /api/chat")
         return self
 
-    def to_generate_request(self, uid: str, request_id: str) -> GenerateRequest:
+    def to_generate_request(self, uid: str, request_id: str, adapter: str | None = None) -> GenerateRequest:
         """One canonical request: raw prompts as they are, others as a user turn after the system prompt."""
-        request = self.base_request(uid, request_id, split_reasoning=not self.raw)
+        request = self.base_request(uid, request_id, split_reasoning=not self.raw, adapter=adapter)
         if self.raw:
             request.prompt = self.prompt or ""
         else:

@@ -19,7 +19,7 @@ from berth_server.client.state import FrontendState
 from berth_server.errors import InvalidRequest
 from berth_server.launch_config import ModelDescription
 from berth_server.protocols import tool_calls
-from berth_server.protocols.ollama.models import iso, resolve
+from berth_server.protocols.ollama.models import iso, resolve, resolve_target
 from berth_server.protocols.ollama.schemas import (
     ChatRequest,
     EmbeddingsRequest,
@@ -40,9 +40,10 @@ def _whole(parts: list[WireEvent]) -> WireEvent:
     return parts[0]
 
 
-def _checked(state: FrontendState, body: GenerateFields, route: str) -> tuple[str, ModelDescription]:
-    """The model's uid and description, once the request is known to suit it (a 4xx before anything starts)."""
-    uid = resolve(state, body.model)
+def _checked(state: FrontendState, body: GenerateFields, route: str) -> tuple[str, str | None, ModelDescription]:
+    """The model's uid, adapter and description, once the request is known to suit it (a 4xx before
+    anything starts)."""
+    uid, adapter = resolve_target(state, body.model)
     description = state.gateway.describe(uid)
     if description.model_type != "LLM":
         raise InvalidRequest(f"model '{body.model}' is an {description.model_type} model: it does not support "
@@ -53,7 +54,7 @@ def _checked(state: FrontendState, body: GenerateFields, route: str) -> tuple[st
     if num_ctx is not None and num_ctx > description.context_length:
         raise InvalidRequest(f"options.num_ctx {num_ctx} is over the context of model '{body.model}' "
                              f"({description.context_length} tokens)", param="options.num_ctx")
-    return uid, description
+    return uid, adapter, description
 
 
 def _no_images(has_images: bool, model: str) -> None:
@@ -71,7 +72,7 @@ def _loaded(body: GenerateFields, key: str) -> WireReply:
 
 def chat(state: FrontendState, body: ChatRequest) -> WireReply:
     """POST /api/chat: NDJSON chunks, streamed or folded into one reply."""
-    uid, description = _checked(state, body, "chat")
+    uid, adapter, description = _checked(state, body, "chat")
     _no_images(body.images(), body.model)
     if not body.messages:
         return _loaded(body, "message")
@@ -79,7 +80,7 @@ def chat(state: FrontendState, body: ChatRequest) -> WireReply:
     if body.tools:
         name = tool_calls.parser_name(state.gateway, uid) or FALLBACK_PARSER
         parser = tool_calls.TOOL_CALL_PARSERS[name]
-    request = body.to_generate_request(uid, uuid.uuid4().hex)
+    request = body.to_generate_request(uid, uuid.uuid4().hex, adapter)
     if body.tools:
         request.sampling = tool_calls.keeping_special_tokens(request.sampling, description.tool_call_parser,
                                                              tool_calls.ToolChoice("auto"))
@@ -90,14 +91,14 @@ def chat(state: FrontendState, body: ChatRequest) -> WireReply:
 
 def generate(state: FrontendState, body: GenerateRequestWire) -> WireReply:
     """POST /api/generate: NDJSON chunks, streamed or folded into one reply."""
-    uid, _ = _checked(state, body, "generate")
+    uid, adapter, _ = _checked(state, body, "generate")
     _no_images(bool(body.images), body.model)
     if body.suffix:
         raise InvalidRequest(f"model '{body.model}' does not support insert (fill-in-the-middle): leave suffix out",
                              param="suffix")
     if body.prompt is None or (not body.prompt and not body.system):
         return _loaded(body, "response")
-    generation = start_generation(state.gateway, [body.to_generate_request(uid, uuid.uuid4().hex)])
+    generation = start_generation(state.gateway, [body.to_generate_request(uid, uuid.uuid4().hex, adapter)])
     events = _events(state, body, uid, generation, "response", None)
     return WireReply([events], RULES, _whole, stream=body.stream, framing="ndjson", on_close=generation.close)
 
@@ -113,7 +114,7 @@ def _events(state: FrontendState, body: GenerateFields, uid: str, generation: Ge
     calls = tool_calls.WholeCallStream(parser) if parser is not None else None
     completion_tokens, reason = 0, None
     for delta in generation.deltas():
-        text, complete = delta.text, []
+        text, complete = delta.text, list[dict[str, Any]]()
         if calls is not None:
             text, complete = calls.step(delta.text, delta.finish_reason is not None)
         if delta.finish_reason is not None:
