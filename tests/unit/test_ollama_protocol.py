@@ -27,6 +27,7 @@ CALL_WORDS = ["I will check.", "\n<tool", '_call>\n{"name": "get_weather", ', '"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
          {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
 HI = [{"role": "user", "content": "hi"}]
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}
 
 
 class OllamaGateway(FakeGateway):
@@ -66,7 +67,7 @@ def ndjson(body: str) -> list[dict[str, Any]]:
 # -- schemas --------------------------------------------------------------------------------
 def test_options_map_to_sampling_and_format_to_a_constraint() -> None:
     body = parse(ChatRequest, {
-        "model": "default", "messages": HI, "format": {"type": "object", "properties": {"a": {"type": "integer"}}},
+        "model": "default", "messages": HI, "format": SCHEMA,
         "options": {"temperature": 0, "top_p": 0.5, "top_k": 7, "min_p": 0.1, "seed": 3, "num_predict": 9,
                     "stop": ["END"], "repeat_penalty": 1.1, "presence_penalty": 0.2, "frequency_penalty": 0.3,
                     "num_ctx": 32, "num_gpu": 99, "num_thread": 2},
@@ -78,7 +79,7 @@ def test_options_map_to_sampling_and_format_to_a_constraint() -> None:
     assert (sampling.repetition_penalty, sampling.presence_penalty, sampling.frequency_penalty) == (1.1, 0.2, 0.3)
     assert sampling.logprobs == 2 and request.token_details and request.adapter == "ad"
     assert sampling.constraint is not None and sampling.constraint.kind == "json_schema"
-    assert json.loads(sampling.constraint.value or "") == {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert sampling.constraint.value == json.dumps(SCHEMA)  # properties keep their order: "name" comes first
     assert request.enable_thinking is False and request.split_reasoning and request.messages == HI
     json_mode = parse(ChatRequest, {"model": "m", "format": "json", "options": {"num_predict": -1}})
     sampling = json_mode.to_generate_request("m", "r").sampling

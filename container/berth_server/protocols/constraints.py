@@ -16,7 +16,8 @@ _VLLM_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_
 
 
 def _schema_text(value: Any, param: str) -> str:
-    """A JSON schema (object, or JSON text of one) as JSON text."""
+    """A JSON schema (object, or JSON text of one) as JSON text, its keys in the order given: the grammar
+    writes an object's properties in the schema's order (as OpenAI's structured outputs do)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -24,7 +25,7 @@ def _schema_text(value: Any, param: str) -> str:
             raise InvalidRequest(f"{param}: the schema is not valid JSON: {exc}", param=param) from None
     if not isinstance(value, (dict, bool)):
         raise InvalidRequest(f"{param}: a JSON schema must be an object", param=param)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _text(value: Any, param: str) -> str:
