@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
+from berth_server.adapter_specs import AdapterSource
 from berth_server.errors import GenerationFailed
 from berth_server.http.app import create_app
 from berth_server.launch_config import ModelDescription
@@ -255,3 +256,48 @@ def test_list_show_ps_and_version_validate_as_the_client_reads_them(tmp_path: Pa
     assert running.model == "default:latest" and running.context_length == 64 and running.size_vram == 0
     version = app_client(tmp_path, gateway).get("/api/version").get_json()["version"]
     assert [int(part) for part in version.split(".")] >= [0, 6, 4]  # Copilot's minimum
+
+
+MY_LLM = {"model_name": "my-llm", "is_builtin": False, "model_specs": [
+    {"model_format": "ggufv2", "model_size_in_billions": "1_5", "quantization": "Q4_K_M",
+     "model_uri": "file:///models/my.gguf"}]}
+
+
+class RegistrationsControl(FakeControl):
+    """A launcher holding one custom LLM registration (MY_LLM), not running."""
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Registrations of LLMs; nothing else."""
+        super().call(method, **params)
+        if params.get("model_type") != "LLM":
+            return [] if method == "registrations.list" else None
+        if method == "registrations.list":
+            return [MY_LLM, {"model_name": "builtin", "is_builtin": True}]
+        if method == "registrations.get" and params.get("name") == "my-llm":
+            return MY_LLM
+        return None
+
+
+def test_registrations_are_listed_and_named_in_the_404(tmp_path: Path) -> None:
+    app = create_app(Settings(runtime_dir=tmp_path), gateway=OllamaGateway(), control=RegistrationsControl())
+    client = ollama.Client(host="http://berth.test", transport=httpx.WSGITransport(app=app))
+    models = {m.model: m for m in client.list().models}
+    assert set(models) == {"default:latest", "my-llm:latest"}  # built-in families are not listed
+    details = models["my-llm:latest"].details
+    assert details is not None and (details.format, details.parameter_size, details.quantization_level) == (
+        "ggufv2", "1.5B", "Q4_K_M")
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.chat("my-llm:latest", HI)
+    assert raised.value.status_code == 404 and "not running" in raised.value.error
+    assert "POST /v1/models" in raised.value.error
+
+
+def test_an_adapter_name_selects_the_adapter(tmp_path: Path) -> None:
+    gateway = OllamaGateway()
+    gateway.add_adapter("default", AdapterSource(name="sql", src="/adapters/sql"))
+    client = ollama_client(tmp_path, gateway)
+    assert client.generate("sql:latest", "hi", stream=False).response == "".join(WORDS)
+    assert gateway.requests[-1].model == "default" and gateway.requests[-1].adapter == "sql"
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.embed("sql", "x")
+    assert raised.value.status_code == 400 and "adapter" in raised.value.error
