@@ -58,25 +58,48 @@ def assert_counts_equal_usage(last: Any, reference: Any) -> None:
     assert last.total_duration >= last.prompt_eval_duration + last.eval_duration
 
 
-@pytest.fixture(scope="module")
-def reference(smollm2_server: RunningServer) -> Any:
-    """QUESTION answered greedily through /v1/chat/completions (once per engine)."""
-    answer = openai_answer(clients(smollm2_server)[1], "smollm2", QUESTION)
-    assert "Paris" in (answer.choices[0].message.content or "")
-    return answer
-
-
-def together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls at once (the model batches them: one generation's time on a busy CPU) -> their results."""
+def together(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run the calls at once (the model batches them: on a busy 2-core CPU, one batch instead of eight)."""
     with ThreadPoolExecutor(len(calls)) as pool:
-        return [future.result() for future in [pool.submit(call) for call in calls]]
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
-def test_chat_greedy_equals_openai_streamed_and_not(smollm2_server: RunningServer, reference: Any) -> None:
-    client, _ = clients(smollm2_server)
-    whole, chunks = together(
-        lambda: client.chat("smollm2:latest", QUESTION, stream=False, options=GREEDY, keep_alive="5m"),
-        lambda: list(client.chat("smollm2", QUESTION, stream=True, options=GREEDY)))
+RAW_PROMPT = "The capital of France is"
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# A call and its result in Ollama's form (argument objects, tool_name) and in OpenAI's.
+OLLAMA_HISTORY = [*ASK, {"role": "assistant", "content": "",
+                         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                  {"role": "tool", "content": "Sunny, 21 C", "tool_name": "get_weather"}]
+OPENAI_HISTORY = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "content": "Sunny, 21 C", "tool_call_id": "call_1"}]
+
+
+@pytest.fixture(scope="module")
+def answers(smollm2_server: RunningServer) -> dict[str, Any]:
+    """Every generation the tests below check, sent at once (per engine): Ollama's and the /v1 reference."""
+    client, oai = clients(smollm2_server)
+    short = {"temperature": 0, "num_predict": 8}
+    return together({
+        "reference": lambda: openai_answer(oai, "smollm2", QUESTION),
+        "whole": lambda: client.chat("smollm2:latest", QUESTION, stream=False, options=GREEDY, keep_alive="5m"),
+        "chunks": lambda: list(client.chat("smollm2", QUESTION, stream=True, options=GREEDY)),
+        "generate": lambda: client.generate("smollm2", QUESTION[1]["content"], system=QUESTION[0]["content"],
+                                            options=GREEDY),
+        "raw": lambda: list(client.generate("smollm2", RAW_PROMPT, raw=True, stream=True, options=short)),
+        "completion": lambda: oai.completions.create(model="smollm2", prompt=RAW_PROMPT, temperature=0, max_tokens=8),
+        "called": lambda: client.chat("smollm2", ASK, tools=[WEATHER], format=FORCED_CALL,
+                                      options={"temperature": 0, "num_predict": 40}),
+        "follow_up": lambda: client.chat("smollm2", OLLAMA_HISTORY, tools=[WEATHER], options=short),
+        "openai_follow_up": lambda: oai.chat.completions.create(
+            model="smollm2", messages=OPENAI_HISTORY, tools=[WEATHER], temperature=0, max_tokens=8),  # type: ignore[arg-type]
+    })
+
+
+def test_chat_greedy_equals_openai_streamed_and_not(answers: dict[str, Any]) -> None:
+    reference, whole, chunks = answers["reference"], answers["whole"], answers["chunks"]
+    assert "Paris" in (reference.choices[0].message.content or "")
     assert whole.message.content == reference.choices[0].message.content and whole.model == "smollm2:latest"
     assert_counts_equal_usage(whole, reference)
     assert len(chunks) > 2 and all(not c.done for c in chunks[:-1])
@@ -84,36 +107,27 @@ def test_chat_greedy_equals_openai_streamed_and_not(smollm2_server: RunningServe
     assert_counts_equal_usage(chunks[-1], reference)
 
 
-def test_generate_templates_like_chat_and_raw_equals_completions(smollm2_server: RunningServer,
-                                                                 reference: Any) -> None:
-    client, oai = clients(smollm2_server)
-    prompt = "The capital of France is"
-    reply, raw, completion = together(
-        lambda: client.generate("smollm2", QUESTION[1]["content"], system=QUESTION[0]["content"], options=GREEDY),
-        lambda: list(client.generate("smollm2", prompt, raw=True, stream=True,
-                                     options={"temperature": 0, "num_predict": 8})),
-        lambda: oai.completions.create(model="smollm2", prompt=prompt, temperature=0, max_tokens=8))
+def test_generate_templates_like_chat_and_raw_equals_completions(answers: dict[str, Any]) -> None:
+    reference, reply = answers["reference"], answers["generate"]
     assert reply.response == reference.choices[0].message.content
     assert_counts_equal_usage(reply, reference)
+    raw, completion = answers["raw"], answers["completion"]
     assert "".join(part.response or "" for part in raw) == completion.choices[0].text
-    assert (raw[-1].prompt_eval_count, raw[-1].eval_count) == (completion.usage.prompt_tokens,  # type: ignore[union-attr]
-                                                               completion.usage.completion_tokens)  # type: ignore[union-attr]
+    assert (raw[-1].prompt_eval_count, raw[-1].eval_count) == (completion.usage.prompt_tokens,
+                                                               completion.usage.completion_tokens)
 
 
-def test_tools_with_a_format_forcing_the_call(smollm2_server: RunningServer) -> None:
+def test_tools_with_a_format_forcing_the_call(answers: dict[str, Any]) -> None:
     """SmolLM2 has no tool syntax of its own: its JSON is read as Ollama reads calls, and `format` (a JSON
-    schema, its properties in order) makes it one; the call and its result then go back in Ollama's form."""
-    client, _ = clients(smollm2_server)
-    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    called = client.chat("smollm2", ask, tools=[WEATHER], format=FORCED_CALL, options={"temperature": 0,
-                                                                                          "num_predict": 40})
+    schema, its properties in order) makes it one. A call and its result sent back in Ollama's form make
+    the same prompt and answer as in OpenAI's."""
+    called = answers["called"]
     (call,) = called.message.tool_calls or []
     assert call.function.name == "get_weather" and set(call.function.arguments) == {"city"}
     assert called.message.content == "" and called.done_reason == "stop"
-    history = [*ask, {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
-               {"role": "tool", "content": "Sunny, 21 C", "tool_name": "get_weather"}]
-    follow_up = client.chat("smollm2", history, tools=[WEATHER], options={"temperature": 0, "num_predict": 1})
-    assert follow_up.done and follow_up.prompt_eval_count > called.prompt_eval_count
+    follow_up, reference = answers["follow_up"], answers["openai_follow_up"]
+    assert follow_up.message.content == reference.choices[0].message.content
+    assert follow_up.prompt_eval_count == reference.usage.prompt_tokens
 
 
 def test_models_are_listed_shown_and_refused_in_ollamas_shape(smollm2_server: RunningServer) -> None:
