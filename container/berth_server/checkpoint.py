@@ -107,8 +107,24 @@ def weights_size(model_dir: Path) -> int | None:
     return total or None
 
 
+def _gguf_header(path: Path) -> tuple[str | None, int | None]:
+    """A GGUF file's general.architecture and parameter count (the sum of its tensors' elements)."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+        field = reader.fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace") if field is not None else None
+        return arch or None, sum(int(tensor.n_elements) for tensor in reader.tensors) or None
+    except Exception:  # noqa: BLE001 - facts for display: an unreadable header says nothing
+        return None, None
+
+
 def parameter_count(model_dir: Path) -> int | None:
-    """Parameters in a checkpoint's safetensors files, read from their headers alone; None without them."""
+    """Parameters in a checkpoint's safetensors files (or one GGUF file), read from their headers alone;
+    None without them."""
+    if Path(model_dir).suffix == ".gguf":
+        return _gguf_header(Path(model_dir))[1]
     total = 0
     for file in sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else ():
         try:
@@ -127,6 +143,9 @@ def parameter_count(model_dir: Path) -> int | None:
 
 
 def architecture(model_dir: Path) -> str | None:
-    """The checkpoint's architecture family as its config names it (config.json's model_type: "llama")."""
+    """The checkpoint's architecture family as its config names it (config.json's model_type: "llama"; a GGUF
+    file's general.architecture)."""
+    if Path(model_dir).suffix == ".gguf":
+        return _gguf_header(Path(model_dir))[0]
     kind = text_config(model_dir).get("model_type") if Path(model_dir).is_dir() else None
     return kind if isinstance(kind, str) and kind else None

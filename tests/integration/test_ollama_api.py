@@ -203,3 +203,4 @@ def test_tiny_model_on_every_engine(berth_server: RunningServer) -> None:
     details = {m.model: m.details for m in client.list().models}["tiny:latest"]
     expected_format = "gguf" if berth_server.engine == "llama.cpp" else "safetensors"
     assert details is not None and details.format == expected_format
+    assert (details.family, details.parameter_size) == ("llama", "344.38K")  # from the weights' own headers

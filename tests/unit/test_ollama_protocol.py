@@ -301,3 +301,10 @@ def test_an_adapter_name_selects_the_adapter(tmp_path: Path) -> None:
     with pytest.raises(ollama.ResponseError) as raised:
         client.embed("sql", "x")
     assert raised.value.status_code == 400 and "adapter" in raised.value.error
+
+
+def test_tokens_that_arrive_together_still_took_time(tmp_path: Path) -> None:
+    """One delta carries every token: eval_duration is 1 ns, not 0 (clients divide by it)."""
+    reply = ollama_client(tmp_path, OllamaGateway(["all at once"])).chat("default", HI, stream=False)
+    assert reply.eval_count == 1 and reply.eval_duration == 1
+    assert reply.total_duration == reply.prompt_eval_duration + 1

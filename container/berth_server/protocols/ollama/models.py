@@ -99,7 +99,8 @@ def _details(description: ModelDescription) -> dict[str, Any]:
     return {"parent_model": "", "format": description.weights_format or "",
             "family": family, "families": [family],
             "parameter_size": _size_label(description.parameter_count) if description.parameter_count else "",
-            "quantization_level": description.quantization or _DTYPE_LEVELS.get(description.dtype, description.dtype)}
+            "quantization_level": description.quantization or _DTYPE_LEVELS.get(description.dtype,
+                                                                                  description.dtype.upper())}
 
 
 def _digest(*parts: str) -> str:

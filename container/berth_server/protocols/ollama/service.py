@@ -141,11 +141,15 @@ def _events(state: FrontendState, body: GenerateFields, uid: str, generation: Ge
     prompt_tokens = generation.prompt_tokens
     state.metrics.count_tokens(uid, prompt_tokens, completion_tokens)
     timings = generation.timings()
+    # Tokens that reached the frontend together (a fast engine, a busy worker) measure 0 ns apart; clients
+    # divide eval_count by eval_duration, so a generation that made tokens took at least 1 ns.
+    eval_ns = max(timings.eval_ns, 1) if completion_tokens else 0
     last: WireEvent = {"model": body.model, "created_at": iso(time.time())}
     last[key] = {"role": "assistant", "content": ""} if key == "message" else ""
-    last.update(done=True, done_reason=reason or FINISH_REASONS.unknown, total_duration=timings.total_ns,
+    last.update(done=True, done_reason=reason or FINISH_REASONS.unknown,
+                total_duration=max(timings.total_ns, timings.prompt_eval_ns + eval_ns),
                 load_duration=0, prompt_eval_count=prompt_tokens, prompt_eval_duration=timings.prompt_eval_ns,
-                eval_count=completion_tokens, eval_duration=timings.eval_ns)
+                eval_count=completion_tokens, eval_duration=eval_ns)
     yield last
 
 
