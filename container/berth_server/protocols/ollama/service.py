@@ -77,13 +77,11 @@ def chat(state: FrontendState, body: ChatRequest) -> WireReply:
     if not body.messages:
         return _loaded(body, "message")
     parser = None
-    if body.tools:
-        name = tool_calls.parser_name(state.gateway, uid) or FALLBACK_PARSER
-        parser = tool_calls.TOOL_CALL_PARSERS[name]
     request = body.to_generate_request(uid, uuid.uuid4().hex, adapter)
     if body.tools:
-        request.sampling = tool_calls.keeping_special_tokens(request.sampling, description.tool_call_parser,
-                                                             tool_calls.ToolChoice("auto"))
+        own = description.tool_call_parser
+        parser = tool_calls.TOOL_CALL_PARSERS[own if own in tool_calls.TOOL_CALL_PARSERS else FALLBACK_PARSER]
+        request.sampling = tool_calls.keeping_special_tokens(request.sampling, own, tool_calls.ToolChoice("auto"))
     generation = start_generation(state.gateway, [request])
     events = _events(state, body, uid, generation, "message", parser)
     return WireReply([events], RULES, _whole, stream=body.stream, framing="ndjson", on_close=generation.close)
