@@ -14,8 +14,8 @@ from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError
 from berth_server.protocols import tool_calls
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
-from berth_server.protocols.openai.tool_syntax import ToolChoice
 from berth_server.protocols.reply import FoldRules, WireReply
+from berth_server.protocols.tool_syntax import ToolChoice
 
 SYSTEM_FINGERPRINT = "berth"
 # OpenAI has no word for an aborted or failed request: vLLM's "abort" and "error" are what its clients see.

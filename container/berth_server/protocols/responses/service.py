@@ -18,7 +18,7 @@ from berth_server.canonical import Delta
 from berth_server.client.generation import FinishReasons, Generation, coalesce, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import BerthError, GenerationFailed
-from berth_server.protocols.openai import tool_calls
+from berth_server.protocols import tool_calls
 from berth_server.protocols.openai.service import ChatPlan, chat_logprobs
 from berth_server.protocols.reply import FoldRules, WireItem, WireReply
 from berth_server.protocols.responses.events import ResponseWriter, Status
