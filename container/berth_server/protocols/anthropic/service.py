@@ -17,9 +17,9 @@ from berth_server.canonical import Delta
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.launch_config import ModelDescription
+from berth_server.protocols import tool_calls
 from berth_server.protocols.anthropic.fold import fold_message, partial_input
 from berth_server.protocols.anthropic.schemas import ConversationFields, CountTokensRequest, MessagesRequest
-from berth_server.protocols.openai import tool_calls
 from berth_server.protocols.reply import FoldRules, WireEvent, WireReply
 
 # Anthropic has no word for an aborted or failed generation: those end the stream with an `error` event.
