@@ -256,6 +256,9 @@ def test_list_show_ps_and_version_validate_as_the_client_reads_them(tmp_path: Pa
     assert running.model == "default:latest" and running.context_length == 64 and running.size_vram == 0
     version = app_client(tmp_path, gateway).get("/api/version").get_json()["version"]
     assert [int(part) for part in version.split(".")] >= [0, 6, 4]  # Copilot's minimum
+    probe = app_client(tmp_path, gateway).get("/")  # tools check Ollama's root before /api/*
+    assert probe.status_code == 200 and probe.get_data(as_text=True) == "Ollama is running"
+    assert app_client(tmp_path, gateway).head("/").status_code == 200
 
 
 MY_LLM = {"model_name": "my-llm", "is_builtin": False, "model_specs": [

@@ -17,7 +17,7 @@ from berth_server.http.openapi import install_openapi
 from berth_server.http.replies import render
 from berth_server.http.webui import ui_bp
 from berth_server.protocols.anthropic.blueprint import anthropic_bp
-from berth_server.protocols.ollama.blueprint import ollama_bp
+from berth_server.protocols.ollama.blueprint import ollama_bp, ollama_root_bp
 from berth_server.protocols.openai.blueprint import openai_bp
 from berth_server.protocols.reply import WireReply
 from berth_server.protocols.responses.blueprint import responses_bp
@@ -29,7 +29,8 @@ from berth_server.settings import Settings
 log = logging.getLogger(__name__)
 
 # Every protocol's blueprint; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
-PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, anthropic_bp, ollama_bp, openai_bp, responses_bp)
+PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, anthropic_bp, ollama_bp, ollama_root_bp, openai_bp,
+                       responses_bp)
 
 
 class BerthFlask(Flask):

@@ -70,7 +70,7 @@ QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "responses.input_items": (("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
                               ("order", {"type": "string", "enum": ["asc", "desc"]}), ("after", {"type": "string"})),
 }
-TEXT_PLAIN = {"berth_core.metrics"}
+TEXT_PLAIN = {"berth_core.metrics", "ollama_root.is_running"}
 # Every error body, whatever the protocol, carries "detail" (http/errors.py).
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 # OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 
 from berth_server.client.state import get_state
@@ -24,6 +24,9 @@ from berth_server.protocols.wire import request_json
 
 ollama_bp = Blueprint("ollama", __name__, url_prefix="/api")
 ollama_bp.berth_errors = OLLAMA_ERRORS  # type: ignore[attr-defined]  # read by http/errors.py
+# Ollama's root probe (GET / and HEAD /): tools check it before they call /api/*. TGI's `/` is POST only.
+ollama_root_bp = Blueprint("ollama_root", __name__)
+ollama_root_bp.berth_errors = OLLAMA_ERRORS  # type: ignore[attr-defined]
 _STARTED = time.time()  # "modified_at" of listed models: when this worker started serving
 
 HOW_MODELS_ARE_ADDED = ("models are added to Berth through its Xinference API (POST /v1/model_registrations/LLM "
@@ -80,6 +83,12 @@ def show() -> ResponseReturnValue:
 def ps() -> ResponseReturnValue:
     """The running models."""
     return jsonify(models.ps(get_state(), _STARTED))
+
+
+@ollama_root_bp.get("/")
+def is_running() -> ResponseReturnValue:
+    """Ollama's liveness probe: 200 "Ollama is running" (the server is up; /ping says whether a model is ready)."""
+    return Response("Ollama is running", mimetype="text/plain")
 
 
 @ollama_bp.get("/version")
