@@ -74,6 +74,8 @@ class ModelDescription(msgspec.Struct, kw_only=True):
     weights_format: str | None = None  # "safetensors", "gguf", ...
     quantization: str | None = None  # the launch's quantization, when one was asked
     chat_template: str | None = None  # the template the model process renders chats with
+    # Fill-in-the-middle (prefix, suffix, middle) markers when the vocabulary has them (model_process/fill_in_middle.py).
+    fill_in_middle: list[str] | None = None
 
 
 class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):

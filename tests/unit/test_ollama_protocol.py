@@ -35,9 +35,10 @@ class OllamaGateway(FakeGateway):
     """A fake gateway whose model describes itself fully (context 64, optional tool parser and reasoning)."""
 
     def __init__(self, words: list[str] | None = None, parser: str | None = None, reasoning: list[str] | None = None,
-                 mid_failure: GenerationFailed | None = None) -> None:
+                 mid_failure: GenerationFailed | None = None, fill_in_middle: list[str] | None = None) -> None:
         super().__init__(words=words, reasoning=reasoning, mid_failure=mid_failure)
         self.parser = parser
+        self.fill_in_middle = fill_in_middle
 
     def describe(self, uid: str) -> ModelDescription:
         """The one ready model, as a model process would describe it."""
@@ -46,7 +47,8 @@ class OllamaGateway(FakeGateway):
                                 max_total_tokens=64, context_length=64, max_batch_size=1, pid=1,
                                 reasoning=bool(self.reasoning), tool_call_parser=self.parser,
                                 architecture="llama", parameter_count=344_000, size_bytes=1_400_000,
-                                weights_format="safetensors", chat_template="{{ messages }}")
+                                weights_format="safetensors", chat_template="{{ messages }}",
+                                fill_in_middle=self.fill_in_middle)
 
 
 def app_client(tmp_path: Path, gateway: FakeGateway) -> FlaskClient:
@@ -134,6 +136,31 @@ def test_bad_requests_are_400_in_ollamas_shape(tmp_path: Path, path: str, body: 
     reply = app_client(tmp_path, gateway).post(path, json={"model": "default", "messages": HI, **body})
     assert reply.status_code == 400, reply.get_data(as_text=True)
     assert needle in reply.get_json()["error"] and not gateway.requests  # refused before anything started
+
+
+def test_a_suffix_is_the_models_fill_in_the_middle_prompt(tmp_path: Path) -> None:
+    gateway = OllamaGateway(fill_in_middle=["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"])
+    reply = ollama_client(tmp_path, gateway).generate(model="default", prompt="def add(a, b):\n    ",
+                                                      suffix="\n    return c", system="ignored", stream=False)
+    (request,) = gateway.requests
+    assert request.prompt == "<|fim_prefix|>def add(a, b):\n    <|fim_suffix|>\n    return c<|fim_middle|>"
+    assert request.messages is None and not request.split_reasoning  # as is: no template, no system
+    assert reply.response == "".join(WORDS)
+
+
+def test_fim_markers_come_from_the_vocabulary() -> None:
+    from berth_server.model_process.fill_in_middle import fim_markers
+
+    class Vocabulary:
+        def __init__(self, *tokens: str) -> None:
+            self.tokens = {token: i for i, token in enumerate(tokens)}
+
+        def get_vocab(self) -> dict[str, int]:
+            return self.tokens
+
+    assert fim_markers(Vocabulary("a", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")) == [
+        "<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+    assert fim_markers(Vocabulary("<|fim_prefix|>", "<|fim_suffix|>")) is None  # all three, or none
 
 
 @pytest.mark.parametrize("name", ["nope", "default:7b", "nope:latest"])

@@ -138,6 +138,7 @@ class ModelProcess:
             from berth_server.engines.select import start_engine
             from berth_server.model_process.adapter_store import AdapterStore
             from berth_server.model_process.adapters import reapply_stored_adapters
+            from berth_server.model_process.fill_in_middle import fim_markers
             from berth_server.model_process.text_pipeline import TextPipeline
 
             self.engine, info = await start_engine(config, model_dir, settings)
@@ -149,6 +150,7 @@ class ModelProcess:
             limits = (pipeline.limits.max_input, pipeline.limits.max_total)
             template = pipeline.tokenizer.chat_template
             facts["chat_template"] = template if isinstance(template, str) else None
+            facts["fill_in_middle"] = fim_markers(pipeline.tokenizer)
         server.bind()
         description = ModelDescription(
             uid=config.uid, model_name=config.model_name, model_type=config.model_type, source=config.source,

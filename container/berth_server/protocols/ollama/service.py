@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from berth_server.canonical import TokenInfo
+from berth_server.canonical import GenerateRequest, TokenInfo
 from berth_server.client.generation import FinishReasons, Generation, start_generation
 from berth_server.client.state import FrontendState
 from berth_server.errors import InvalidRequest
@@ -89,16 +89,27 @@ def chat(state: FrontendState, body: ChatRequest) -> WireReply:
 
 def generate(state: FrontendState, body: GenerateRequestWire) -> WireReply:
     """POST /api/generate: NDJSON chunks, streamed or folded into one reply."""
-    uid, adapter, _ = _checked(state, body, "generate")
+    uid, adapter, description = _checked(state, body, "generate")
     _no_images(bool(body.images), body.model)
-    if body.suffix:
-        raise InvalidRequest(f"model '{body.model}' does not support insert (fill-in-the-middle): leave suffix out",
-                             param="suffix")
     if body.prompt is None or (not body.prompt and not body.system):
         return _loaded(body, "response")
-    generation = start_generation(state.gateway, [body.to_generate_request(uid, uuid.uuid4().hex, adapter)])
+    request = body.to_generate_request(uid, uuid.uuid4().hex, adapter)
+    if body.suffix:
+        _fill_in_middle(request, body, description)
+    generation = start_generation(state.gateway, [request])
     events = _events(state, body, uid, generation, "response", None)
     return WireReply([events], RULES, _whole, stream=body.stream, framing="ndjson", on_close=generation.close)
+
+
+def _fill_in_middle(request: GenerateRequest, body: GenerateRequestWire, description: ModelDescription) -> None:
+    """Turn `request` into the model's fill-in-the-middle prompt (as is: no template, no system), or a 400."""
+    if not description.fill_in_middle:
+        raise InvalidRequest(f"model '{body.model}' does not support insert (fill-in-the-middle): leave suffix out",
+                             param="suffix")
+    prefix_marker, suffix_marker, middle_marker = description.fill_in_middle
+    request.messages = None
+    request.prompt = f"{prefix_marker}{body.prompt or ''}{suffix_marker}{body.suffix}{middle_marker}"
+    request.split_reasoning = False
 
 
 def _logprobs(tokens: list[TokenInfo]) -> list[dict[str, Any]]:
