@@ -86,6 +86,9 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     # generated n times; choice i samples with seed + i. Each Delta names its choice.
     n: int = 1
     return_prompt_text: bool = False  # Accepted.prompt_text is sent only when asked (completions echo)
+    # Reasoning tokens after which the model process closes the reasoning block itself (Anthropic's
+    # thinking.budget_tokens): the model then answers from what it thought so far. None: no limit.
+    thinking_budget: int | None = None
 
 
 class TopToken(msgspec.Struct, array_like=True, frozen=True):

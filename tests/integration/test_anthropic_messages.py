@@ -166,19 +166,55 @@ def test_thinking_goes_into_thinking_blocks(clients: tuple[anthropic.Anthropic, 
     try:
         ask = {"model": "an-think", "max_tokens": 12, "extra_body": GREEDY,
                "messages": [{"role": "user", "content": "why?"}]}
-        thinking = client.messages.create(thinking={"type": "enabled", "budget_tokens": 1024}, **ask)
+        # A budget (below max_tokens, as Anthropic requires) that leaves no room to answer is not forced.
+        thinking = client.messages.create(thinking={"type": "enabled", "budget_tokens": 11}, **ask)
         reference = _chat(chat, ask["messages"], 12, model="an-think",
                           extra_body={"chat_template_kwargs": {"enable_thinking": True}})
         reasoning = reference.choices[0].message.model_extra["reasoning_content"]
         assert reasoning  # the template opened <think>: the reply starts as reasoning
         assert thinking.content[0].type == "thinking" and thinking.content[0].thinking == reasoning
         assert "".join(b.text for b in thinking.content if b.type == "text") == (reference.choices[0].message.content or "")
-        streamed, kinds = _streamed(client, thinking={"type": "enabled", "budget_tokens": 1024}, **ask)
+        streamed, kinds = _streamed(client, thinking={"type": "enabled", "budget_tokens": 11}, **ask)
         assert _without_ids(streamed) == _without_ids(thinking) and "content_block_delta" in kinds
         quiet = client.messages.create(thinking={"type": "disabled"}, **ask)
         assert [block.type for block in quiet.content] == ["text"]
         for message in (thinking, quiet):
             assert "<think>" not in message.to_json() and "</think>" not in message.to_json()
+        _check_thinking_budget(client, ask, tiny_reasoning_model)
     finally:
         httpx.delete(smollm2_server.url("/v1/models/an-think"), timeout=60)
         httpx.delete(smollm2_server.url("/v1/model_registrations/LLM/an-think"), timeout=30)
+
+
+def _check_thinking_budget(client: anthropic.Anthropic, ask: dict[str, Any], model_dir: Path) -> None:
+    """budget_tokens is a limit: after that many thinking tokens the block is closed and the model answers
+    from its thoughts so far; both equal transformers' greedy generate, run the same way by hand."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    budget, max_tokens = 4, 16
+    budgeted = client.messages.create(**{**ask, "max_tokens": max_tokens},
+                                      thinking={"type": "enabled", "budget_tokens": budget})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompt = tokenizer.apply_chat_template(ask["messages"], add_generation_prompt=True, enable_thinking=True,
+                                           return_dict=True)["input_ids"]
+
+    def greedy(ids: list[int], count: int) -> list[int]:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=count, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return out[0, len(ids):].tolist()
+
+    thought = greedy(prompt, budget)
+    close = tokenizer.encode("</think>\n\n", add_special_tokens=False)
+    assert "</think>" not in tokenizer.decode(thought), "the model closed its thinking itself: pick another budget"
+    answer = greedy(prompt + thought + close, max_tokens - budget - len(close))
+    blocks = {block.type: block for block in budgeted.content}
+    assert blocks["thinking"].thinking.strip() == tokenizer.decode(thought, skip_special_tokens=True).strip()
+    assert blocks["text"].text.strip() == tokenizer.decode(answer, skip_special_tokens=True).strip()
+    assert budgeted.usage.output_tokens == budget + len(close) + len(answer)
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        client.messages.create(**{**ask, "max_tokens": 8}, thinking={"type": "enabled", "budget_tokens": 8})
+

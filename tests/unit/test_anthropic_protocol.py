@@ -349,6 +349,18 @@ def test_reachable_through_invocations_with_its_own_shapes(tmp_path: Path) -> No
     assert refused.status_code == 400 and refused.get_json()["error"]["type"] == "invalid_request_error"
 
 
+def test_the_thinking_budget_reaches_the_model_and_must_be_below_max_tokens(tmp_path: Path) -> None:
+    gateway = ScriptedGateway([("", "a")], reasoning=True)
+    client = client_for(tmp_path, gateway)
+    body = {**BODY, "max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 32}}
+    assert client.post("/v1/messages", json=body).status_code == 200
+    assert gateway.requests[-1].thinking_budget == 32 and gateway.requests[-1].enable_thinking is True
+    client.post("/v1/messages", json={**BODY, "thinking": {"type": "adaptive"}})
+    assert gateway.requests[-1].thinking_budget is None
+    refused = client.post("/v1/messages", json={**body, "max_tokens": 32})
+    assert refused.status_code == 400 and "budget_tokens" in refused.get_json()["error"]["message"]
+
+
 def test_disabled_thinking_on_a_thinking_model_turns_it_off(tmp_path: Path) -> None:
     gateway = ScriptedGateway([("", "a")], reasoning=True)
     client_for(tmp_path, gateway).post("/v1/messages", json={**BODY, "thinking": {"type": "disabled"}})

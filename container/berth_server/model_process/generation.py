@@ -14,7 +14,7 @@ import msgspec
 
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest, choice_seed
 from berth_server.engines.base import Engine, EngineRequest, EngineStep
-from berth_server.errors import BerthError, GenerationFailed, failure_of
+from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, failure_of
 from berth_server.model_process.output_stream import OutputStream
 from berth_server.model_process.text_pipeline import TextPipeline
 
@@ -53,6 +53,7 @@ class _Choice:
     steps: AsyncIterator[EngineStep] | None = None
     engine_done: bool = False  # the engine finished it (nothing left to abort)
     ended: bool = False  # its last Delta was sent
+    thinking_budget: int | None = None  # close the reasoning block after this many of its tokens
 
 
 def choice_request_id(request_id: str, choice: int) -> str:
@@ -66,6 +67,10 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
     assert pipeline is not None and engine is not None
     rid = request.request_id
     try:
+        if request.thinking_budget is not None and request.sampling.constraint is not None:
+            # The constraint's state would not carry over the continuation that closes the thinking.
+            raise InvalidRequest("a thinking budget cannot be combined with a forced output format or tool "
+                                 "choice", param="thinking")
         prepared = await pipeline.prepare_async(request)
         if request.sampling.constraint is not None and not engine.compiles_constraints:
             prepared = await pipeline.constrain(prepared, request.sampling.constraint)
@@ -82,8 +87,9 @@ async def run_generation(server: GenerationHost, peer: bytes, request: GenerateR
         return
     counters.requests_total += 1
     counters.prompt_tokens_total += len(prepared.prompt_ids)
-    choices = [_Choice(i, _for_choice(prepared.engine_request, rid, i), pipeline.output_stream(request, prepared))
-               for i in range(max(1, request.n))]
+    budget = request.thinking_budget if pipeline.reasoning and request.split_reasoning else None
+    choices = [_Choice(i, _for_choice(prepared.engine_request, rid, i), pipeline.output_stream(request, prepared),
+                       thinking_budget=budget) for i in range(max(1, request.n))]
     accepted = Accepted(request_id=rid, prompt_tokens=len(prepared.prompt_ids),
                         prompt_text=prepared.prompt_text if request.return_prompt_text else None)
     accepted_sent = False
@@ -152,7 +158,33 @@ async def _relay(server: GenerationHost, peer: bytes, choice: _Choice, first: En
             server.emit(peer, delta)
         if choice.stream.finished:
             return
+        thinking = choice.stream.thinking_tokens
+        if choice.thinking_budget is not None and thinking is not None and thinking >= choice.thinking_budget:
+            step = await _close_thinking(server, choice)
+            continue
         step = await _next_step(choice)
+
+
+async def _close_thinking(server: GenerationHost, choice: _Choice) -> EngineStep:
+    """End a choice's reasoning block at its budget: stop the engine request, continue from the prompt, what
+    it generated and the end tag, and return the end tag's tokens as the next step (its Delta closes the block).
+
+    Every engine can do this (a new request on longer prompt ids); the answer then follows the thoughts so far.
+    """
+    engine, pipeline = server.engine, server.pipeline
+    assert engine is not None and pipeline is not None
+    choice.thinking_budget = None  # once
+    close_ids = pipeline.thinking_close_ids()
+    original = choice.engine_request
+    remaining = original.max_new_tokens - choice.stream.completion_tokens - len(close_ids)
+    if remaining <= 0:  # no room left to answer: the model runs on to its token limit
+        return await _next_step(choice)
+    await _release(engine, choice)
+    choice.engine_request = dataclasses.replace(
+        original, request_id=f"{original.request_id}/answer", max_new_tokens=remaining,
+        prompt_token_ids=[*original.prompt_token_ids, *choice.stream.generated_ids, *close_ids])
+    choice.steps, choice.engine_done = await engine.submit(choice.engine_request), False
+    return EngineStep(token_ids=close_ids)
 
 
 async def _all_of(relays: list[Coroutine[Any, Any, None]]) -> None:

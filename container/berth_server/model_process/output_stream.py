@@ -37,6 +37,9 @@ class OutputStream:
         self._splitter = splitter
         self._details = details
         self.completion_tokens = 0
+        self.generated_ids: list[int] = []  # every token consumed, forced ones included (a continuation's prompt)
+        # completion_tokens when the current reasoning block began (None: not inside one)
+        self._thinking_from: int | None = 0 if splitter is not None and splitter.inside else None
         self.finished = False
         self.finish_reason: FinishReason | None = None
 
@@ -56,6 +59,7 @@ class OutputStream:
         for token_id in step.token_ids:
             consumed += 1
             self.completion_tokens += 1
+            self.generated_ids.append(token_id)
             chunk = self._detok.step(token_id)
             if chunk:
                 safe, stop_hit = self._stops.feed(chunk)
@@ -73,6 +77,11 @@ class OutputStream:
             else:
                 pieces.append(self._stops.flush())
         text, reasoning = self._split("".join(pieces), finish is not None)
+        if self._splitter is not None:
+            if not self._splitter.inside:
+                self._thinking_from = None
+            elif self._thinking_from is None:
+                self._thinking_from = self.completion_tokens - consumed
         tokens = self._token_infos(step, consumed) if self._details else None
         self.finished = finish is not None
         self.finish_reason = finish
@@ -80,6 +89,11 @@ class OutputStream:
             return None
         return Delta(request_id=self.request_id, text=text, reasoning=reasoning, tokens=tokens,
                      completion_tokens=self.completion_tokens, finish_reason=finish, stop_sequence=stop_hit)
+
+    @property
+    def thinking_tokens(self) -> int | None:
+        """Tokens of the reasoning block the output is inside now; None when it is not inside one."""
+        return None if self._thinking_from is None else self.completion_tokens - self._thinking_from
 
     def _split(self, text: str, final: bool) -> tuple[str, str]:
         if self._splitter is None:

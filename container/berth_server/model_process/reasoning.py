@@ -33,6 +33,11 @@ class ReasoningSplitter:
         self._start_tag = start_tag
         self._repeat_start = in_reasoning  # a model may re-emit the start tag its template already wrote
 
+    @property
+    def inside(self) -> bool:
+        """Whether the text fed so far ends inside a reasoning block."""
+        return self._inside
+
     @staticmethod
     def opened_in_prompt(prompt_text: str, start_tag: str, end_tag: str) -> bool:
         """True when the rendered prompt ends inside a reasoning block the template opened."""

@@ -108,6 +108,10 @@ class TextPipeline:
         """Whether the model has reasoning tags to split on."""
         return bool(self.config.reasoning_start_tag and self.config.reasoning_end_tag)
 
+    def thinking_close_ids(self) -> list[int]:
+        """The tokens that end a reasoning block as the chat templates write it (end tag, blank line)."""
+        return list(self.tokenizer.encode(f"{self.config.reasoning_end_tag}\n\n", add_special_tokens=False))
+
     def render_chat(self, request: GenerateRequest) -> str:
         """Render messages with the chat template (to text; tokenization is separate)."""
         kwargs = thinking_kwargs(request.enable_thinking, request.chat_template_kwargs, self.config,

@@ -234,6 +234,18 @@ class MessagesRequest(ConversationFields):
     service_tier: str | None = None
     output_config: OutputConfig | None = None
 
+    @model_validator(mode="after")
+    def _budget_below_max_tokens(self) -> MessagesRequest:
+        budget = self.thinking.budget_tokens if self.thinking and self.thinking.type == "enabled" else None
+        if budget is not None and budget >= self.max_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be greater than thinking.budget_tokens ({budget})")
+        return self
+
+    @property
+    def thinking_budget(self) -> int | None:
+        """The reasoning tokens after which the model process closes the thinking block (enabled only)."""
+        return self.thinking.budget_tokens if self.thinking and self.thinking.type == "enabled" else None
+
     def to_chat_request(self, enable_thinking: bool | None, max_total_tokens: int | None = None) -> ChatCompletionRequest:
         """The chat-completion request this Messages request is, with its sampling, stops and output format.
 

@@ -39,8 +39,10 @@ def messages(state: FrontendState, body: MessagesRequest) -> WireReply:
     choice = chat.tool_choice_mode()  # a bad tool_choice is refused before the model is asked anything
     parser_name = tool_calls.parser_name(state.gateway, uid) if chat.tools else None
     parser = tool_calls.parser_for(parser_name, choice) if chat.tools else None
-    generation = start_generation(state.gateway, chat.to_generate_requests(uid, uuid.uuid4().hex, parser_name,
-                                                                           adapter))
+    requests = chat.to_generate_requests(uid, uuid.uuid4().hex, parser_name, adapter)
+    for request in requests:
+        request.thinking_budget = body.thinking_budget  # honoured by the model process, on every engine
+    generation = start_generation(state.gateway, requests)
     tools = tool_calls.ChoiceToolStream(parser, choice, chat.parallel_tool_calls is not False) if parser else None
     events = _events(state, body, uid, generation, tools)
     return WireReply([events], FoldRules(), _whole, stream=bool(body.stream), framing="sse_named",
