@@ -16,7 +16,7 @@ from berth_server.http.app import create_app
 from berth_server.ipc import TokenSpan
 from berth_server.launch_config import ModelDescription
 from berth_server.protocols.responses.fold import fold_response
-from berth_server.protocols.responses.schemas import chat_messages
+from berth_server.protocols.responses.items import chat_messages
 from berth_server.protocols.responses.store import ResponseNotFound, ResponseStore, StoredResponse
 from berth_server.protocols.responses.truncation import drop_oldest_turn
 from berth_server.settings import Settings

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from berth_server.errors import BerthError
 from berth_server.protocols.reply import WireEvent
 from berth_server.protocols.responses.fold import ERROR_KEY
-from berth_server.protocols.responses.schemas import new_id
+from berth_server.protocols.responses.items import new_id
 
 ItemKind = Literal["reasoning", "message", "function_call"]
 Status = Literal["completed", "incomplete", "failed"]

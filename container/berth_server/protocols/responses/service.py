@@ -23,7 +23,8 @@ from berth_server.protocols.openai.service import ChatPlan, chat_logprobs
 from berth_server.protocols.reply import FoldRules, WireItem, WireReply
 from berth_server.protocols.responses.events import ResponseWriter, Status
 from berth_server.protocols.responses.fold import fold_response, whole_response
-from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs, new_id
+from berth_server.protocols.responses.items import new_id
+from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs
 from berth_server.protocols.responses.store import ResponseStore, StoredResponse
 from berth_server.protocols.responses.truncation import fit_conversation
 
