@@ -35,6 +35,10 @@ class Constraint(msgspec.Struct, frozen=True, kw_only=True):
     param: str = "response_format"
 
 
+# A temperature below this decodes greedily: dividing logits by it overflows to inf (vLLM's own threshold).
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """Per-request decoding knobs; defaults mean 'off'."""
 
@@ -61,6 +65,11 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), biases in [-100, 100]
     allowed_token_ids: tuple[int, ...] | None = None  # None: every token; else only these
     bad_words: tuple[str, ...] = ()  # words never generated (tokenized by the model process)
+
+    @property
+    def takes_argmax(self) -> bool:
+        """Whether every engine decodes this greedily: asked so, or a temperature too small to divide by."""
+        return self.greedy or self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 class GenerateRequest(msgspec.Struct, kw_only=True):

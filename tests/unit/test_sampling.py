@@ -113,6 +113,10 @@ def test_knobs_near_zero_take_their_limit_instead_of_failing() -> None:
     assert _tokens(logits.repeat(5, 1), tiny_penalty) == [2] * 5  # the seen token wins outright
     cold = [_row(temperature=1e-40, seed=s) for s in range(5)]  # x / t overflows float32
     assert _tokens(logits.repeat(5, 1), cold) == [0] * 5  # the limit of temperature -> 0 is the argmax
+    # Found by schemathesis too: 2.2e-308 is 0 in float32, and x / 0 gave NaN probabilities: a 500.
+    denormal = [_row(temperature=2.2250738585072014e-308, seed=s) for s in range(5)]
+    assert _tokens(logits.repeat(5, 1), denormal) == [0] * 5
+    assert SamplingParams(temperature=9e-6).takes_argmax and not SamplingParams(temperature=1e-4).takes_argmax
     both = _row(prompt=(1, 2), repetition_penalty=1e-300, temperature=1e-40, seed=3)
     assert _tokens(logits, [both]) in ([1], [2])
 

@@ -181,7 +181,7 @@ def completion_body(request: EngineRequest, n_vocab: int) -> dict[str, Any]:
     _check(s.logprobs is None or 0 <= s.logprobs <= 100, "logprobs", s.logprobs, "must be in [0, 100] here")
     bad = [t for t in request.prompt_token_ids if not 0 <= t < n_vocab]
     _check(not bad, "prompt", bad[:3], f"token ids must be in [0, {n_vocab})")
-    greedy = s.greedy or s.temperature == 0.0
+    greedy = s.takes_argmax
     from berth_server.engines.llamacpp_constraints import constraint_fields
 
     return constraint_fields(request, n_vocab) | {

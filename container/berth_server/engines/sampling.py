@@ -92,8 +92,8 @@ class RowSampler:
 
     @property
     def greedy(self) -> bool:
-        """Whether this row takes the argmax (temperature 0 counts as greedy, never divides by it)."""
-        return self.params.greedy or self.params.temperature == 0.0
+        """Whether this row takes the argmax (a temperature near 0 counts as greedy, never divides by it)."""
+        return self.params.takes_argmax
 
     def observe(self, token: int) -> None:
         """Record a generated token for the penalties, bad words and the grammar."""

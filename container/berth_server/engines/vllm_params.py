@@ -62,10 +62,10 @@ def sampling_params(request: EngineRequest) -> Any:
         extra["structured_outputs"] = structured_outputs(s.constraint)
     return VllmSamplingParams(
         n=1,
-        temperature=0.0 if s.greedy else s.temperature,
-        top_p=1.0 if s.greedy else s.top_p,
-        top_k=0 if s.greedy else s.top_k,  # 0 disables top-k in vLLM 0.32 (as -1 did before)
-        min_p=0.0 if s.greedy else s.min_p,
+        temperature=0.0 if s.takes_argmax else s.temperature,
+        top_p=1.0 if s.takes_argmax else s.top_p,
+        top_k=0 if s.takes_argmax else s.top_k,  # 0 disables top-k in vLLM 0.32 (as -1 did before)
+        min_p=0.0 if s.takes_argmax else s.min_p,
         repetition_penalty=s.repetition_penalty,
         frequency_penalty=s.frequency_penalty,
         presence_penalty=s.presence_penalty,

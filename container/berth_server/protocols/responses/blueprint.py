@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, request
@@ -26,7 +27,7 @@ def _make_store(setup: BlueprintSetupState) -> None:
     """One store per app, in the runtime dir every worker shares (the launcher names it for them all)."""
     settings = setup.app.extensions["berth"].settings
     setup.app.extensions["berth_responses"] = ResponseStore(
-        settings.resolved_runtime_dir() / STORE_FILE, settings.responses_store_max_count,
+        Path(settings.resolved_runtime_dir()) / STORE_FILE, settings.responses_store_max_count,
         settings.responses_store_max_bytes)
 
 
