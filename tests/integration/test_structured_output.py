@@ -151,6 +151,21 @@ def test_tool_choice_required_and_named_give_valid_calls(server: RunningServer) 
     assert len(single.message.tool_calls or []) == 1
 
 
+def test_a_tool_loop_replays_the_call_turn_as_the_client_returned_it(server: RunningServer) -> None:
+    # The openai client gives the call turn back with content None; SmolLM2's template concatenates
+    # content, so it must render as "" (as vLLM renders it), not fail as a 400.
+    user = {"role": "user", "content": "What is the weather in Paris?"}
+    called = _client(server).chat.completions.create(
+        model=server.model_uid, messages=[user], tools=TOOLS, tool_choice="required",  # type: ignore[arg-type]
+        max_tokens=120, temperature=0, parallel_tool_calls=False).choices[0].message
+    assert called.content is None and called.tool_calls
+    turn = called.model_dump(exclude_unset=True)
+    result = {"role": "tool", "tool_call_id": called.tool_calls[0].id, "content": "18 degrees and sunny"}
+    answer = _client(server).chat.completions.create(model=server.model_uid, messages=[user, turn, result],
+                                                     max_tokens=20, temperature=0)
+    assert answer.choices[0].message.content
+
+
 def _streamed_calls(server: RunningServer, **kw: Any) -> tuple[list[dict[str, Any]], str | None, int]:
     """Reassemble a streamed reply's tool calls: (calls in index order, finish_reason, pieces received)."""
     calls: dict[int, dict[str, Any]] = {}

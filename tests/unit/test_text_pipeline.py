@@ -192,6 +192,16 @@ def test_template_errors_are_validation_failures(tiny_dir: Path) -> None:
         strict.prepare(request(messages=[{"role": "wizard", "content": "hi"}]))
 
 
+def test_a_tool_call_turn_with_null_content_renders_as_empty_content(tiny_dir: Path) -> None:
+    concatenating = make_pipeline(tiny_dir, chat_template="{%- for m in messages -%}{{ m['role'] + ':' + m['content'] }};"
+                                  "{%- endfor -%}")
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    prepared = concatenating.prepare(request(messages=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]))
+    assert prepared.prompt_text == "user:hi;assistant:;tool:42;"
+
+
 def test_tokenize_returns_spans_with_offsets(pipeline: TextPipeline) -> None:
     text = "Hello 世界"
     spans = pipeline.tokenize(Tokenize(request_id="t", text=text, add_special_tokens=False))

@@ -118,9 +118,13 @@ class TextPipeline:
                                  self.tokenizer.chat_template)
         if request.continue_final_message:
             kwargs["continue_final_message"] = True
+        # An assistant turn that only calls tools comes with content null (the OpenAI client replays it
+        # so): it renders as "", as vLLM renders it, since templates that concatenate content (SmolLM2's)
+        # cannot add None to a string.
+        messages = [m if m.get("content") is not None else {**m, "content": ""} for m in request.messages or []]
         try:
             return str(self.tokenizer.apply_chat_template(
-                request.messages, tools=request.tools, tokenize=False,
+                messages, tools=request.tools, tokenize=False,
                 add_generation_prompt=request.add_generation_prompt and not request.continue_final_message,
                 **kwargs))
         except InvalidRequest:
