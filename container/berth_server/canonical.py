@@ -72,6 +72,12 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
         return self.greedy or self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
+def temperature_fields(temperature: float | None) -> dict[str, Any]:
+    """SamplingParams' greedy/temperature for a wire's `temperature`: left out is 1, 0 decodes greedily."""
+    chosen = 1.0 if temperature is None else temperature
+    return {"greedy": chosen == 0.0, "temperature": chosen if chosen > 0 else 1.0}
+
+
 class GenerateRequest(msgspec.Struct, kw_only=True):
     """One generation, whatever protocol it came in on. Exactly one of messages/prompt/prompt_token_ids."""
 

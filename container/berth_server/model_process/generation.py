@@ -54,6 +54,8 @@ class _Choice:
     engine_done: bool = False  # the engine finished it (nothing left to abort)
     ended: bool = False  # its last Delta was sent
     thinking_budget: int | None = None  # close the reasoning block after this many of its tokens
+    # Tokens generated so far, kept only while a thinking budget may still close the block (its continuation's prompt).
+    generated_ids: list[int] = dataclasses.field(default_factory=list)
 
 
 def choice_request_id(request_id: str, choice: int) -> str:
@@ -151,6 +153,8 @@ async def _relay(server: GenerationHost, peer: bytes, choice: _Choice, first: En
     while True:
         choice.engine_done = step.finish is not None
         server.counters.generated_tokens_total += len(step.token_ids)
+        if choice.thinking_budget is not None:
+            choice.generated_ids.extend(step.token_ids)
         delta = choice.stream.process(step)
         if delta is not None:
             delta.choice = choice.index
@@ -182,7 +186,7 @@ async def _close_thinking(server: GenerationHost, choice: _Choice) -> EngineStep
     await _release(engine, choice)
     choice.engine_request = dataclasses.replace(
         original, request_id=f"{original.request_id}/answer", max_new_tokens=remaining,
-        prompt_token_ids=[*original.prompt_token_ids, *choice.stream.generated_ids, *close_ids])
+        prompt_token_ids=[*original.prompt_token_ids, *choice.generated_ids, *close_ids])
     choice.steps, choice.engine_done = await engine.submit(choice.engine_request), False
     return EngineStep(token_ids=close_ids)
 

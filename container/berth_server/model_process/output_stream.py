@@ -37,7 +37,6 @@ class OutputStream:
         self._splitter = splitter
         self._details = details
         self.completion_tokens = 0
-        self.generated_ids: list[int] = []  # every token consumed, forced ones included (a continuation's prompt)
         # completion_tokens when the current reasoning block began (None: not inside one)
         self._thinking_from: int | None = 0 if splitter is not None and splitter.inside else None
         self.finished = False
@@ -59,7 +58,6 @@ class OutputStream:
         for token_id in step.token_ids:
             consumed += 1
             self.completion_tokens += 1
-            self.generated_ids.append(token_id)
             chunk = self._detok.step(token_id)
             if chunk:
                 safe, stop_hit = self._stops.feed(chunk)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from berth_server.canonical import GenerateRequest, SamplingParams
+from berth_server.canonical import GenerateRequest, SamplingParams, temperature_fields
 from berth_server.protocols import bounds, constraints
 from berth_server.protocols.bounds import Name, Seed, StopList, TextBatch, Tools, TopK
 from berth_server.protocols.tool_syntax import function_of
@@ -66,12 +66,10 @@ class Options(OllamaBase):
 
     def sampling(self, constraint: Any = None, logprobs: int | None = None) -> SamplingParams:
         """SamplingParams; an option left out means off (temperature 1, no top-k/top-p), as on Berth's other routes."""
-        temperature = 1.0 if self.temperature is None else self.temperature
         limit = self.num_predict if self.num_predict is not None and self.num_predict > 0 else None
         return SamplingParams(
             max_new_tokens=limit,
-            greedy=temperature == 0.0,
-            temperature=temperature if temperature > 0 else 1.0,
+            **temperature_fields(self.temperature),
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=max(self.top_k or 0, 0),
             min_p=self.min_p or 0.0,

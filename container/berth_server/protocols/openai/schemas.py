@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from berth_server.canonical import Constraint, GenerateRequest, SamplingParams
+from berth_server.canonical import Constraint, GenerateRequest, SamplingParams, temperature_fields
 from berth_server.errors import InvalidRequest
 from berth_server.protocols import bounds, constraints
 from berth_server.protocols.bounds import (
@@ -172,11 +172,9 @@ class SamplingFields(OpenAIBase):
                  constraint: Constraint | None = None) -> SamplingParams:
         """SamplingParams of the request (choice i samples with seed + i in the model process)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        temperature = 1.0 if self.temperature is None else self.temperature
         return SamplingParams(
             max_new_tokens=max_new_tokens,
-            greedy=temperature == 0.0,
-            temperature=temperature if temperature > 0 else 1.0,
+            **temperature_fields(self.temperature),
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=max(self.top_k or 0, 0),
             min_p=self.min_p or 0.0,
