@@ -11,15 +11,15 @@ from berth_server.http.app import create_app
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_frontend_fake import FakeGateway as ModelsGateway
-from tests.unit.test_tgi_fakes import FakeGateway
+from tests.unit.fakes.gateway import FakeGateway
+from tests.unit.test_tgi_fakes import tgi_gateway
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @pytest.fixture
 def gateway() -> FakeGateway:
-    gateway = FakeGateway()
+    gateway = tgi_gateway()
     gateway.add_adapter("tiny", AdapterSource(name="fr", src="/adapters/fr"))
     return gateway
 
@@ -85,7 +85,7 @@ def test_bad_registrations_are_4xx_naming_the_field(client: FlaskClient, body: d
 
 
 def test_v1_models_lists_adapters_with_their_parent(tmp_path: Path) -> None:
-    gateway = ModelsGateway()
+    gateway = FakeGateway()
     gateway.add_adapter("default", AdapterSource(name="fr", src="/adapters/fr"))
     app = create_app(Settings(runtime_dir=tmp_path), gateway=gateway, control=object())
     data = app.test_client().get("/v1/models").json["data"]

@@ -21,7 +21,7 @@ from berth_server.protocols.wire import parse
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+from tests.unit.fakes.gateway import FakeControl, FakeGateway
 
 TOOLS = [{"name": "get_weather", "description": "Weather in a city",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]

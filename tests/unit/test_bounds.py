@@ -17,7 +17,7 @@ from berth_server.protocols import bounds
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_tgi_fakes import FakeGateway
+from tests.unit.test_tgi_fakes import tgi_gateway
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 HUGE = 2**64
@@ -25,7 +25,7 @@ HUGE = 2**64
 
 @pytest.fixture
 def client(tmp_path: Path) -> FlaskClient:
-    return create_app(Settings(model_uid="tiny", runtime_dir=tmp_path), gateway=FakeGateway(),
+    return create_app(Settings(model_uid="tiny", runtime_dir=tmp_path), gateway=tgi_gateway(),
                       control=object()).test_client()
 
 

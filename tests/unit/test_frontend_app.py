@@ -18,7 +18,7 @@ from berth_server.http.app import create_app
 from berth_server.settings import Settings
 from flask import Flask
 
-from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+from tests.unit.fakes.gateway import FakeControl, FakeGateway
 
 
 def make_app(tmp_path, gateway: FakeGateway | None = None, **settings: object) -> Flask:

@@ -11,14 +11,14 @@ from berth_server.protocols.sagemaker.routes import custom_attributes
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_tgi_fakes import FakeGateway
+from tests.unit.test_tgi_fakes import tgi_gateway
 
 ROUTE = "X-Amzn-SageMaker-Custom-Attributes"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
 
 
 def make_client(tmp_path: Path, **settings: Any) -> FlaskClient:
-    app = create_app(Settings(model_uid="tiny", runtime_dir=tmp_path, **settings), gateway=FakeGateway(),
+    app = create_app(Settings(model_uid="tiny", runtime_dir=tmp_path, **settings), gateway=tgi_gateway(),
                      control=object())
     return app.test_client()
 

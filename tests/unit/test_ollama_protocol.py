@@ -15,13 +15,12 @@ import pytest
 from berth_server.adapter_specs import AdapterSource
 from berth_server.errors import GenerationFailed
 from berth_server.http.app import create_app
-from berth_server.launch_config import ModelDescription
 from berth_server.protocols.ollama.schemas import ChatRequest, GenerateRequestWire, parse
 from berth_server.protocols.tool_calls import TOOL_CALL_PARSERS, WholeCallStream
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_frontend_fake import WORDS, FakeControl, FakeGateway
+from tests.unit.fakes.gateway import WORDS, FakeControl, FakeGateway, FakeModel
 
 CALL_WORDS = ["I will check.", "\n<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}',
               "\n</tool_call>", "\n<tool_call>\n", '{"name": "get_time", "arguments": {}}\n</tool_call>']
@@ -31,24 +30,15 @@ HI = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}
 
 
-class OllamaGateway(FakeGateway):
-    """A fake gateway whose model describes itself fully (context 64, optional tool parser and reasoning)."""
-
-    def __init__(self, words: list[str] | None = None, parser: str | None = None, reasoning: list[str] | None = None,
-                 mid_failure: GenerationFailed | None = None, fill_in_middle: list[str] | None = None) -> None:
-        super().__init__(words=words, reasoning=reasoning, mid_failure=mid_failure)
-        self.parser = parser
-        self.fill_in_middle = fill_in_middle
-
-    def describe(self, uid: str) -> ModelDescription:
-        """The one ready model, as a model process would describe it."""
-        return ModelDescription(uid=uid, model_name="tiny", model_type="LLM", source="demo://tiny", engine="fake",
-                                device="cpu", dtype="float32", abilities=["chat"], max_input_tokens=32,
-                                max_total_tokens=64, context_length=64, max_batch_size=1, pid=1,
-                                reasoning=bool(self.reasoning), tool_call_parser=self.parser,
-                                architecture="llama", parameter_count=344_000, size_bytes=1_400_000,
-                                weights_format="safetensors", chat_template="{{ messages }}",
-                                fill_in_middle=self.fill_in_middle)
+def OllamaGateway(words: list[str] | None = None, parser: str | None = None,
+                  reasoning: list[str] | None = None, mid_failure: GenerationFailed | None = None,
+                  fill_in_middle: list[str] | None = None) -> FakeGateway:
+    """The fake gateway with its model described fully (context 64, optional tool parser and reasoning)."""
+    described = {"source": "demo://tiny", "engine": "fake", "max_batch_size": 1, "reasoning": bool(reasoning),
+                 "tool_call_parser": parser, "architecture": "llama", "parameter_count": 344_000,
+                 "size_bytes": 1_400_000, "weights_format": "safetensors", "chat_template": "{{ messages }}",
+                 "fill_in_middle": fill_in_middle}
+    return FakeGateway(words=words, reasoning=reasoning, mid_failure=mid_failure, model=FakeModel(described=described))
 
 
 def app_client(tmp_path: Path, gateway: FakeGateway) -> FlaskClient:

@@ -12,7 +12,7 @@ from berth_server.protocols.openai.schemas import ChatCompletionRequest, Complet
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_frontend_fake import WORDS, FakeControl, FakeGateway
+from tests.unit.fakes.gateway import WORDS, FakeControl, FakeGateway
 
 TEXT = "".join(WORDS)
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}

@@ -25,7 +25,7 @@ from berth_server.settings import Settings, SettingsError
 from flask.testing import FlaskClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+from tests.unit.fakes.gateway import FakeControl, FakeGateway
 from tests.unit.test_openai_protocol import sse_payloads
 
 WEATHER = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}\n</tool_call>'

@@ -10,7 +10,7 @@ from berth_server.http.app import create_app
 from berth_server.http.openapi import REQUEST_BODIES
 from berth_server.settings import Settings
 
-from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+from tests.unit.fakes.gateway import FakeControl, FakeGateway
 
 
 def test_every_route_is_described_and_the_document_loads(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_groups_fold_one_by_one_and_private_keys_never_stream() -> None:
 def test_an_error_while_folding_a_whole_reply_gets_the_protocols_error_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from berth_server.errors import GenerationFailed
 
-    from tests.unit.test_frontend_fake import FakeGateway
+    from tests.unit.fakes.gateway import FakeGateway
     from tests.unit.test_openai_protocol import client_for
 
     client = client_for(tmp_path, FakeGateway(mid_failure=GenerationFailed("the engine lost a token")))

@@ -23,7 +23,7 @@ from berth_server.settings import Settings
 from flask.testing import FlaskClient
 from openai.types.responses import Response
 
-from tests.unit.test_frontend_fake import WORDS, FakeControl, FakeGateway, FakeStream
+from tests.unit.fakes.gateway import WORDS, FakeControl, FakeGateway, FakeStream
 from tests.unit.test_openai_tool_calls import WORDS as TOOL_WORDS
 
 TEXT = "".join(WORDS)

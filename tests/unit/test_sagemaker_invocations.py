@@ -13,12 +13,13 @@ from berth_server.protocols.sagemaker.schemas import shape_of
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
-from tests.unit.test_tgi_fakes import FakeGateway
+from tests.unit.fakes.gateway import FakeGateway
+from tests.unit.test_tgi_fakes import tgi_gateway
 
 
 @pytest.fixture
 def gateway() -> FakeGateway:
-    return FakeGateway()
+    return tgi_gateway()
 
 
 def make_client(gateway: FakeGateway, tmp_path: Path, **settings: Any) -> FlaskClient:

@@ -14,7 +14,8 @@ from berth_server.settings import Settings
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.unit.test_tgi_fakes import FakeGateway
+from tests.unit.fakes.gateway import FakeGateway
+from tests.unit.test_tgi_fakes import tgi_gateway
 
 # Every parameter the text-generation 0.7.0 client sends, nulls included.
 CLIENT_PARAMETERS: dict[str, Any] = {
@@ -27,7 +28,7 @@ CLIENT_PARAMETERS: dict[str, Any] = {
 
 @pytest.fixture
 def gateway() -> FakeGateway:
-    return FakeGateway()
+    return tgi_gateway()
 
 
 @pytest.fixture
@@ -183,7 +184,7 @@ def test_tokens_that_arrive_together_are_written_in_one_chunk(app: Flask, gatewa
         batch = service.TgiRequests(get_state(), [parse(GenerateBody, body())], "tiny")
         generation = batch.start()
         pair = [TokenInfo(id=1, text="a", logprob=-0.1), TokenInfo(id=2, text="b", logprob=-0.2)]
-        generation.streams[0]._script = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
+        generation.streams[0].deltas = [Delta(request_id="r", text="ab", tokens=pair, completion_tokens=2,
                                                finish_reason="length")]
         (events,) = list(service.token_events(batch, generation, 0))
     assert [e["index"] for e in events] == [1, 2] and events[1]["generated_text"] == "ab"

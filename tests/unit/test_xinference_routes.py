@@ -9,12 +9,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from berth_server import ipc
 from berth_server.errors import NotFound
 from berth_server.http.app import create_app
 from berth_server.models.management import control_handlers
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
+
+from tests.unit.fakes.gateway import FakeGateway, FakeModel
 
 from .test_management import FakeSupervisor
 from .test_registration import LLM, _with
@@ -37,28 +38,15 @@ class FakeControl:
         return asyncio.run(self.handlers[method](params))
 
 
-class FakeGateway:
-    """Embeddings/rerank answers without a model process."""
-
-    def resolve_model(self, name: str | None) -> str:
-        if name in ("emb", "rr"):
-            return name
-        raise NotFound(f"model '{name}' not found")
-
-    def embed(self, uid: str, texts: list[str], dimensions: int | None = None) -> ipc.Embedded:
-        return ipc.Embedded("r", [[float(len(t)), 0.5] for t in texts], sum(len(t.split()) for t in texts))
-
-    def rerank(self, uid: str, query: str, documents: list[str]) -> ipc.Reranked:
-        return ipc.Reranked("r", [len(set(query) & set(d)) / 10 for d in documents], 7)
-
-    def default_ready(self) -> bool:
-        return True
+def encoder_gateway() -> FakeGateway:
+    """The fake gateway serving the embedding model 'emb' and the reranker 'rr' (no default model)."""
+    return FakeGateway(model=FakeModel(uid="emb", names=(), others=("emb", "rr")))
 
 
 def _client(tmp_path: Path, api_key: str | None = None) -> tuple[FlaskClient, FakeControl, Path]:
     settings = Settings(home=tmp_path / "home", api_key=api_key, runtime_dir=tmp_path)
     control = FakeControl(settings)
-    app = create_app(settings, gateway=FakeGateway(), control=control)
+    app = create_app(settings, gateway=encoder_gateway(), control=control)
     weights = tmp_path / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     (weights / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
