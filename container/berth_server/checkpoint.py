@@ -25,6 +25,16 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's tokenizer: a folder's files, or a single-file checkpoint's (GGUF) metadata, which
+    also carries its chat template and EOS."""
+    from transformers import AutoTokenizer
+
+    if path.is_file():
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
 def model_config(model_dir: Path) -> dict[str, Any]:
     """config.json as written (a multimodal checkpoint's text model is under text_config)."""
     return _read(Path(model_dir) / "config.json")

@@ -30,7 +30,7 @@ from berth_server.ipc import control_socket_address
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.models.management import control_handlers as management_handlers
 from berth_server.models.management import enrich_default_config
-from berth_server.models.sources import GGUF_QUANTIZATION, is_gguf
+from berth_server.models.sources import single_file_for
 from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings, SettingsError
 from berth_server.supervisor import Supervisor
@@ -56,9 +56,8 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
             raise StartupError(f"no model to serve: HF_MODEL_ID is not set and {model_dir} is missing or empty")
         source = str(model_dir)
     gguf_file, quantization = settings.hf_model_gguf_file, settings.quantize
-    if gguf_file is None and quantization and GGUF_QUANTIZATION.match(quantization) and not is_gguf(source):
-        # HF_MODEL_QUANTIZE=Q4_K_M picks that file of a GGUF repo or folder, as Xinference's quantization does.
-        gguf_file, quantization = f"*{quantization}*.gguf", None
+    if gguf_file is None:
+        gguf_file, quantization = single_file_for(quantization, source)
     config = ModelLaunchConfig(
         uid=settings.default_model_uid, source=source, model_name=settings.hf_model_id or source,
         revision=settings.hf_model_revision, engine=settings.engine, max_input_tokens=settings.max_input_tokens,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from berth_server import ipc
+from berth_server.checkpoint import load_tokenizer
 from berth_server.engines.base import EngineLoadInfo
 from berth_server.errors import InvalidRequest
 from berth_server.launch_config import ModelLaunchConfig
@@ -136,13 +137,13 @@ class EncoderService:
     def _load(self) -> EngineLoadInfo:
         """Load tokenizer and weights (blocking)."""
         import torch
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModel, AutoModelForSequenceClassification
 
         wanted = self.settings.device
         device = ("cuda" if torch.cuda.is_available() else "cpu") if wanted in ("auto", "") else wanted
         self.device = torch.device(device)
         trust = self.config.trust_remote_code
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=trust)
+        self.tokenizer = load_tokenizer(Path(self.model_dir), trust)
         loader = AutoModelForSequenceClassification if self.kind == "rerank" else AutoModel
         self.model = loader.from_pretrained(self.model_dir, trust_remote_code=trust).to(self.device).eval()
         model_config = self.model.config

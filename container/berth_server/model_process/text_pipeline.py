@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from berth_server.canonical import Constraint, GenerateRequest
-from berth_server.checkpoint import generation_eos_ids, text_config
+from berth_server.checkpoint import generation_eos_ids, load_tokenizer, text_config
 from berth_server.engines.base import EngineRequest
 from berth_server.errors import InputTooLong, InvalidRequest
 from berth_server.ipc import Tokenize, TokenSpan
@@ -80,13 +80,8 @@ class TextPipeline:
     @classmethod
     def load(cls, model_dir: Path, config: ModelLaunchConfig, settings: Settings,
              max_model_len: int) -> TextPipeline:
-        """Load the tokenizer from model_dir, or from a GGUF file's metadata (config.chat_template overrides either's)."""
-        from transformers import AutoTokenizer
-
-        if model_dir.is_file():  # a .gguf file: tokenizer, chat template and EOS come from its metadata
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir.parent), gguf_file=model_dir.name)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+        """Load the checkpoint's tokenizer (config.chat_template overrides its template)."""
+        tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
         if config.chat_template:
             tokenizer.chat_template = config.chat_template
         eos = _model_eos_ids(model_dir, tokenizer)

@@ -59,6 +59,15 @@ def resolve_source(source: str, settings: Settings, revision: str | None = None,
     return resolve_hub(source, settings, revision, report)
 
 
+def single_file_for(quantization: str | None, source: str) -> tuple[str | None, str | None]:
+    """(file pattern, quantization left for the engine) of HF_MODEL_QUANTIZE: a GGUF quantization name
+    (Q4_K_M) picks that file of a repo or folder of GGUF files, as Xinference's quantization does; any
+    other quantization is the engine's (awq, fp8, ...)."""
+    if quantization and GGUF_QUANTIZATION.match(quantization) and not is_gguf(source):
+        return f"*{quantization}*.gguf", None
+    return None, quantization
+
+
 def is_gguf(name: str) -> bool:
     """Whether a file name is a GGUF file's."""
     return name.lower().endswith(".gguf")
