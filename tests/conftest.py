@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Models made locally are cached here between runs (gitignored).
 TEST_MODEL_CACHE = REPO / ".berth-home" / "test-models"
+
+
+@contextmanager
+def building(target: Path) -> Iterator[None]:
+    """Hold the build lock of a cached model folder: `make test` runs pytest-xdist workers side by side,
+    and two of them may ask for the same model on a cold cache (the builders write in place)."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +39,8 @@ def smollm2_model() -> Path:
     """SmolLM2-135M-Instruct dequantized once to a float32 transformers checkpoint (real weights)."""
     from berth_server.models.wheel_weights import smollm2_dir
 
-    return smollm2_dir(TEST_MODEL_CACHE)
+    with building(TEST_MODEL_CACHE / "demo-models" / "smollm2"):
+        return smollm2_dir(TEST_MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")

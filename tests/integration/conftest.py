@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import building
+
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "serve"
 # Generated models are cached here between runs (gitignored); a recipe change rebuilds them.
@@ -221,7 +223,8 @@ def launch_serve(model: str | Path | None, home: Path, *, engine: str = "transfo
 def _build(name: str) -> Path:
     from berth_server.demo_model import RECIPES, build
 
-    return build(RECIPES[name], MODEL_CACHE / name)
+    with building(MODEL_CACHE / name):
+        return build(RECIPES[name], MODEL_CACHE / name)
 
 
 @pytest.fixture(scope="session")
@@ -235,7 +238,8 @@ def tiny_model_gguf(tiny_model: Path) -> Path:
     """tiny_model written as one float32 GGUF file (for the llama.cpp engine)."""
     from berth_server.demo_gguf import write_gguf
 
-    return write_gguf(tiny_model, MODEL_CACHE / "tiny-gguf" / "tiny.gguf")
+    with building(MODEL_CACHE / "tiny-gguf"):
+        return write_gguf(tiny_model, MODEL_CACHE / "tiny-gguf" / "tiny.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import building
+
 from .arch_models import FAMILIES, ArchFamily, build_family
 from .conftest import MODEL_CACHE, RunningServer, checkpoint_engines, launch_serve
 
@@ -81,7 +83,8 @@ class LaunchAhead:
             self._launches[family.name] = self._pool.submit(self._launch, family)
 
     def _launch(self, family: ArchFamily) -> tuple[Path, httpx.Response]:
-        model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
+        with building(MODEL_CACHE / f"arch-{family.name}"):
+            model_dir = build_family(family, MODEL_CACHE / f"arch-{family.name}")
         return model_dir, _launch(self.server, family, model_dir, self.server.engine)
 
     def close(self) -> None:

@@ -14,17 +14,21 @@ from berth_server.launch_config import ModelLaunchConfig
 from berth_server.model_process.encoder_service import create_encoder_service
 from berth_server.settings import Settings
 
+from tests.conftest import building
+
 CACHE = Path(__file__).resolve().parents[2] / ".berth-home" / "test-models"
 
 
 @pytest.fixture(scope="module")
 def embedding_dir() -> Path:
-    return build(RECIPES["tiny-embedding"], CACHE / "tiny-embedding")
+    with building(CACHE / "tiny-embedding"):
+        return build(RECIPES["tiny-embedding"], CACHE / "tiny-embedding")
 
 
 @pytest.fixture(scope="module")
 def rerank_dir() -> Path:
-    return build(RECIPES["tiny-rerank"], CACHE / "tiny-rerank")
+    with building(CACHE / "tiny-rerank"):
+        return build(RECIPES["tiny-rerank"], CACHE / "tiny-rerank")
 
 
 def _service(kind: str, model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
