@@ -96,6 +96,7 @@ RUN pip install --no-deps . \
 WORKDIR /opt/berth
 EXPOSE 8080
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.bidirectional-streaming=true \
       org.opencontainers.image.title="berth" \
       org.opencontainers.image.description="Serving container for open LLMs: SageMaker, TGI, OpenAI and Xinference APIs"
 

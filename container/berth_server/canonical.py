@@ -104,6 +104,9 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     # Reasoning tokens after which the model process closes the reasoning block itself (Anthropic's
     # thinking.budget_tokens): the model then answers from what it thought so far. None: no limit.
     thinking_budget: int | None = None
+    # A SageMaker stateful session (X-Amzn-SageMaker-Session-Id) the request belongs to: the model process
+    # checks it is open, and the engine may keep the session's prefix cached for its next turn.
+    session_id: str | None = None
 
 
 class TopToken(msgspec.Struct, array_like=True, frozen=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -76,6 +76,8 @@ class ModelStats(msgspec.Struct, tag="model_stats", kw_only=True):
     prompt_tokens_total: int = 0
     aborted_total: int = 0
     finished_total: int = 0
+    open_sessions: int = 0  # stateful sessions open on this model
+    pinned_sessions: int = 0  # of them, those the engine keeps state for (llama.cpp: a slot pinned to each)
 
 
 class Embed(msgspec.Struct, tag="embed", kw_only=True):
@@ -148,8 +150,30 @@ class Adapters(msgspec.Struct, tag="adapters", kw_only=True):
     adapters: list[AdapterInfo]
 
 
-FrontendMessage = Generate | Abort | Tokenize | StatsQuery | Embed | Rerank | AdapterAdd | AdapterRemove | AdapterQuery
-ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked | Adapters
+SessionAction = Literal["open", "check", "close"]
+SessionStateName = Literal["open", "closed", "expired", "unknown", "disabled"]
+
+
+class SessionRequest(msgspec.Struct, tag="session", kw_only=True):
+    """SageMaker's stateful sessions: open one, check one is open, or close one (its engine state is freed)."""
+
+    request_id: str
+    action: SessionAction
+    session_id: str | None = None  # None to open
+
+
+class SessionState(msgspec.Struct, tag="session_state", kw_only=True):
+    """Reply to SessionRequest: the session's state after the action, and when it expires (Unix seconds)."""
+
+    request_id: str
+    session_id: str | None
+    state: SessionStateName
+    expires_at: float = 0.0
+
+
+FrontendMessage = (Generate | Abort | Tokenize | StatsQuery | Embed | Rerank | AdapterAdd | AdapterRemove | AdapterQuery
+                   | SessionRequest)
+ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked | Adapters | SessionState
 
 
 class EventBatch(msgspec.Struct, tag="batch"):

@@ -120,6 +120,12 @@ class Settings:
     # Routes that change state (launch, terminate, register) which /invocations may still reach with
     # route=...: comma-separated globs over the path ("*" for all); by default none.
     invocations_routes: str | None = setting(None, "BERTH_INVOCATIONS_ROUTES")
+    # SageMaker's stateful sessions (/invocations {"requestType": "NEW_SESSION"|"CLOSE"}, the session header),
+    # as the model-hosting-container standard names them; a session lives this many seconds from its creation.
+    stateful_sessions: bool = setting(False, "BERTH_ENABLE_STATEFUL_SESSIONS", "SAGEMAKER_ENABLE_STATEFUL_SESSIONS",
+                                      kind="bool")
+    session_ttl_s: int = setting(1200, "BERTH_SESSIONS_EXPIRATION", "SAGEMAKER_SESSIONS_EXPIRATION", kind="int",
+                                 minimum=1)
     # Network. SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.
     host: str = setting("0.0.0.0", "BERTH_HOST")
     port: int = setting(8080, "PORT", "SAGEMAKER_BIND_TO_PORT", kind="int", minimum=1)

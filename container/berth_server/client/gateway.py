@@ -140,6 +140,11 @@ class Gateway:
         """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
         return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s)
 
+    def session(self, uid: str, action: ipc.SessionAction, session_id: str | None = None) -> ipc.SessionState:
+        """Open, check or close a stateful session on a model (its model process keeps the registry)."""
+        message = ipc.SessionRequest(request_id=new_request_id(), action=action, session_id=session_id)
+        return self._call(uid, message, ipc.SessionState, 30.0)
+
     # -- LoRA adapters ----------------------------------------------------------------------
     def add_adapter(self, uid: str, adapter: AdapterSource) -> list[ipc.AdapterInfo]:
         """Register an adapter on a model (its source may need a download: the long call timeout)."""

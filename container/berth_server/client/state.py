@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 
 from berth_server.settings import Settings
 
@@ -21,5 +21,7 @@ class FrontendState:
 
 
 def get_state() -> FrontendState:
-    """The current app's FrontendState."""
-    return current_app.extensions["berth"]
+    """The current app's FrontendState, or the one this request was bound to (g.berth_state: a SageMaker
+    session's, whose gateway stamps the session on every generation the request starts)."""
+    bound = g.get("berth_state")
+    return bound if bound is not None else current_app.extensions["berth"]

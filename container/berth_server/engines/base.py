@@ -42,6 +42,9 @@ class EngineRequest:
     # sampling.constraint compiled by the model process (an xgrammar CompiledGrammar); engines that
     # enforce constraints themselves (vLLM) ignore it.
     grammar: Any = None
+    # The stateful session the request belongs to (canonical GenerateRequest.session_id): an engine that
+    # can keep a session's KV for its next turn (llama.cpp's slots) reads it; others ignore it.
+    session_id: str | None = None
 
 
 @dataclass
@@ -115,6 +118,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self) -> None:
         """Stop the batching loop and release the device."""
+
+    async def close_session(self, session_id: str) -> None:
+        """A stateful session was closed or expired: free what the engine keeps for it (default: nothing kept)."""
+
+    def pinned_sessions(self) -> int:
+        """How many sessions the engine keeps state for now (for stats and tests; default: none)."""
+        return 0
 
     # LoRA adapters: engines that serve them override these three.
     async def add_adapter(self, name: str, src: str, folder: Path, pin: bool = False) -> dict[str, Any]:

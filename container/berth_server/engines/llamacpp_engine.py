@@ -24,6 +24,7 @@ from berth_server import errors
 from berth_server.engines import llamacpp_params
 from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
 from berth_server.engines.facts import LLAMA_CPP
+from berth_server.engines.llamacpp_sessions import SessionSlots
 from berth_server.engines.llamacpp_tokens import TokenBytes
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
@@ -77,6 +78,7 @@ class LlamaCppEngine(Engine):
         self._n_parallel = 1
         self._n_vocab = 0
         self._token_bytes: TokenBytes | None = None
+        self._sessions = SessionSlots(1)
 
     @staticmethod
     def cannot_serve(config: ModelLaunchConfig, model_dir: Path, settings: Settings) -> str | None:
@@ -101,6 +103,7 @@ class LlamaCppEngine(Engine):
         log.info("starting llama.cpp on %s: %s", path.name, options)
         self._server = await asyncio.to_thread(self._create_server, options)
         self._n_parallel = options.n_parallel
+        self._sessions = SessionSlots(options.n_parallel)
         self._n_vocab = facts.n_vocab
         # Threads block in handle_completions for a request's whole life; waiting ones queue in llama.cpp.
         self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_requests + 2,
@@ -131,6 +134,8 @@ class LlamaCppEngine(Engine):
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineStep]:
         """Run the request in llama.cpp and yield its token ids; closing early stops it and frees its slot."""
         body = llamacpp_params.completion_body(request, self._n_vocab)
+        if request.session_id is not None:  # the session's slot still holds its earlier turns (cache_prompt)
+            body["id_slot"] = self._sessions.slot_for(request.session_id)
         loop = asyncio.get_running_loop()
         running = _Running(asyncio.Queue(), loop)
         self._running[request.request_id] = running
@@ -223,6 +228,14 @@ class LlamaCppEngine(Engine):
         if running is not None:
             running.stop = True
             running.queue.put_nowait(_ABORT)
+
+    async def close_session(self, session_id: str) -> None:
+        """Unpin the session's slot: any request may take it (and overwrite its cache) from now on."""
+        self._sessions.release(session_id)
+
+    def pinned_sessions(self) -> int:
+        """Sessions holding a slot."""
+        return len(self._sessions)
 
     def counts(self) -> tuple[int, int]:
         """(running, waiting): requests in llama.cpp's slots and those queued for one."""

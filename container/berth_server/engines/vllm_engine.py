@@ -95,7 +95,10 @@ class VllmEngine(Engine):
             dtype=str(model_config.dtype).removeprefix("torch."),
             max_model_len=int(model_config.max_model_len),
             max_batch_size=self._max_num_seqs,
-            extra={"tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size},
+            # vLLM caches prompt prefixes by default where the model and platform allow it (its CPU build on
+            # x86 and Arm too): a stateful session's next turn reuses its earlier turns' KV blocks from there.
+            extra={"tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size,
+                   "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching)},
         )
 
     async def _warm_up(self) -> None:

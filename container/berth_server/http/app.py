@@ -11,6 +11,7 @@ from flask.typing import ResponseReturnValue
 from berth_server.client.state import FrontendState
 from berth_server.errors import PayloadTooLarge
 from berth_server.http.auth import install_auth
+from berth_server.http.bidi_stream import install_bidi_stream
 from berth_server.http.errors import register_error_handlers
 from berth_server.http.metrics import FrontendMetrics, install_metrics
 from berth_server.http.openapi import install_openapi
@@ -81,5 +82,6 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
     for blueprint in PROTOCOL_BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.register_blueprint(ui_bp)
+    install_bidi_stream(app, settings.max_body_bytes)
     install_openapi(app)
     return app

@@ -26,6 +26,7 @@ from berth_server.protocols.ollama.schemas import (
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.responses.schemas import CreateResponse, ResponseInputs
 from berth_server.protocols.sagemaker.schemas import InvocationTgiBody
+from berth_server.protocols.sagemaker.sessions import SessionBody
 from berth_server.protocols.tgi.schemas import GenerateBody, TokenizeBody
 from berth_server.protocols.xinference.schemas import (
     EmbeddingRequest,
@@ -44,7 +45,7 @@ REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "tgi.generate": (GenerateBody,),
     "tgi.generate_stream": (GenerateBody,),
     "tgi.tokenize": (TokenizeBody,),
-    "sagemaker.invocations": (ChatCompletionRequest, CompletionRequest, InvocationTgiBody),
+    "sagemaker.invocations": (ChatCompletionRequest, CompletionRequest, InvocationTgiBody, SessionBody),
     "xinference.register": (RegisterBody,),
     "xinference.launch": (LaunchBody,),
     "xinference.embeddings": (EmbeddingRequest,),
@@ -117,7 +118,7 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     refs, components = _components()
     paths: dict[str, dict[str, Any]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.websocket:  # the bidirectional stream is a WebSocket, not HTTP
             continue
         path = _CONVERTER.sub(r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

@@ -136,7 +136,9 @@ def _for_choice(engine_request: EngineRequest, request_id: str, choice: int) -> 
         return engine_request
     sampling = msgspec.structs.replace(engine_request.sampling,
                                        seed=choice_seed(engine_request.sampling.seed, choice))
-    return dataclasses.replace(engine_request, request_id=choice_request_id(request_id, choice), sampling=sampling)
+    # Only choice 0 continues a session's cached turns: the others would otherwise wait for its llama.cpp slot.
+    return dataclasses.replace(engine_request, request_id=choice_request_id(request_id, choice), sampling=sampling,
+                               session_id=None)
 
 
 async def _next_step(choice: _Choice) -> EngineStep:

@@ -146,7 +146,8 @@ class ModelProcess:
             store = AdapterStore.for_model(config.uid, self.runtime_dir, settings.home)
             await reapply_stored_adapters(self.engine, settings, store)
             pipeline = await asyncio.to_thread(TextPipeline.load, model_dir, config, settings, info.max_model_len)
-            server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline, adapter_store=store)
+            server = ModelServer(settings, address, engine=self.engine, pipeline=pipeline, adapter_store=store,
+                                 sessions=self._session_registry(address))
             limits = (pipeline.limits.max_input, pipeline.limits.max_total)
             template = pipeline.tokenizer.chat_template
             facts["chat_template"] = template if isinstance(template, str) else None
@@ -161,6 +162,15 @@ class ModelProcess:
             dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser,
             **facts)
         return server, description
+
+    def _session_registry(self, address: str) -> Any:
+        """The model's stateful-session registry (kept beside its socket), or None when sessions are off."""
+        if not self.settings.stateful_sessions:
+            return None
+        from berth_server.model_process.sessions import SessionRegistry
+
+        digest = address.rsplit("/m-", 1)[-1].removesuffix(".sock")
+        return SessionRegistry.for_model(self.settings.session_ttl_s, self.runtime_dir, digest)
 
     async def _add_launch_adapters(self) -> None:
         """Register the adapters the model is launched with; a bad one fails the launch, naming it."""

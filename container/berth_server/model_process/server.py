@@ -23,6 +23,7 @@ from berth_server.engines.base import Engine
 from berth_server.errors import BerthError, failure_of
 from berth_server.model_process.adapter_store import AdapterStore
 from berth_server.model_process.generation import Counters, run_generation
+from berth_server.model_process.sessions import SessionRegistry
 from berth_server.model_process.text_pipeline import TextPipeline
 from berth_server.settings import Settings
 
@@ -44,8 +45,9 @@ class ModelServer:
 
     def __init__(self, settings: Settings, address: str, *, engine: Engine | None = None,
                  pipeline: TextPipeline | None = None, encoder: EncoderService | None = None,
-                 adapter_store: AdapterStore | None = None):
+                 adapter_store: AdapterStore | None = None, sessions: SessionRegistry | None = None):
         self.settings = settings
+        self.sessions = sessions  # None: stateful sessions are off
         self.adapter_store = adapter_store
         self.address = address
         self.engine = engine
@@ -149,6 +151,11 @@ class ModelServer:
             self.emit(peer, Failure(request_id=rid, message=f"request id {rid!r} is already running",
                                     error_type="validation", param="request_id"))
             return
+        refused = self._session_refusal(request.session_id)
+        if refused is not None:
+            self.emit(peer, Failure(request_id=rid, message=refused, error_type="validation", status=400,
+                                    param="session_id"))
+            return
         if not self.accepting:
             self.emit(peer, Failure(request_id=rid, message="the model is shutting down",
                                     error_type="overloaded"))
@@ -174,7 +181,44 @@ class ModelServer:
             log.exception("request %s failed", message.request_id)
             self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
 
+    def _session_refusal(self, session_id: str | None) -> str | None:
+        """Why a request cannot run in this session (None when it has none, or it is open)."""
+        if session_id is None:
+            return None
+        if self.sessions is None:
+            return "stateful sessions are not enabled on this model (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
+        self._sweep_sessions()
+        state = self.sessions.state(session_id)
+        return None if state == "open" else f"session {session_id!r} is {state}"
+
+    def _sweep_sessions(self) -> None:
+        """Forget expired sessions and free what the engine kept for them (in the background)."""
+        if self.sessions is None or self.engine is None:
+            return
+        for session_id in self.sessions.sweep():
+            asyncio.ensure_future(self.engine.close_session(session_id))
+
+    async def _session(self, message: ipc.SessionRequest) -> ipc.SessionState:
+        """Open, check or close a stateful session."""
+        rid = message.request_id
+        if self.sessions is None or self.engine is None:
+            return ipc.SessionState(request_id=rid, session_id=message.session_id, state="disabled")
+        self._sweep_sessions()
+        if message.action == "open":
+            session_id, expires_at = self.sessions.open()
+            return ipc.SessionState(request_id=rid, session_id=session_id, state="open", expires_at=expires_at)
+        session_id = message.session_id or ""
+        state = self.sessions.state(session_id)
+        if state != "open" or message.action == "check":
+            return ipc.SessionState(request_id=rid, session_id=session_id, state=state,  # type: ignore[arg-type]
+                                    expires_at=self.sessions.expires_at(session_id))
+        await self.engine.close_session(session_id)
+        self.sessions.close(session_id)
+        return ipc.SessionState(request_id=rid, session_id=session_id, state="closed")
+
     async def _reply_to(self, message: Any) -> Any:
+        if isinstance(message, ipc.SessionRequest):
+            return await self._session(message)
         if isinstance(message, (ipc.AdapterAdd, ipc.AdapterRemove, ipc.AdapterQuery)):
             from berth_server.model_process.adapters import handle_adapter_message
 
@@ -196,7 +240,9 @@ class ModelServer:
         return ipc.ModelStats(request_id=request_id, running=running, waiting=waiting,
                               requests_total=c.requests_total, generated_tokens_total=c.generated_tokens_total,
                               prompt_tokens_total=c.prompt_tokens_total, aborted_total=c.aborted_total,
-                              finished_total=c.finished_total)
+                              finished_total=c.finished_total,
+                              open_sessions=len(self.sessions) if self.sessions is not None else 0,
+                              pinned_sessions=self.engine.pinned_sessions() if self.engine is not None else 0)
 
     # --- sending -----------------------------------------------------------------------------------
 

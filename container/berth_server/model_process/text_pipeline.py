@@ -164,7 +164,7 @@ class TextPipeline:
         engine_request = EngineRequest(
             request_id=request.request_id, prompt_token_ids=ids, sampling=request.sampling,
             stop_token_ids=self.stop_ids(request), max_new_tokens=max_new, adapter=request.adapter,
-            bad_words_ids=self.bad_words_ids(request.sampling.bad_words))
+            bad_words_ids=self.bad_words_ids(request.sampling.bad_words), session_id=request.session_id)
         return PreparedRequest(engine_request, prompt_text, ids, in_reasoning)
 
     @property

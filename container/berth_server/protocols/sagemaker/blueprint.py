@@ -10,7 +10,8 @@ decides, and the setting only breaks the tie when a body carries both "messages"
 TGI-shaped bodies have TGI bodies; chat/prompt bodies get OpenAI error bodies (400 on validation).
 X-Amzn-SageMaker-Custom-Attributes `route=/path` sends the invocation to another route (routes.py); Accept is
 accepted (replies are JSON, or SSE when streaming);
-X-Amzn-SageMaker-Inference-Id is echoed back.
+X-Amzn-SageMaker-Inference-Id is echoed back. Stateful sessions (`{"requestType": ...}` bodies and the
+X-Amzn-SageMaker-Session-Id header) are sessions.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from berth_server.protocols.openai.schemas import parse as parse_openai
 from berth_server.protocols.route_policy import changes_state
-from berth_server.protocols.sagemaker import adapters, routes, service
+from berth_server.protocols.sagemaker import adapters, routes, service, sessions
 from berth_server.protocols.sagemaker.schemas import shape_of
 from berth_server.protocols.tgi.errors import TGI_ERRORS
 from berth_server.protocols.wire import request_json
@@ -52,11 +53,18 @@ def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
     state = get_state()
     attributes = routes.custom_attributes(request.headers.get(routes.CUSTOM_ATTRIBUTES_HEADER))
     routed = routes.resolve(attributes, routes.allowed_patterns(state.settings.invocations_routes))
+    session = request.headers.get(sessions.SESSION_HEADER)
     if routed is not None:
+        routed.use_error_shape()
+        sessions.bind(state, session)  # the routed view fetches the bound state itself
         return routed()
     body = request_json()
+    if sessions.is_session_request(body):
+        g.berth_errors = OPENAI_ERRORS  # plain statuses: a malformed session request is a 400 on any wire
+        return sessions.handle(state, body, session)
     shape = shape_of(body, state.settings.messages_api_enabled)
     g.berth_errors = TGI_ERRORS if shape == "tgi" else OPENAI_ERRORS
+    state = sessions.bind(state, session)
     adapter = adapters.adapter_from_headers(request.headers)
     if adapter is not None:
         body = adapters.with_adapter(body, shape, adapter)

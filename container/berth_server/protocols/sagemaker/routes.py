@@ -56,12 +56,16 @@ class RoutedCall:
     view: Callable[..., Any]
     args: dict[str, Any]
 
-    def __call__(self) -> Any:
-        """Run the route's own view, with its blueprint's error shape."""
+    def use_error_shape(self) -> None:
+        """Answer errors from now on in the route's own shape (its blueprint's)."""
         blueprint = self.endpoint.rpartition(".")[0]
         shape = getattr(current_app.blueprints.get(blueprint), "berth_errors", None)
         if shape is not None:
             g.berth_errors = shape
+
+    def __call__(self) -> Any:
+        """Run the route's own view, with its blueprint's error shape."""
+        self.use_error_shape()
         return self.view(**self.args)
 
 
