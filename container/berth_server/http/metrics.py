@@ -34,6 +34,9 @@ class ModelProcessCollector(Collector):
         aborted = GaugeMetricFamily("berth_model_aborted_requests", "Requests aborted (cumulative)", labels=["model"])
         finished = GaugeMetricFamily("berth_model_finished_requests", "Requests that ran to their end (cumulative)",
                                      labels=["model"])
+        sessions = GaugeMetricFamily("berth_model_open_sessions", "SageMaker stateful sessions open", labels=["model"])
+        pinned = GaugeMetricFamily("berth_model_pinned_sessions", "Sessions whose prefix the engine keeps (llama.cpp: "
+                                   "a slot each)", labels=["model"])
         try:
             statuses = self.gateway.statuses()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the launcher is busy
@@ -50,10 +53,14 @@ class ModelProcessCollector(Collector):
             waiting.add_metric([uid], stats.waiting)
             aborted.add_metric([uid], stats.aborted_total)
             finished.add_metric([uid], stats.finished_total)
+            sessions.add_metric([uid], stats.open_sessions)
+            pinned.add_metric([uid], stats.pinned_sessions)
         yield running
         yield waiting
         yield aborted
         yield finished
+        yield sessions
+        yield pinned
 
 
 class FrontendMetrics:
