@@ -72,6 +72,8 @@ QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
                               ("order", {"type": "string", "enum": ["asc", "desc"]}), ("after", {"type": "string"})),
 }
 TEXT_PLAIN = {"berth_core.metrics", "ollama_root.is_running"}
+# SageMaker's session requests are answered in text ("Session <id> created"), as AWS's standard answers them.
+SESSION_REPLIES = {"sagemaker.invocations"}
 # Every error body, whatever the protocol, carries "detail" (http/errors.py).
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 # OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);
@@ -108,6 +110,8 @@ def _responses(endpoint: str) -> dict[str, Any]:
             ok["text/event-stream"] = {"schema": SSE_EVENT}
         if endpoint in NDJSON_STREAMING:
             ok["application/x-ndjson"] = {"schema": {}}
+        if endpoint in SESSION_REPLIES:
+            ok["text/plain"] = {"schema": {"type": "string"}}
     return {"200": {"description": "OK", "content": ok},
             "default": {"description": "An error; `detail` says what and why",
                         "content": {"application/json": {"schema": ERROR}}}}
