@@ -212,3 +212,92 @@ def test_settings_read_sagemakers_names_and_berths() -> None:
     assert on.stateful_sessions and on.session_ttl_s == 30
     assert Settings.from_env({"BERTH_ENABLE_STATEFUL_SESSIONS": "1"}).stateful_sessions
     assert Settings.from_env(on.to_env()).stateful_sessions  # what a model process gets
+
+
+# --- the bidirectional stream's connection, on a fake WebSocket -------------------------------------------
+
+class FakeWebSocket:
+    """simple_websocket's Server as Connection uses it: frames in from a queue, frames out into a list."""
+
+    def __init__(self) -> None:
+        import gevent.queue
+
+        self.incoming: Any = gevent.queue.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def receive(self) -> Any:
+        from simple_websocket import ConnectionClosed
+
+        frame = self.incoming.get()
+        if frame is None:
+            raise ConnectionClosed()
+        return frame
+
+    def send(self, data: str) -> None:
+        self.sent.append(json.loads(data))
+
+    def close(self, reason: int, message: str) -> None:
+        self.closed = (reason, message)
+
+
+class HeldGateway(FakeGateway):
+    """Generations whose second batch never comes (until the stream is closed)."""
+
+    def generate(self, request: Any) -> Any:
+        import gevent.event
+
+        stream = super().generate(request)
+        batches = stream.batches
+
+        def held() -> Any:
+            iterator = batches()
+            yield next(iterator)
+            gevent.event.Event().wait()
+
+        stream.batches = held
+        return stream
+
+
+def _wait_for(condition: Any) -> None:
+    import gevent
+
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline
+        gevent.sleep(0.01)
+
+
+def test_websocket_requests_run_at_once_and_a_hang_up_closes_them(tmp_path: Path) -> None:
+    import gevent
+    from berth_server.http.bidi_stream import Connection
+
+    gateway = HeldGateway()
+    app = create_app(Settings(model_uid="tiny", runtime_dir=tmp_path), gateway=gateway, control=object())
+    ws = FakeWebSocket()
+    serving = gevent.spawn(Connection(app, ws, [("Accept", "application/json")]).serve)
+    ws.incoming.put(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}]}))
+    ws.incoming.put(json.dumps({"id": "b", "inputs": "hi"}))
+    ws.incoming.put("[1, 2]")
+    _wait_for(lambda: {f["id"] for f in ws.sent if "event" in f} == {"a", "b"} and len(ws.sent) >= 3)
+    refused = next(f for f in ws.sent if f["id"] == 3)
+    assert refused["done"] and refused["status"] == 422 and "JSON object" in refused["error"]["error"]
+    assert all(not s.closed for s in gateway.streams) and len(gateway.streams) == 2  # both held, in flight
+    ws.incoming.put(None)  # the client hangs up
+    serving.join(WAIT_S)
+    assert serving.dead and all(s.closed for s in gateway.streams)  # every generation was closed (aborted)
+
+
+def test_websocket_refuses_binary_frames_with_1003(tmp_path: Path) -> None:
+    import gevent
+    from berth_server.http.bidi_stream import Connection
+
+    app = create_app(Settings(model_uid="tiny", runtime_dir=tmp_path), gateway=FakeGateway(), control=object())
+    ws = FakeWebSocket()
+    ws.incoming.put(json.dumps({"id": 1, "inputs": "hi", "stream": False}))
+    serving = gevent.spawn(Connection(app, ws, []).serve)
+    _wait_for(lambda: any(f.get("done") for f in ws.sent))
+    assert ws.sent[0]["body"][0]["generated_text"] and ws.sent[-1] == {"id": 1, "done": True, "status": 200}
+    ws.incoming.put(b"\x00")
+    serving.join(WAIT_S)
+    assert ws.closed is not None and ws.closed[0] == 1003
