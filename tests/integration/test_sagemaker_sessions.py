@@ -129,7 +129,7 @@ def test_session_lifecycle_as_sagemaker_sends_it(server: RunningServer) -> None:
 def test_a_session_turn_skips_the_prefill_of_its_earlier_turns(server: RunningServer) -> None:
     session = new_session(server)
     turns = ["Which animal is in note 3?", "And in note 12?", "Which room is note 13 in?"]
-    messages = [{"role": "system", "content": SYSTEM + notes(1, 16)}]
+    messages = [{"role": "system", "content": SYSTEM + notes(1, 20)}]
     for question in turns[:2]:
         messages.append({"role": "user", "content": question})
         reply = invoke(server, chat(messages), session).json()
@@ -137,13 +137,14 @@ def test_a_session_turn_skips_the_prefill_of_its_earlier_turns(server: RunningSe
     turn3 = [*messages, {"role": "user", "content": turns[2]}]
     with_session, length = ttft(server, chat(turn3), session)
     # A cold conversation of the same length: other notes, so no slot holds any of its prefix.
-    cold = [{"role": "system", "content": SYSTEM + notes(5, 16)}, *turn3[1:]]
+    cold = [{"role": "system", "content": SYSTEM + notes(5, 20)}, *turn3[1:]]
     without, cold_length = ttft(server, chat(cold))
     lengths = [length, cold_length]
     assert abs(lengths[0] - lengths[1]) < 0.05 * lengths[0], lengths
     print(f"turn 3 ({lengths[0]} prompt tokens): TTFT {with_session:.3f} s in its session, "
           f"{without:.3f} s cold ({lengths[1]} tokens)")
-    assert with_session < 0.5 * without
+    # Without reuse both would prefill the same ~400 tokens (a ratio near 1); the margin absorbs a loaded machine.
+    assert with_session < 0.7 * without
     invoke(server, {"requestType": "CLOSE"}, session)
 
 
