@@ -301,3 +301,9 @@ def test_websocket_refuses_binary_frames_with_1003(tmp_path: Path) -> None:
     ws.incoming.put(b"\x00")
     serving.join(WAIT_S)
     assert ws.closed is not None and ws.closed[0] == 1003
+
+
+def test_a_plain_http_request_to_the_websocket_is_told_to_upgrade(tmp_path: Path) -> None:
+    app = create_app(Settings(model_uid="tiny", runtime_dir=tmp_path), gateway=FakeGateway(), control=object())
+    reply = app.test_client().get("/invocations-bidirectional-stream")
+    assert reply.status_code == 426 and reply.headers["Upgrade"] == "websocket" and "WebSocket" in reply.json["detail"]

@@ -31,10 +31,11 @@ import gevent.lock
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
+from werkzeug.routing import WebsocketMismatch
 from werkzeug.test import EnvironBuilder
 
 from berth_server.errors import BerthError, GenerationFailed, InvalidRequest
-from berth_server.http.errors import shape_for_request, stream_error_event
+from berth_server.http.errors import error_response, shape_for_request, stream_error_event
 from berth_server.protocols.reply import WireReply, streamed
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ UNSUPPORTED_DATA = 1003  # RFC 6455: a binary frame, which this endpoint does no
 # Upgrade headers that describe the WebSocket connection itself, not the requests sent over it.
 _CONNECTION_HEADERS = ("sec-websocket-", "upgrade", "connection", "content-length", "content-type",
                        "transfer-encoding")
+
+
+class UpgradeRequired(BerthError):
+    """A plain HTTP request to the WebSocket route."""
+
+    status = 426
+    error_type = "validation"
+    openai_type = "invalid_request_error"
 
 
 def install_bidi_stream(app: Flask, max_frame_bytes: int) -> None:
@@ -60,6 +69,12 @@ def install_bidi_stream(app: Flask, max_frame_bytes: int) -> None:
         Connection(current_app._get_current_object(), ws, headers).serve()  # type: ignore[attr-defined]
 
     app.register_blueprint(blueprint)
+
+    @app.errorhandler(WebsocketMismatch)
+    def _not_a_websocket(_exc: WebsocketMismatch) -> Response:
+        response = error_response(UpgradeRequired(f"{PATH} is a WebSocket: connect with `Upgrade: websocket`"))
+        response.headers["Upgrade"] = "websocket"
+        return response
 
 
 class Connection:
