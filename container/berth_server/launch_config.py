@@ -8,7 +8,9 @@ import msgspec
 
 from berth_server.adapter_specs import AdapterSource
 
-ModelType = Literal["LLM", "embedding", "rerank"]
+ModelType = Literal["LLM", "embedding", "rerank", "audio", "image"]
+# Model types a media engine serves (engines/media.py), each in its own model process.
+MEDIA_TYPES = ("audio", "image")
 ModelState = Literal["starting", "downloading", "loading", "ready", "failed", "stopping", "stopped"]
 
 
@@ -46,6 +48,9 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     tool_call_parser: str | None = None
     # LoRA adapters registered at start (Xinference peft_model_config; TGI's LORA_ADAPTERS for the default).
     adapters: list[AdapterSource] = []
+    # Audio and image models: Xinference's family ("whisper", "piper", "stable_diffusion") and its default config.
+    model_family: str | None = None
+    default_model_config: dict[str, Any] = {}
 
 
 class ModelDescription(msgspec.Struct, kw_only=True):
@@ -76,6 +81,8 @@ class ModelDescription(msgspec.Struct, kw_only=True):
     chat_template: str | None = None  # the template the model process renders chats with
     # Fill-in-the-middle (prefix, suffix, middle) markers when the vocabulary has them (model_process/fill_in_middle.py).
     fill_in_middle: list[str] | None = None
+    # Audio and image models: what their engine reports (voices, sample rate, languages, limits).
+    media: dict[str, Any] = {}
 
 
 class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):

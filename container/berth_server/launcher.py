@@ -19,6 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -30,6 +31,7 @@ from berth_server.ipc import control_socket_address
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.models.management import control_handlers as management_handlers
 from berth_server.models.management import enrich_default_config
+from berth_server.models.media_sources import media_kind
 from berth_server.models.sources import single_file_for
 from berth_server.process_tree import die_with_parent
 from berth_server.settings import Settings, SettingsError
@@ -65,6 +67,10 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
         trust_remote_code=settings.trust_remote_code, tensor_parallel_size=settings.sm_num_gpus, is_default=True,
         tool_call_parser=settings.tool_call_parser,
     )
+    kind = media_kind(source)
+    if kind is not None:  # an audio or image model: no chat facts to add
+        model_type, family, abilities = kind
+        return msgspec.structs.replace(config, model_type=model_type, model_family=family, abilities=list(abilities))
     return _with_catalog_facts(config, settings)
 
 

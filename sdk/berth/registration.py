@@ -5,10 +5,15 @@ from berth_spec.registration import (
     NAME_MAX_LENGTH,
     REGISTRATION_CLASSES,
     Ability,
+    AudioAbility,
+    AudioRegistration,
     EmbeddingRegistration,
     EncoderSpec,
+    ImageAbility,
+    ImageRegistration,
     LLMRegistration,
     LLMSpec,
+    MediaSpec,
     ModelType,
     Registration,
     RegistrationError,
@@ -20,7 +25,8 @@ from berth_spec.registration import (
 )
 
 __all__ = [
-    "MODEL_TYPES", "NAME_MAX_LENGTH", "REGISTRATION_CLASSES", "Ability", "EmbeddingRegistration", "EncoderSpec",
-    "LLMRegistration", "LLMSpec", "ModelType", "Registration", "RegistrationError", "RerankRegistration",
-    "check_model_type", "check_name", "parse_registration", "size_key",
+    "MODEL_TYPES", "NAME_MAX_LENGTH", "REGISTRATION_CLASSES", "Ability", "AudioAbility", "AudioRegistration",
+    "EmbeddingRegistration", "EncoderSpec", "ImageAbility", "ImageRegistration", "LLMRegistration", "LLMSpec",
+    "MediaSpec", "ModelType", "Registration", "RegistrationError", "RerankRegistration", "check_model_type",
+    "check_name", "parse_registration", "size_key",
 ]

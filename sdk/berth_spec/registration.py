@@ -1,4 +1,4 @@
-"""Xinference's version-2 model registration JSON (LLM, embedding, rerank) as pure pydantic models."""
+"""Xinference's version-2 model registration JSON (LLM, embedding, rerank, audio, image) as pure pydantic models."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ModelType = Literal["LLM", "embedding", "rerank"]
-MODEL_TYPES: tuple[str, ...] = ("LLM", "embedding", "rerank")
+ModelType = Literal["LLM", "embedding", "rerank", "audio", "image"]
+MODEL_TYPES: tuple[str, ...] = ("LLM", "embedding", "rerank", "audio", "image")
 Ability = Literal["generate", "chat", "embed", "tools", "vision", "reasoning", "hybrid", "audio"]
+# Xinference's abilities of audio and image models.
+AudioAbility = Literal["audio2text", "text2audio"]
+ImageAbility = Literal["text2image", "image2image", "inpainting"]
 # Custom names: a letter or digit first, then letters, digits, "_" and "-"; 100 characters at most.
 NAME_MAX_LENGTH = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -205,11 +208,57 @@ class RerankRegistration(_RegistrationBase):
     model_specs: list[EncoderSpec] = Field(min_length=1)
 
 
-Registration = Union[LLMRegistration, EmbeddingRegistration, RerankRegistration]  # noqa: UP007 - a runtime alias on 3.10
+class MediaSpec(_SpecBase):
+    """Where an audio or image model's weights are: Xinference keeps these fields on the family itself."""
+
+
+class _MediaRegistration(_RegistrationBase):
+    """Xinference's audio and image families are flat: one model_id / model_uri, no model_specs list."""
+
+    model_family: str
+    model_id: str | None = None
+    model_uri: str | None = None
+    model_revision: str | None = None
+    model_hub: str = "huggingface"
+    model_format: str = "pytorch"
+    default_model_config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _has_location(self) -> _MediaRegistration:
+        if not self.model_id and not self.model_uri:
+            raise ValueError("model_id or model_uri is required")
+        return self
+
+    @property
+    def model_specs(self) -> list[MediaSpec]:
+        """The one spec of a flat family, so launches choose specs the same way for every model type."""
+        return [MediaSpec(model_format=self.model_format, model_hub=self.model_hub, model_id=self.model_id,
+                          model_uri=self.model_uri, model_revision=self.model_revision)]
+
+
+class AudioRegistration(_MediaRegistration):
+    """A speech model (Xinference's AudioModelFamilyV2): whisper-style speech recognition or a voice."""
+
+    multilingual: bool = False
+    language: str | list[str] | None = None
+    model_ability: list[AudioAbility] = Field(default_factory=lambda: ["audio2text"], min_length=1)
+    default_transcription_config: dict[str, Any] | None = None
+
+
+class ImageRegistration(_MediaRegistration):
+    """An image-generation model (Xinference's ImageModelFamilyV2, e.g. the stable_diffusion family)."""
+
+    model_ability: list[ImageAbility] = Field(default_factory=lambda: ["text2image"], min_length=1)
+
+
+Registration = Union[  # noqa: UP007 - a runtime alias on 3.10
+    LLMRegistration, EmbeddingRegistration, RerankRegistration, AudioRegistration, ImageRegistration]
 REGISTRATION_CLASSES: dict[str, type[_RegistrationBase]] = {
     "LLM": LLMRegistration,
     "embedding": EmbeddingRegistration,
     "rerank": RerankRegistration,
+    "audio": AudioRegistration,
+    "image": ImageRegistration,
 }
 
 

@@ -7,9 +7,11 @@ generate/tokenize/embed/rerank/resolve_model on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,21 @@ class Gateway:
         """Score documents against a query with a rerank model."""
         return self._call(uid, ipc.Rerank(request_id=new_request_id(), query=query, documents=documents), ipc.Reranked)
 
+    def media(self, uid: str, message: ipc.MediaMessage, last: tuple[type, ...]) -> Iterator[Any]:
+        """Send an audio or image request; yield its events up to the one of a `last` type (a Failure raises).
+
+        The first event is awaited before this returns (it is a generator primed by `first_event`), so a
+        refusal is raised before a reply starts. Closing the iterator early aborts the request.
+        """
+        client = self.client(uid)
+        queue = client.register(message.request_id)
+        try:
+            client.send(message)
+        except BaseException:
+            client.unregister(message.request_id)
+            raise
+        return _media_events(client, queue, message.request_id, last, self.call_timeout_s, uid)
+
     def stats(self, uid: str, timeout_s: float = 2.0) -> ipc.ModelStats:
         """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
         return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s)
@@ -246,3 +263,28 @@ class Gateway:
         for client in self._clients.values():
             client.close()
         self._clients = {}
+
+
+def _media_events(client: ModelClient, queue: Any, request_id: str, last: tuple[type, ...], timeout_s: float,
+                  uid: str) -> Iterator[Any]:
+    finished = False
+    try:
+        while True:
+            try:
+                event = queue.get(timeout=timeout_s)
+            except Empty:
+                raise NotReady(f"model '{uid}' did not answer within {timeout_s:.0f} s") from None
+            if isinstance(event, Failure):
+                finished = True
+                raise from_record(event)
+            if not hasattr(event, "request_id"):  # the connection closed (a sentinel in the queue)
+                raise GenerationFailed(f"model '{uid}' went away during the request")
+            yield event
+            if isinstance(event, last):
+                finished = True
+                return
+    finally:
+        client.unregister(request_id)
+        if not finished:
+            with contextlib.suppress(BerthError):
+                client.send(ipc.Abort(request_id=request_id))

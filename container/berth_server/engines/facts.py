@@ -40,6 +40,11 @@ class EngineFacts:
     weight_formats: frozenset[str]
     settings: tuple[str, ...] = ()
     compiles_constraints: bool = False
+    # The model types it serves; audio and image engines (engines/media.py) serve no LLMs.
+    model_types: frozenset[str] = frozenset({"LLM", "embedding", "rerank"})
+    # Audio and image engines: the Xinference model_family values they serve (lower case).
+    families: frozenset[str] = frozenset()
+    extra: str = "server"  # the pyproject extra that installs `package`
 
 
 VLLM = EngineFacts(
@@ -74,13 +79,39 @@ LLAMA_CPP = EngineFacts(
     compiles_constraints=True,  # llama.cpp's grammars (engines/llamacpp_constraints.py)
 )
 
-# Every engine, in the order `auto` tries them: llama.cpp serves GGUF files only and is the fast way to
+# Audio and image engines (engines/media.py): they make no tokens, so they sit behind the media interface.
+FASTER_WHISPER = EngineFacts(
+    name="faster-whisper", aliases=("faster_whisper", "whisper"), package="faster_whisper",
+    engine_class=("berth_server.engines.whisper_engine", "FasterWhisperEngine"),
+    # faster-whisper's WhisperModel and transcribe knobs a launch (or default_model_config) may set.
+    launch_keys=frozenset({"compute_type", "cpu_threads", "beam_size"}),
+    weight_formats=frozenset({"ct2", "pytorch"}), model_types=frozenset({"audio"}), extra="audio",
+    families=frozenset({"whisper"}),
+)
+PIPER = EngineFacts(
+    name="piper", aliases=("piper-tts", "piper_tts"), package="piper",
+    engine_class=("berth_server.engines.piper_engine", "PiperEngine"),
+    launch_keys=frozenset({"noise_scale", "noise_w_scale", "length_scale"}),  # Piper's SynthesisConfig
+    weight_formats=frozenset({"onnx"}), model_types=frozenset({"audio"}), extra="tts",
+    families=frozenset({"piper"}),
+)
+DIFFUSERS = EngineFacts(
+    name="diffusers", aliases=(), package="diffusers",
+    engine_class=("berth_server.engines.diffusers_engine", "DiffusersEngine"),
+    launch_keys=frozenset({"num_inference_steps", "guidance_scale", "torch_dtype"}),
+    weight_formats=frozenset({"pytorch", "safetensors"}), model_types=frozenset({"image"}), extra="image",
+    families=frozenset({"stable_diffusion"}),
+)
+
+# Every token engine, in the order `auto` tries them: llama.cpp serves GGUF files only and is the fast way to
 # serve them on a CPU; the last one is the fallback that serves anything it can load.
 ENGINES: tuple[EngineFacts, ...] = (LLAMA_CPP, VLLM, TRANSFORMERS)
-BY_NAME: Mapping[str, EngineFacts] = {facts.name: facts for facts in ENGINES}
+# Every audio and image engine, in the order `auto` tries them.
+MEDIA_ENGINES: tuple[EngineFacts, ...] = (FASTER_WHISPER, PIPER, DIFFUSERS)
+BY_NAME: Mapping[str, EngineFacts] = {facts.name: facts for facts in ENGINES + MEDIA_ENGINES}
 _SPELLINGS: Mapping[str, str] = {
-    **{facts.name: facts.name for facts in ENGINES},
-    **{alias: facts.name for facts in ENGINES for alias in facts.aliases},
+    **{facts.name: facts.name for facts in BY_NAME.values()},
+    **{alias: facts.name for facts in BY_NAME.values() for alias in facts.aliases},
     "auto": "auto",
 }
 
@@ -93,22 +124,24 @@ def engine_name(raw: str | None, what: str = "engine") -> str:
     return _SPELLINGS[spelled]
 
 
-def allowed_launch_keys(engine: str) -> frozenset[str]:
-    """The engine arguments a launch body may set for `engine` ("auto": any engine's)."""
+def allowed_launch_keys(engine: str, model_type: str = "LLM") -> frozenset[str]:
+    """The engine arguments a launch body may set for `engine` ("auto": any engine's of that model type)."""
     if engine in BY_NAME:
         return BY_NAME[engine].launch_keys
-    return frozenset().union(*(facts.launch_keys for facts in ENGINES))
+    return frozenset().union(*(facts.launch_keys for facts in BY_NAME.values() if model_type in facts.model_types))
 
 
-def check_launch_keys(engine: str, args: Mapping[str, Any], operator_only: Mapping[str, str]) -> dict[str, Any]:
+def check_launch_keys(engine: str, args: Mapping[str, Any], operator_only: Mapping[str, str],
+                      model_type: str = "LLM") -> dict[str, Any]:
     """The engine arguments of a launch body, or InvalidRequest naming the first refused key and why.
 
     Args:
         engine: the canonical engine name, or "auto".
         args: the body's keys that are not Xinference's own.
         operator_only: keys that load code or touch files -> the variable the operator sets instead.
+        model_type: the launched model's type ("auto" accepts any key of an engine serving that type).
     """
-    allowed = allowed_launch_keys(engine)
+    allowed = allowed_launch_keys(engine, model_type)
     for key, value in args.items():
         if key in operator_only:
             raise InvalidRequest(f"launch key {key!r} is an operator setting, not a request field: "
@@ -119,3 +152,21 @@ def check_launch_keys(engine: str, args: Mapping[str, Any], operator_only: Mappi
         if not isinstance(value, (bool, int, float, str)):
             raise InvalidRequest(f"launch key {key!r} must be a number, string or boolean", param=key)
     return dict(args)
+
+
+def media_engines_for(model_type: str, family: str | None) -> list[EngineFacts]:
+    """The audio or image engines that serve `family` of `model_type` (every one of the type when family is None)."""
+    return [facts for facts in MEDIA_ENGINES if model_type in facts.model_types
+            and (family is None or family.lower() in facts.families)]
+
+
+def check_media_family(model_type: str, family: str | None, engine: str = "auto") -> None:
+    """InvalidRequest, saying why, when no engine (or not the chosen one) serves this audio or image family."""
+    able = media_engines_for(model_type, family)
+    served = sorted({name for facts in MEDIA_ENGINES if model_type in facts.model_types for name in facts.families})
+    if not able:
+        raise InvalidRequest(f"Berth cannot serve the {model_type} model_family {family!r}: no engine serves it; "
+                             f"the {model_type} families it serves are {', '.join(served)}", param="model_family")
+    if engine != "auto" and engine not in {facts.name for facts in able}:
+        raise InvalidRequest(f"the {engine} engine does not serve the {model_type} model_family {family!r}; "
+                             f"use {', '.join(facts.name for facts in able)}", param="model_engine")

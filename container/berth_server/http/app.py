@@ -19,6 +19,8 @@ from berth_server.http.replies import render
 from berth_server.http.webui import ui_bp
 from berth_server.protocols.anthropic.blueprint import anthropic_bp
 from berth_server.protocols.ollama.blueprint import ollama_bp, ollama_root_bp
+from berth_server.protocols.audio.blueprint import UPLOAD_ENDPOINTS, audio_bp
+from berth_server.protocols.images.blueprint import images_bp
 from berth_server.protocols.openai.blueprint import openai_bp
 from berth_server.protocols.reply import WireReply
 from berth_server.protocols.responses.blueprint import responses_bp
@@ -31,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # Every protocol's blueprint; OpenAI last so Xinference's /v1/models/<uid> wins its paths.
 PROTOCOL_BLUEPRINTS = (sagemaker_bp, tgi_bp, xinference_bp, anthropic_bp, ollama_bp, ollama_root_bp, openai_bp,
-                       responses_bp)
+                       responses_bp, audio_bp, images_bp)
+# Room for a multipart form's boundaries and fields around an upload of the largest allowed size.
+MULTIPART_SLACK_BYTES = 64 * 1024
 
 
 class BerthFlask(Flask):
@@ -51,17 +55,21 @@ class BerthFlask(Flask):
         return super().make_response(rv)
 
 
-def _check_content_length(limit: int) -> None:
-    """Refuse an oversized body from its Content-Length before reading it."""
+def _check_content_length(settings: Settings) -> None:
+    """Refuse an oversized body from its Content-Length before reading it (uploads have their own, larger limit)."""
+    limit, name = settings.max_body_bytes, "BERTH_MAX_BODY_BYTES"
+    if request.endpoint in UPLOAD_ENDPOINTS:
+        limit, name = max(limit, settings.max_audio_bytes + MULTIPART_SLACK_BYTES), "BERTH_MAX_AUDIO_BYTES"
+    request.max_content_length = limit  # also bounds a chunked body while it is read
     length = request.content_length
     if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
+        raise PayloadTooLarge(f"request body of {length} bytes is over the {limit}-byte limit ({name})")
 
 
 def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> Flask:
     """Build the frontend for these settings; tests pass fake gateway/control objects."""
     app = BerthFlask("berth_server.http", static_folder=None)  # no file serving: every route is an API route
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes  # uploads: raised per request (_check_content_length)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     runtime_dir = settings.resolved_runtime_dir()
@@ -77,7 +85,7 @@ def create_app(settings: Settings, gateway: Any = None, control: Any = None) -> 
                                             metrics=FrontendMetrics(gateway, settings.prometheus_multiproc_dir))
     register_error_handlers(app)
     install_auth(app, settings.api_key, settings.metrics_public)
-    app.before_request(lambda: _check_content_length(settings.max_body_bytes))
+    app.before_request(lambda: _check_content_length(settings))
     install_metrics(app)
     for blueprint in PROTOCOL_BLUEPRINTS:
         app.register_blueprint(blueprint)

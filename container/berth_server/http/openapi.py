@@ -16,6 +16,8 @@ from pydantic.json_schema import models_json_schema
 
 from berth_server import __version__
 from berth_server.protocols.anthropic.schemas import CountTokensRequest, MessagesRequest
+from berth_server.protocols.audio.schemas import SpeechRequest
+from berth_server.protocols.images.schemas import ImageRequest
 from berth_server.protocols.ollama.schemas import (
     ChatRequest,
     EmbeddingsRequest,
@@ -57,6 +59,8 @@ REQUEST_BODIES: dict[str, tuple[type[BaseModel], ...]] = {
     "ollama.embed": (EmbedRequest,),
     "ollama.embeddings": (EmbeddingsRequest,),
     "ollama.show": (ShowRequest,),
+    "audio.speech": (SpeechRequest,),
+    "images.generations": (ImageRequest,),
 }
 # Endpoints that answer with server-sent events (when the body asks for a stream, or always).
 STREAMING = {"openai.chat_completions", "openai.completions", "responses.create", "tgi.compat_generate",

@@ -23,7 +23,7 @@ import zmq
 from berth_server import checkpoint, control, ipc
 from berth_server.engines.base import Engine, EngineLoadInfo
 from berth_server.errors import BerthError
-from berth_server.launch_config import ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
+from berth_server.launch_config import MEDIA_TYPES, ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
 from berth_server.model_process.server import ModelServer
 from berth_server.settings import Settings, SettingsError
 
@@ -77,6 +77,7 @@ class ModelProcess:
         self.status = StatusReporter(self.runtime_dir, config.uid)
         self.engine: Engine | None = None
         self.encoder: Any = None
+        self.media: Any = None
 
     async def run(self) -> int:
         """The whole life; returns the exit code."""
@@ -131,8 +132,17 @@ class ModelProcess:
         self.status.push("loading")
         address = ipc.model_socket_address(self.runtime_dir, config.uid)
         facts = weights_facts(model_dir, config)
+        media: dict[str, Any] = {}
         if config.model_type in ("embedding", "rerank"):
             info, server = await self._load_encoder(model_dir, address)
+            limits = (info.max_model_len, info.max_model_len)
+        elif config.model_type in MEDIA_TYPES:
+            from berth_server.model_process.media_service import create_media_service
+
+            self.media = await asyncio.to_thread(create_media_service, config, model_dir, settings)
+            info = await self.media.start()
+            media = self.media.describe()
+            server = ModelServer(settings, address, media=self.media)
             limits = (info.max_model_len, info.max_model_len)
         else:
             from berth_server.engines.select import start_engine
@@ -160,7 +170,7 @@ class ModelProcess:
             max_batch_size=info.max_batch_size, pid=os.getpid(),
             reasoning=bool(config.reasoning_start_tag and config.reasoning_end_tag),
             dimensions=info.extra.get("dimensions", config.dimensions), tool_call_parser=config.tool_call_parser,
-            **facts)
+            media=media, **facts)
         return server, description
 
     def _session_registry(self, address: str) -> Any:
@@ -197,7 +207,7 @@ class ModelProcess:
         return info, ModelServer(self.settings, address, encoder=self.encoder)
 
     async def _shutdown_engine(self) -> None:
-        for target in (self.engine, self.encoder):
+        for target in (self.engine, self.encoder, self.media):
             shutdown = getattr(target, "shutdown", None)
             if shutdown is None:
                 continue

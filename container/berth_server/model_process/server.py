@@ -40,12 +40,20 @@ class EncoderService(Protocol):
         """Score documents against a query."""
 
 
+class MediaService(Protocol):
+    """What an audio or image model process serves (model_process/media_service.py)."""
+
+    async def serve(self, message: ipc.MediaMessage, emit: Any) -> None:
+        """Answer one media request, emitting its events."""
+
+
 class ModelServer:
     """Serves one model's engine (or encoder service) on a zmq.asyncio ROUTER."""
 
     def __init__(self, settings: Settings, address: str, *, engine: Engine | None = None,
                  pipeline: TextPipeline | None = None, encoder: EncoderService | None = None,
-                 adapter_store: AdapterStore | None = None, sessions: SessionRegistry | None = None):
+                 adapter_store: AdapterStore | None = None, sessions: SessionRegistry | None = None,
+                 media: MediaService | None = None):
         self.settings = settings
         self.sessions = sessions  # None: stateful sessions are off
         self.adapter_store = adapter_store
@@ -53,6 +61,7 @@ class ModelServer:
         self.engine = engine
         self.pipeline = pipeline
         self.encoder = encoder
+        self.media = media
         self.counters = Counters()
         self.accepting = True
         self._context = zmq.asyncio.Context.instance()
@@ -126,6 +135,8 @@ class ModelServer:
                 task.cancel()
         elif isinstance(message, ipc.StatsQuery):
             self.emit(peer, self.stats(message.request_id))
+        elif isinstance(message, (ipc.Transcribe, ipc.Speak, ipc.MakeImages)):
+            self._spawn(peer, message.request_id, self._serve_media(peer, message))
         else:
             self._spawn(peer, message.request_id, self._answer(peer, message))
 
@@ -215,6 +226,18 @@ class ModelServer:
         await self.engine.close_session(session_id)
         self.sessions.close(session_id)
         return ipc.SessionState(request_id=rid, session_id=session_id, state="closed")
+
+    async def _serve_media(self, peer: bytes, message: ipc.MediaMessage) -> None:
+        """Transcribe / Speak / MakeImages: the media service's events, or a Failure."""
+        try:
+            if self.media is None:
+                raise _not_supported("audio or image requests (it is not an audio or image model)")
+            await self.media.serve(message, lambda event: self.emit(peer, event))
+        except BerthError as exc:
+            self.emit(peer, failure_of(message.request_id, exc))
+        except Exception as exc:
+            log.exception("request %s failed", message.request_id)
+            self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
 
     async def _reply_to(self, message: Any) -> Any:
         if isinstance(message, ipc.SessionRequest):

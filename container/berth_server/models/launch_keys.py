@@ -38,6 +38,6 @@ OPERATOR_ONLY: Mapping[str, str] = {
 }
 
 
-def check_engine_args(engine: str, args: Mapping[str, Any]) -> dict[str, Any]:
+def check_engine_args(engine: str, args: Mapping[str, Any], model_type: str = "LLM") -> dict[str, Any]:
     """The engine arguments of a launch body, or InvalidRequest naming the first refused key and why."""
-    return check_launch_keys(engine, args, OPERATOR_ONLY)
+    return check_launch_keys(engine, args, OPERATOR_ONLY, model_type)

@@ -8,11 +8,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from berth_spec.registration import LLMRegistration, Registration, size_key
+from berth_spec.registration import AudioRegistration, ImageRegistration, LLMRegistration, Registration, size_key
 
 from berth_server.adapter_specs import AdapterSource, from_peft_model_config
 from berth_server.canonical import check_parser_name
 from berth_server.checkpoint import chat_template
+from berth_server.engines.facts import check_media_family
 from berth_server.engines.facts import engine_name as canonical_engine
 from berth_server.errors import InvalidRequest, WeightsNotFound
 from berth_server.launch_config import ModelLaunchConfig
@@ -88,7 +89,8 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
         if body.pop(key, None) not in (None, 1, [], {}):
             request.ignored.append(key)
     # The rest are engine arguments: each must be on the engine's allowlist (models/launch_keys.py).
-    request.engine_args = check_engine_args(engine, {k: v for k, v in body.items() if v is not None})
+    request.engine_args = check_engine_args(engine, {k: v for k, v in body.items() if v is not None},
+                                            request.model_type)
     return request
 
 
@@ -175,6 +177,14 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         "quantization": _FORMAT_QUANTIZATION.get(spec.model_format.lower()), "dtype": settings.dtype,
         "gguf_file": gguf_file,
     }
+    if isinstance(registration, (AudioRegistration, ImageRegistration)):
+        if request.enable_thinking is not None or request.adapters:
+            raise InvalidRequest(f"enable_thinking and peft_model_config apply to LLMs, not {model_type} models")
+        # A family no engine serves is refused now; whether the files are that engine's is checked at load.
+        check_media_family(model_type, registration.model_family, request.engine)
+        return ModelLaunchConfig(**{**common, "quantization": None}, abilities=list(registration.model_ability),
+                                 model_family=registration.model_family,
+                                 default_model_config=dict(registration.default_model_config or {}))
     if not isinstance(registration, LLMRegistration):
         if request.enable_thinking is not None:
             raise InvalidRequest("enable_thinking applies to LLMs only", param="enable_thinking")

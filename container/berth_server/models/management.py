@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from berth_spec.registration import LLMRegistration, Registration
+from berth_spec.registration import AudioRegistration, ImageRegistration, LLMRegistration, Registration
 
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 from berth_server.launch_config import ModelLaunchConfig, ModelStatus
@@ -161,8 +161,21 @@ class ModelManager:
                         model_family=getattr(reg, "model_family", None) or reg.model_name,
                         model_format=launched.spec.model_format, quantization=launched.spec.quantization,
                         model_size_in_billions=getattr(launched.spec, "model_size_in_billions", None))
-            if not isinstance(reg, LLMRegistration):
+            if isinstance(reg, AudioRegistration):
+                info.update(multilingual=reg.multilingual, model_family=reg.model_family,
+                            default_model_config=reg.default_model_config)
+            elif isinstance(reg, ImageRegistration):
+                info.update(model_family=reg.model_family, default_model_config=reg.default_model_config)
+            elif not isinstance(reg, LLMRegistration):
                 info.update(max_tokens=reg.max_tokens, dimensions=getattr(reg, "dimensions", None))
+        elif config is not None and config.model_family:
+            info.update(model_family=config.model_family)
+        if description is not None and description.media:
+            info.update(media=description.media)
+            if "voices" in description.media:
+                info.update(voices=description.media["voices"])
+            if "multilingual" in description.media:
+                info.update(multilingual=description.media["multilingual"])
         return info
 
     async def models_get(self, params: dict[str, Any]) -> dict[str, Any]:

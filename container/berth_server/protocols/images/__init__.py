@@ -1,0 +1,1 @@
+"""OpenAI's image-generation route."""
