@@ -25,7 +25,7 @@ import zmq.asyncio
 
 from berth_server.control_server import ControlServer, Handler, supervisor_handlers
 from berth_server.engines.engine_settings import check_engine_settings
-from berth_server.engines.facts import engine_name
+from berth_server.engines.facts import BY_NAME, engine_name
 from berth_server.errors import BerthError, InvalidRequest
 from berth_server.ipc import control_socket_address
 from berth_server.launch_config import ModelLaunchConfig
@@ -70,7 +70,10 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
     kind = media_kind(source)
     if kind is not None:  # an audio or image model: no chat facts to add
         model_type, family, abilities = kind
-        return msgspec.structs.replace(config, model_type=model_type, model_family=family, abilities=list(abilities))
+        # BERTH_ENGINE names a token engine for LLMs; an audio or image model picks among its own engines.
+        engine = settings.engine if model_type in getattr(BY_NAME.get(settings.engine), "model_types", ()) else "auto"
+        return msgspec.structs.replace(config, model_type=model_type, model_family=family, abilities=list(abilities),
+                                       engine=engine)
     return _with_catalog_facts(config, settings)
 
 

@@ -241,14 +241,14 @@ class AudioRegistration(_MediaRegistration):
 
     multilingual: bool = False
     language: str | list[str] | None = None
-    model_ability: list[AudioAbility] = Field(default_factory=lambda: ["audio2text"], min_length=1)
+    model_ability: list[AudioAbility] = Field(["audio2text"], min_length=1)
     default_transcription_config: dict[str, Any] | None = None
 
 
 class ImageRegistration(_MediaRegistration):
     """An image-generation model (Xinference's ImageModelFamilyV2, e.g. the stable_diffusion family)."""
 
-    model_ability: list[ImageAbility] = Field(default_factory=lambda: ["text2image"], min_length=1)
+    model_ability: list[ImageAbility] = Field(["text2image"], min_length=1)
 
 
 Registration = Union[  # noqa: UP007 - a runtime alias on 3.10

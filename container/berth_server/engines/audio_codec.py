@@ -28,7 +28,7 @@ def decode(data: bytes, max_duration_s: float) -> Any:
     if not data:
         raise InvalidRequest("file is empty", param="file")
     try:
-        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise InvalidRequest("file holds no audio stream", param="file")
             duration = container.duration / av.time_base if container.duration else None

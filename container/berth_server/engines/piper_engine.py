@@ -70,8 +70,8 @@ class PiperEngine(SpeechSynthesizer):
                 "language": self.voice.config.espeak_voice}
 
     def speaker(self, voice: str) -> int | None:
-        """The speaker id of a voice name; InvalidRequest lists the voices."""
-        name = self.aliases.get(voice, voice)
+        """The speaker id of a voice name ("" is the first voice); InvalidRequest lists the voices."""
+        name = self.aliases.get(voice, voice) or next(iter(self.speakers))
         if name not in self.speakers:
             raise InvalidRequest(f"voice {voice!r} is not one of model '{self.config.uid}''s voices: "
                                  f"{', '.join(self.speakers)}", param="voice")

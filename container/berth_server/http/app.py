@@ -18,9 +18,9 @@ from berth_server.http.openapi import install_openapi
 from berth_server.http.replies import render
 from berth_server.http.webui import ui_bp
 from berth_server.protocols.anthropic.blueprint import anthropic_bp
-from berth_server.protocols.ollama.blueprint import ollama_bp, ollama_root_bp
 from berth_server.protocols.audio.blueprint import UPLOAD_ENDPOINTS, audio_bp
 from berth_server.protocols.images.blueprint import images_bp
+from berth_server.protocols.ollama.blueprint import ollama_bp, ollama_root_bp
 from berth_server.protocols.openai.blueprint import openai_bp
 from berth_server.protocols.reply import WireReply
 from berth_server.protocols.responses.blueprint import responses_bp

@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from berth_server import __version__
 from berth_server.protocols.anthropic.schemas import CountTokensRequest, MessagesRequest
-from berth_server.protocols.audio.schemas import SpeechRequest
+from berth_server.protocols.audio.schemas import SpeechRequest, TranscriptionRequest
 from berth_server.protocols.images.schemas import ImageRequest
 from berth_server.protocols.ollama.schemas import (
     ChatRequest,
@@ -78,6 +78,16 @@ QUERY_PARAMETERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
 TEXT_PLAIN = {"berth_core.metrics", "ollama_root.is_running"}
 # SageMaker's session requests are answered in text ("Session <id> created"), as AWS's standard answers them.
 SESSION_REPLIES = {"sagemaker.invocations"}
+# Multipart uploads (OpenAI's audio routes): the form's fields, and the file.
+MULTIPART_BODIES: dict[str, type[BaseModel]] = {"audio.transcriptions": TranscriptionRequest,
+                                                 "audio.translations": TranscriptionRequest}
+# Endpoints whose 200 is not JSON (or not only): their media types.
+REPLY_TYPES: dict[str, tuple[str, ...]] = {
+    "audio.transcriptions": ("application/json", "text/plain", "text/vtt", "application/x-subrip",
+                             "text/event-stream"),
+    "audio.translations": ("application/json", "text/plain", "text/vtt", "application/x-subrip", "text/event-stream"),
+    "audio.speech": ("audio/wav", "audio/pcm", "audio/flac", "audio/mpeg", "text/event-stream"),
+}
 # Every error body, whatever the protocol, carries "detail" (http/errors.py).
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 # OpenAPI 3.1 reads a text/event-stream schema as the schema of each event (the spec's generic SSE event);
@@ -100,9 +110,20 @@ def _body(endpoint: str, refs: dict[Any, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+def _multipart(endpoint: str) -> dict[str, Any]:
+    schema = MULTIPART_BODIES[endpoint].model_json_schema(by_alias=True)
+    schema.pop("title", None)
+    schema["properties"] = {"file": {"type": "string", "format": "binary"}, **schema.get("properties", {})}
+    schema["required"] = ["file"]
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
 def _responses(endpoint: str) -> dict[str, Any]:
     ok: dict[str, dict[str, Any]]
-    if endpoint in TEXT_PLAIN:
+    if endpoint in REPLY_TYPES:
+        ok = {media_type: {"schema": SSE_EVENT if media_type == "text/event-stream" else {}}
+              for media_type in REPLY_TYPES[endpoint]}
+    elif endpoint in TEXT_PLAIN:
         ok = {"text/plain": {"schema": {"type": "string"}}}
     elif endpoint.startswith("ui."):  # the web UI's page and static files
         ok = {"*/*": {"schema": {}}}
@@ -145,6 +166,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 operation["parameters"] = parameters
             if rule.endpoint in REQUEST_BODIES:
                 operation["requestBody"] = _body(rule.endpoint, refs)
+            elif rule.endpoint in MULTIPART_BODIES:
+                operation["requestBody"] = _multipart(rule.endpoint)
             paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",

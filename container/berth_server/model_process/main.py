@@ -23,7 +23,13 @@ import zmq
 from berth_server import checkpoint, control, ipc
 from berth_server.engines.base import Engine, EngineLoadInfo
 from berth_server.errors import BerthError
-from berth_server.launch_config import MEDIA_TYPES, ModelDescription, ModelLaunchConfig, ModelState, ModelStatus
+from berth_server.launch_config import (
+    MEDIA_TYPES,
+    ModelDescription,
+    ModelLaunchConfig,
+    ModelState,
+    ModelStatus,
+)
 from berth_server.model_process.server import ModelServer
 from berth_server.settings import Settings, SettingsError
 

@@ -17,7 +17,13 @@ from typing import Any
 from berth_server import ipc
 from berth_server.engines import audio_codec
 from berth_server.engines.base import EngineLoadInfo
-from berth_server.engines.media import ImageGenerator, MediaEngine, SpeechRecognizer, SpeechSynthesizer, TranscribeOptions
+from berth_server.engines.media import (
+    ImageGenerator,
+    MediaEngine,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    TranscribeOptions,
+)
 from berth_server.errors import InvalidRequest
 from berth_server.settings import Settings
 
@@ -43,16 +49,12 @@ class MediaService:
 
     async def serve(self, message: ipc.MediaMessage, emit: Emit) -> None:
         """Answer one media request with its events (the last one ends it)."""
-        if isinstance(message, ipc.Transcribe):
-            work = self._transcribe
-        elif isinstance(message, ipc.Speak):
-            work = self._speak
-        else:
-            work = self._images
+        work: Any = {ipc.Transcribe: self._transcribe, ipc.Speak: self._speak, ipc.MakeImages: self._images}[
+            type(message)]
         if not isinstance(self.engine, _ENGINE_FOR[type(message)]):
             raise InvalidRequest(f"model '{self.engine.config.uid}' ({self.engine.name}) does not "
                                  f"{_VERB[type(message)]}", param="model")
-        await self._run(lambda cancelled: work(message, cancelled), emit)  # type: ignore[arg-type]
+        await self._run(lambda cancelled: work(message, cancelled), emit)
 
     async def _run(self, work: Callable[[threading.Event], Iterator[Any]], emit: Emit) -> None:
         """Run `work` on the engine's thread, emitting each event it yields as it yields it."""
@@ -136,7 +138,7 @@ class MediaService:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-_ENGINE_FOR: dict[type, type[MediaEngine]] = {
+_ENGINE_FOR: dict[type, type] = {
     ipc.Transcribe: SpeechRecognizer, ipc.Speak: SpeechSynthesizer, ipc.MakeImages: ImageGenerator}
 _VERB = {ipc.Transcribe: "transcribe speech", ipc.Speak: "synthesize speech", ipc.MakeImages: "generate images"}
 

@@ -8,7 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from berth_spec.registration import AudioRegistration, ImageRegistration, LLMRegistration, Registration, size_key
+from berth_spec.registration import (
+    AudioRegistration,
+    ImageRegistration,
+    LLMRegistration,
+    Registration,
+    size_key,
+)
 
 from berth_server.adapter_specs import AdapterSource, from_peft_model_config
 from berth_server.canonical import check_parser_name

@@ -14,7 +14,9 @@ def media_model(state: Any, name: str | None, ability: str, what: str) -> tuple[
     uid = state.gateway.resolve_model(name)
     description = state.gateway.describe(uid)
     if ability not in description.abilities:
-        raise InvalidRequest(f"model '{uid}' cannot {what}: it is a {description.model_type} model "
+        kind = description.model_type
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise InvalidRequest(f"model '{uid}' cannot {what}: it is {article} {kind} model "
                              f"({', '.join(description.abilities) or 'no abilities'}); launch one with {ability}",
                              param="model")
     return uid, description

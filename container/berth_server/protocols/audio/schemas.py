@@ -31,7 +31,7 @@ def _kwargs(value: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         raise ValueError("kwargs must be a JSON object") from None
     if not isinstance(parsed, dict):
-        raise ValueError("kwargs must be a JSON object")
+        raise ValueError("kwargs must be a JSON object")  # noqa: TRY004 - pydantic reports ValueErrors
     return parsed
 
 
@@ -44,7 +44,7 @@ class TranscriptionRequest(_Wire):
     response_format: TranscriptFormat = "json"
     temperature: float | None = Field(None, ge=0.0, le=1.0)
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
-        default_factory=lambda: ["segment"], alias="timestamp_granularities[]")
+        ["segment"], alias="timestamp_granularities[]")
     stream: bool = False
     # OpenAI's "logprobs" include: refused (the service says why) rather than silently dropped.
     include: list[str] = Field(default_factory=list, alias="include[]")
@@ -68,7 +68,7 @@ class SpeechRequest(_Wire):
 
     model: str | None = None
     input: str = Field(min_length=1)
-    voice: str = Field(min_length=1, max_length=200)
+    voice: str = Field("", max_length=200)  # "" (Xinference's client default): the model's first voice
     response_format: SpeechFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] | None = None

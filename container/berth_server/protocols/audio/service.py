@@ -60,6 +60,16 @@ def transcription(state: Any, body: TranscriptionRequest, audio: bytes, task: st
     return _whole(body, task, segments, done)
 
 
+def is_audio(mimetype: str) -> bool:
+    """Whether a Content-Type says the body is an audio (or audio-bearing video) file."""
+    return mimetype.startswith("audio/") or mimetype in ("video/webm", "video/ogg", "video/mp4")
+
+
+def transcribe_upload(state: Any, audio: bytes, model: str | None) -> Any:
+    """A raw audio body (SageMaker's /invocations with an audio Content-Type), transcribed as OpenAI's json."""
+    return transcription(state, TranscriptionRequest(model=model), audio, "transcribe")
+
+
 def piece(text_so_far: str, segment_text: str) -> str:
     """What a segment adds to the transcript: its text without trailing space (nor leading space, at the start)."""
     return segment_text.rstrip() if text_so_far else segment_text.strip()

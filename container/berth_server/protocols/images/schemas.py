@@ -47,7 +47,7 @@ class ImageRequest(BaseModel):
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise ValueError("kwargs must be a JSON object")
+            raise ValueError("kwargs must be a JSON object")  # noqa: TRY004 - pydantic reports ValueErrors
         unknown = sorted(set(value) - set(_KWARGS))
         if unknown:
             raise ValueError(f"kwargs {', '.join(unknown)} not supported; use {', '.join(_KWARGS)}")

@@ -9,8 +9,8 @@ from typing import Any
 from berth_server import ipc
 from berth_server.client.streams import new_request_id
 from berth_server.errors import InvalidRequest
-from berth_server.protocols.media import media_model
 from berth_server.protocols.images.schemas import ImageRequest
+from berth_server.protocols.media import media_model
 
 # Pipelines work in latent blocks of 8 pixels (stable diffusion's VAE halves the size three times).
 SIZE_MULTIPLE = 8

@@ -22,6 +22,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from berth_server.client.state import get_state
 from berth_server.errors import DefaultModelNotReady
+from berth_server.protocols.audio import service as audio_service
 from berth_server.protocols.openai import service as openai_service
 from berth_server.protocols.openai.errors import OPENAI_ERRORS
 from berth_server.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
@@ -58,6 +59,9 @@ def invocations() -> Any:  # a WireReply, rendered by the app (http/replies.py)
         routed.use_error_shape()
         sessions.bind(state, session)  # the routed view fetches the bound state itself
         return routed()
+    if audio_service.is_audio(request.mimetype):  # an audio Content-Type: the body is the file to transcribe
+        g.berth_errors = OPENAI_ERRORS
+        return audio_service.transcribe_upload(state, request.get_data(), attributes.get("model"))
     body = request_json()
     if sessions.is_session_request(body):
         g.berth_errors = OPENAI_ERRORS  # plain statuses: a malformed session request is a 400 on any wire
