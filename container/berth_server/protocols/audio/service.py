@@ -67,7 +67,7 @@ def is_audio(mimetype: str) -> bool:
 
 def transcribe_upload(state: Any, audio: bytes, model: str | None) -> Any:
     """A raw audio body (SageMaker's /invocations with an audio Content-Type), transcribed as OpenAI's json."""
-    return transcription(state, TranscriptionRequest(model=model), audio, "transcribe")
+    return transcription(state, TranscriptionRequest.model_validate({"model": model}), audio, "transcribe")
 
 
 def piece(text_so_far: str, segment_text: str) -> str:

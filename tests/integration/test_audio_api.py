@@ -1,0 +1,262 @@
+"""OpenAI's and Xinference's audio APIs on real weights: Whisper tiny.en (faster-whisper) and Piper's joe voice.
+
+One server for the module: Whisper is the default model (demo://whisper-tiny-en); the Piper voice is
+registered and launched through Xinference's own client, with noise at 0 so its speech is exact.
+The speech the recognizer hears is made here, by Piper, from known sentences.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import RunningServer, launch_serve
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+WORDS = ("quick", "brown", "fox", "jumps", "lazy", "dog")
+UPLOAD_LIMIT = 1_500_000  # BERTH_MAX_AUDIO_BYTES for this server
+SECONDS_LIMIT = 20  # BERTH_MAX_AUDIO_SECONDS
+PIPER_REGISTRATION = {
+    "version": 2, "model_name": "piper-joe", "model_family": "piper", "model_ability": ["text2audio"],
+    "model_uri": "demo://piper-joe", "multilingual": False,
+    "default_model_config": {"noise_scale": 0, "noise_w_scale": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Whisper tiny.en as the default model ("whisper"); Piper's joe launched as "joe" with Xinference's client."""
+    from xinference_client import RESTfulClient
+
+    running = launch_serve("demo://whisper-tiny-en", tmp_path_factory.mktemp("audio"), env={
+        "BERTH_MODEL_UID": "whisper", "BERTH_MAX_AUDIO_BYTES": str(UPLOAD_LIMIT),
+        "BERTH_MAX_AUDIO_SECONDS": str(SECONDS_LIMIT)})
+    try:
+        client = RESTfulClient(running.base_url)
+        client.register_model(model_type="audio", model=json.dumps(PIPER_REGISTRATION), persist=False)
+        assert client.launch_model(model_name="piper-joe", model_type="audio", model_uid="joe") == "joe"
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def voice() -> Any:
+    """Piper's own joe voice, loaded here (the reference for the server's speech)."""
+    from piper import PiperVoice
+
+    from berth_server.models.wheel_weights import piper_joe_dir
+
+    return PiperVoice.load(piper_joe_dir() / "en_US-joe-medium.onnx")
+
+
+def piper_wav(voice: Any, text: str) -> bytes:
+    """Piper's own WAV of `text` with noise at 0 (its synthesize_wav, as its CLI writes files)."""
+    from piper import SynthesisConfig
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        voice.synthesize_wav(text, wav, SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def speech(voice: Any) -> bytes:
+    """The test sentence, spoken by Piper."""
+    return piper_wav(voice, SENTENCE)
+
+
+def transcode(wav: bytes, container: str, codec: str, rate: int) -> bytes:
+    """The WAV re-encoded with PyAV (FFmpeg) as `container`/`codec` at `rate` Hz."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(io.BytesIO(wav)) as source, av.open(out, "w", format=container) as target:
+        stream: Any = target.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        for frame in source.decode(audio=0):
+            for converted in resampler.resample(frame):
+                for packet in stream.encode(converted):
+                    target.mux(packet)
+        for packet in stream.encode(None):
+            target.mux(packet)
+    return out.getvalue()
+
+
+def pcm_of(data: bytes) -> tuple[int, bytes]:
+    """(sample rate, 16-bit frames) of a WAV file."""
+    with wave.open(io.BytesIO(data)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (1, 2)
+        return wav.getframerate(), wav.readframes(wav.getnframes())
+
+
+def openai_client(server: RunningServer) -> OpenAI:
+    return OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
+
+
+def test_openai_client_transcribes_speech_exactly_as_faster_whisper_does(server: RunningServer, speech: bytes) -> None:
+    from faster_whisper import WhisperModel
+
+    from berth_server.models.wheel_weights import whisper_tiny_en_dir
+
+    text = openai_client(server).audio.transcriptions.create(model="whisper", file=("speech.wav", speech)).text
+    assert all(word in text.lower() for word in WORDS), text
+    # The same call, made directly: the server's settings (int8 on the CPU, beam 5, the temperature ladder).
+    model = WhisperModel(str(whisper_tiny_en_dir()), device="cpu", compute_type="int8")
+    segments, _ = model.transcribe(io.BytesIO(speech), beam_size=5, temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert text == "".join(segment.text for segment in segments).strip()
+
+
+def test_streamed_deltas_join_to_the_whole_text(server: RunningServer, voice: Any) -> None:
+    two_sentences = piper_wav(voice, "Good morning. The weather is sunny and warm today. We will go to the beach.")
+    client = openai_client(server)
+    whole = client.audio.transcriptions.create(model="whisper", file=("a.wav", two_sentences)).text
+    events = list(client.audio.transcriptions.create(model="whisper", file=("a.wav", two_sentences), stream=True))
+    deltas = [event.delta for event in events if event.type == "transcript.text.delta"]
+    assert events[-1].type == "transcript.text.done"
+    assert "".join(deltas) == events[-1].text == whole
+    assert "beach" in whole.lower()
+
+
+def test_response_formats(server: RunningServer, speech: bytes) -> None:
+    def ask(**fields: Any) -> httpx.Response:
+        reply = httpx.post(server.url("/v1/audio/transcriptions"), files={"file": ("s.wav", speech)},
+                           data={"model": "whisper", **fields}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply
+
+    whole = ask().json()
+    assert whole["usage"] == {"type": "duration", "seconds": 3}
+    assert ask(response_format="text").text == whole["text"] + "\n"
+    srt = ask(response_format="srt").text
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:0") and "lazy dog" in srt
+    vtt = ask(response_format="vtt")
+    assert vtt.text.startswith("WEBVTT\n\n00:00:00.000 --> ") and vtt.headers["content-type"].startswith("text/vtt")
+    verbose = ask(response_format="verbose_json", **{"timestamp_granularities[]": ["word", "segment"]}).json()
+    assert verbose["language"] == "en" and verbose["task"] == "transcribe" and verbose["text"] == whole["text"]
+    assert 2.0 < verbose["duration"] < 3.0 and verbose["segments"][0]["start"] == 0.0
+    assert [w["word"].strip(" .").lower() for w in verbose["words"]][-2:] == ["lazy", "dog"]
+
+
+@pytest.mark.parametrize(("container", "codec", "rate"), [
+    ("flac", "flac", 22050), ("mp3", "libmp3lame", 22050), ("ogg", "libopus", 48000), ("webm", "libopus", 48000)])
+def test_decodes_flac_mp3_ogg_and_webm(server: RunningServer, speech: bytes, container: str, codec: str,
+                                       rate: int) -> None:
+    encoded = transcode(speech, container, codec, rate)
+    reply = httpx.post(server.url("/v1/audio/transcriptions"), files={"file": (f"s.{container}", encoded)},
+                       data={"model": "whisper"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert all(word in reply.json()["text"].lower() for word in WORDS), reply.text
+
+
+def test_speech_is_pipers_own_wav_at_the_voices_rate(server: RunningServer, voice: Any) -> None:
+    text = "Berth reads this sentence aloud."
+    wav = openai_client(server).audio.speech.create(model="joe", voice="joe", input=text, response_format="wav")
+    assert wav.content == piper_wav(voice, text)
+    assert pcm_of(wav.content)[0] == voice.config.sample_rate == 22050
+
+
+def test_speech_formats_and_streams_carry_the_same_samples(server: RunningServer, voice: Any) -> None:
+    import av
+    import numpy as np
+
+    from berth_server.engines.audio_codec import streaming_wav_header
+
+    text = "One sentence. And another one."
+    rate, pcm = pcm_of(piper_wav(voice, text))
+
+    def speak(**fields: Any) -> httpx.Response:
+        reply = httpx.post(server.url("/v1/audio/speech"), json={"model": "joe", "input": text, **fields}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply
+
+    assert speak(response_format="pcm").content == pcm
+    flac = speak(response_format="flac")
+    with av.open(io.BytesIO(flac.content)) as decoded:  # lossless: the same samples back
+        samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in decoded.decode(audio=0)])
+    assert samples.astype("<i2").tobytes() == pcm
+    mp3 = speak(response_format="mp3")
+    assert mp3.headers["content-type"] == "audio/mpeg" and mp3.content[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
+    assert speak(response_format="wav", stream_format="audio").content == streaming_wav_header(rate) + pcm
+    events = [json.loads(line[6:]) for line in speak(response_format="pcm", stream_format="sse").text.splitlines()
+              if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * (len(events) - 1) + ["speech.audio.done"]
+    assert len(events) >= 3  # a delta a sentence
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == pcm
+
+
+def test_round_trip_speech_to_text(server: RunningServer) -> None:
+    client = openai_client(server)
+    spoken = client.audio.speech.create(model="joe", voice="joe", input="Please open the red door.",
+                                        response_format="wav")
+    text = client.audio.transcriptions.create(model="whisper", file=("r.wav", spoken.content)).text
+    assert all(word in text.lower() for word in ("open", "red", "door")), text
+
+
+def test_xinference_client_and_model_descriptions(server: RunningServer, speech: bytes) -> None:
+    from xinference_client import RESTfulClient
+
+    client = RESTfulClient(server.base_url)
+    assert client.get_model("whisper").transcriptions(speech)["text"].lower().startswith("the quick brown fox")
+    spoken = client.get_model("joe").speech("Hello there.", response_format="wav")  # voice "": the first voice
+    assert pcm_of(spoken)[0] == 22050
+    joe = httpx.get(server.url("/v1/models/joe"), timeout=10).json()
+    assert (joe["model_type"], joe["model_family"], joe["model_ability"], joe["voices"]) == (
+        "audio", "piper", ["text2audio"], ["joe"])
+    whisper = client.describe_model("whisper")
+    assert (whisper["model_type"], whisper["model_family"], whisper["multilingual"]) == ("audio", "whisper", False)
+    voices = httpx.get(server.url("/v1/audio/voices"), timeout=10).json()["voices"]
+    assert voices == [{"id": "joe", "name": "joe", "model": "joe", "language": "en-us"}]
+    unserved = {**PIPER_REGISTRATION, "model_name": "chattts", "model_family": "ChatTTS", "model_uri": None,
+                "model_id": "2Noise/ChatTTS"}
+    client.register_model(model_type="audio", model=json.dumps(unserved), persist=False)
+    with pytest.raises(RuntimeError, match="cannot serve the audio model_family 'ChatTTS'"):
+        client.launch_model(model_name="chattts", model_type="audio")
+
+
+def test_invocations_with_an_audio_content_type_transcribes(server: RunningServer, speech: bytes) -> None:
+    reply = httpx.post(server.url("/invocations"), content=speech, headers={"Content-Type": "audio/wav"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert "lazy dog" in reply.json()["text"]
+
+
+def test_refusals_are_4xx_naming_the_limit(server: RunningServer, speech: bytes, tmp_path: Path) -> None:
+    def transcribe(data: bytes, **fields: Any) -> httpx.Response:
+        return httpx.post(server.url("/v1/audio/transcriptions"), files={"file": ("f", data)},
+                          data={"model": "whisper", **fields}, timeout=60)
+
+    not_audio = transcribe(b"%PDF-1.4 this is not audio at all" * 10)
+    assert not_audio.status_code == 400 and not_audio.json()["error"]["param"] == "file"
+    assert transcribe(b"").status_code == 400
+    oversized = transcribe(b"\0" * (UPLOAD_LIMIT + 1))
+    assert oversized.status_code == 413 and "BERTH_MAX_AUDIO_BYTES" in oversized.json()["error"]["message"]
+    silence = io.BytesIO()
+    with wave.open(silence, "wb") as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(8000)
+        wav.writeframes(b"\0\0" * 8000 * (SECONDS_LIMIT + 1))
+    too_long = transcribe(silence.getvalue())
+    assert too_long.status_code == 400 and "BERTH_MAX_AUDIO_SECONDS" in too_long.json()["error"]["message"]
+    assert transcribe(speech, language="fr").status_code == 400  # tiny.en is English-only
+    assert httpx.post(server.url("/v1/audio/translations"), files={"file": ("f", speech)},
+                      data={"model": "whisper"}, timeout=60).status_code == 400
+    assert transcribe(speech, model="joe").status_code == 400  # a voice does not recognise speech
+
+    def speak(**fields: Any) -> httpx.Response:
+        return httpx.post(server.url("/v1/audio/speech"), json={"model": "joe", "input": "Hi.", **fields}, timeout=60)
+
+    unknown = speak(voice="alloy")
+    assert unknown.status_code == 400 and "joe" in unknown.json()["error"]["message"]
+    assert speak(response_format="opus").status_code == 400  # no encoder path for it here
+    assert speak(response_format="flac", stream_format="audio").status_code == 400  # streams pcm or wav only
+    assert speak(model="whisper").status_code == 400
+    assert speak(input="x" * 5000).status_code == 400  # BERTH_MAX_SPEECH_CHARS
