@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 # Small enough to run a step in milliseconds on a CPU: 32-channel UNet and VAE, a 5-layer CLIP text encoder.
-SAMPLE_SIZE = 32  # latents; the VAE's two blocks double it: 64x64 images
+SAMPLE_SIZE = 16  # latents; the VAE's two blocks double it: 32x32 images
 
 
 def _clip_tokenizer_files(folder: Path) -> None:
@@ -52,7 +52,7 @@ def build_tiny_pipeline(target: Path) -> Path:
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
         vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=32))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False)
+                              set_alpha_to_one=False, steps_offset=1)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
