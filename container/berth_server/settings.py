@@ -130,7 +130,7 @@ class Settings:
     max_audio_bytes: int = setting(25 * 1000 * 1000, "BERTH_MAX_AUDIO_BYTES", kind="int", minimum=1)
     max_audio_seconds: float = setting(1800.0, "BERTH_MAX_AUDIO_SECONDS", kind="float")
     max_speech_chars: int = setting(4096, "BERTH_MAX_SPEECH_CHARS", kind="int", minimum=1)
-    max_image_pixels: int = setting(1024 * 1024, "BERTH_MAX_IMAGE_PIXELS", kind="int", minimum=64)
+    max_image_pixels: int = setting(1024 * 1024, "BERTH_MAX_IMAGE_PIXELS", kind="int", minimum=1)
     max_image_steps: int = setting(100, "BERTH_MAX_IMAGE_STEPS", kind="int", minimum=1)
     max_images: int = setting(10, "BERTH_MAX_IMAGES", kind="int", minimum=1)
     # Network. SageMaker tells the container its port with SAGEMAKER_BIND_TO_PORT; TGI users set PORT.

@@ -12,6 +12,8 @@ from typing import Any
 import click
 import httpx
 
+from berth.registration import MODEL_TYPES
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 # Launching a model may take a while (downloads); the poll below reports progress meanwhile.
 _REQUEST_TIMEOUT_S = 60.0
@@ -75,7 +77,7 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _MODEL_TYPE = click.option("--model-type", "-t", default="LLM", show_default=True,
-                           type=click.Choice(["LLM", "embedding", "rerank"], case_sensitive=False))
+                           type=click.Choice(list(MODEL_TYPES), case_sensitive=False))
 
 
 @click.command("registrations")

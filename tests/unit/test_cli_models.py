@@ -34,7 +34,7 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
 def test_missing_file_and_bad_options(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["register", "--file", str(tmp_path / "none.json")])
     assert result.exit_code != 0 and "Traceback" not in result.output
-    result = CliRunner().invoke(main, ["registrations", "--model-type", "image"])
-    assert result.exit_code == 2 and "image" in result.output
+    result = CliRunner().invoke(main, ["registrations", "--model-type", "video"])
+    assert result.exit_code == 2 and "video" in result.output
     result = CliRunner().invoke(main, ["launch"])
     assert result.exit_code == 2 and "--model-name" in result.output

@@ -124,7 +124,7 @@ def test_launch_embedding(env: tuple[dict[str, Any], FakeSupervisor, Path]) -> N
 
 @pytest.mark.parametrize(("body", "error", "match"), [
     ({"model_name": "no-such-model"}, NotFound, "no-such-model"),
-    ({"model_name": "qwen3", "model_type": "image"}, InvalidRequest, "model_type"),
+    ({"model_name": "qwen3", "model_type": "video"}, InvalidRequest, "model_type"),
     ({"model_name": "qwen3", "model_type": "embedding"}, NotFound, "qwen3"),
     ({}, InvalidRequest, "model_name"),
     ({"model_name": "qwen3", "model_engine": "SGLang"}, InvalidRequest, "model_engine"),

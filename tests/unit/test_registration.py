@@ -87,7 +87,7 @@ def test_bad_json_and_types() -> None:
     with pytest.raises(RegistrationError, match="JSON object"):
         parse_registration("LLM", "[1, 2]")
     with pytest.raises(RegistrationError, match="model_type"):
-        parse_registration("image", "{}")
+        parse_registration("video", "{}")
     with pytest.raises(RegistrationError, match="dimensions"):
         parse_registration("embedding", _with(EMBEDDING, dimensions=None))
 

@@ -68,7 +68,7 @@ def test_register_refusals(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="model_name"):
         registry.register("LLM", _with(LLM, model_name="../evil"), persist=True)
     with pytest.raises(InvalidRequest, match="model_type"):
-        registry.register("image", json.dumps(LLM), persist=False)
+        registry.register("video", json.dumps(LLM), persist=False)
     registry.register("LLM", json.dumps(LLM), persist=False)
     with pytest.raises(Conflict, match="already registered"):
         registry.register("LLM", json.dumps(LLM), persist=False)

@@ -84,7 +84,7 @@ def test_registration_routes(tmp_path: Path) -> None:
     assert "model" in _error(client.post("/v1/model_registrations/LLM", json={"persist": True}), 400)
     assert "JSON" in _error(client.post("/v1/model_registrations/LLM", data="{x",
                                         content_type="application/json"), 400)
-    assert "model_type" in _error(client.get("/v1/model_registrations/image"), 400)
+    assert "model_type" in _error(client.get("/v1/model_registrations/video"), 400)
     assert client.delete("/v1/model_registrations/LLM/custom-qwen-2_5").status_code == 200
     assert "custom-qwen-2_5" in _error(client.get("/v1/model_registrations/LLM/custom-qwen-2_5"), 404)
     assert _error(client.delete("/v1/model_registrations/LLM/custom-qwen-2_5"), 404)
