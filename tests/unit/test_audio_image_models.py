@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from berth_server import ipc
 from berth_server.engines.facts import check_media_family, engine_name
 from berth_server.errors import InvalidRequest
+from berth_server.http.app import create_app
 from berth_server.models.launch_resolver import parse_launch
 from berth_server.protocols.audio.service import subtitles, transcript_text
+from berth_server.settings import Settings
 from berth_spec.registration import (
     AudioRegistration,
     ImageRegistration,
     RegistrationError,
     parse_registration,
 )
+
+from tests.unit.test_frontend_fake import FakeControl, FakeGateway
 
 # Xinference's own examples (its audio and image model JSON), as a user registers them.
 WHISPER = {"version": 2, "model_name": "whisper-tiny-ct2", "model_family": "whisper", "model_ability": ["audio2text"],
@@ -66,3 +72,14 @@ def test_transcript_text_and_subtitles() -> None:
                                           "2\n00:00:02,500 --> 01:01:01,250\nSee you.\n")
     assert subtitles(segments, "vtt") == ("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nGood morning.\n\n"
                                           "00:00:02.500 --> 01:01:01.250\nSee you.\n")
+
+
+def test_openapi_describes_the_audio_upload_and_replies(tmp_path: Path) -> None:
+    app = create_app(Settings(runtime_dir=tmp_path), gateway=FakeGateway(), control=FakeControl())
+    paths = app.test_client().get("/openapi.json").json["paths"]
+    upload = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
+    assert "timestamp_granularities[]" in upload["properties"]
+    assert "audio/wav" in paths["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
+    assert "application/json" in paths["/v1/images/generations"]["post"]["requestBody"]["content"]
+    assert "get" in paths["/v1/audio/voices"]
