@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,16 @@ def test_openapi_describes_the_audio_upload_and_replies(tmp_path: Path) -> None:
     assert "audio/wav" in paths["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
     assert "application/json" in paths["/v1/images/generations"]["post"]["requestBody"]["content"]
     assert "get" in paths["/v1/audio/voices"]
+
+
+def test_uploads_have_their_own_size_limit(tmp_path: Path) -> None:
+    settings = Settings(runtime_dir=tmp_path, max_body_bytes=1000, max_audio_bytes=200_000)
+    client = create_app(settings, gateway=FakeGateway(), control=FakeControl()).test_client()
+
+    def upload(size: int) -> int:
+        return client.post("/v1/audio/transcriptions", data={"file": (io.BytesIO(b"\0" * size), "a.wav")},
+                           content_type="multipart/form-data").status_code
+
+    assert upload(150_000) != 413  # over BERTH_MAX_BODY_BYTES, under BERTH_MAX_AUDIO_BYTES
+    assert upload(300_000) == 413
+    assert client.post("/v1/chat/completions", data=b"{" * 2000, content_type="application/json").status_code == 413
