@@ -23,7 +23,7 @@ from berth_server import ipc
 from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
-from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_record
+from berth_server.errors import BerthError, GenerationFailed, ModelTimeout, NotFound, NotReady, from_record
 from berth_server.launch_config import ModelDescription
 from berth_server.model_table import TableReader, table_path
 from berth_server.settings import Settings
@@ -141,8 +141,9 @@ class Gateway:
     def media(self, uid: str, message: ipc.MediaMessage, last: tuple[type, ...]) -> Iterator[Any]:
         """Send an audio or image request; yield its events up to the one of a `last` type (a Failure raises).
 
-        The first event is awaited before this returns (it is a generator primed by `first_event`), so a
-        refusal is raised before a reply starts. Closing the iterator early aborts the request.
+        A caller takes the first event before it starts a reply (protocols/media.py `primed`), so a refusal
+        is a 4xx, never a broken stream. Closing the iterator early aborts the request. Each event may take
+        up to BERTH_REQUEST_TIMEOUT, else as long as a silent token stream may (an image takes a while).
         """
         client = self.client(uid)
         queue = client.register(message.request_id)
@@ -151,7 +152,8 @@ class Gateway:
         except BaseException:
             client.unregister(message.request_id)
             raise
-        return _media_events(client, queue, message.request_id, last, self.call_timeout_s, uid)
+        timeout_s = self.settings.request_timeout_s or self.event_timeout_s
+        return _media_events(client, queue, message.request_id, last, timeout_s, uid)
 
     def stats(self, uid: str, timeout_s: float = 2.0) -> ipc.ModelStats:
         """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
@@ -273,7 +275,7 @@ def _media_events(client: ModelClient, queue: Any, request_id: str, last: tuple[
             try:
                 event = queue.get(timeout=timeout_s)
             except Empty:
-                raise NotReady(f"model '{uid}' did not answer within {timeout_s:.0f} s") from None
+                raise ModelTimeout(f"model '{uid}' did not answer within {timeout_s:.0f} s") from None
             if isinstance(event, Failure):
                 finished = True
                 raise from_record(event)
