@@ -33,20 +33,35 @@ PIPER_REGISTRATION = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """Whisper tiny.en as the default model ("whisper"); Piper's joe launched as "joe" with Xinference's client."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Any, Any]]:
+    """The server, and (loaded while it starts) Piper's joe voice and faster-whisper's model, the references.
+
+    Whisper tiny.en is the default model ("whisper"); Piper's joe is launched as "joe" with Xinference's client.
+    """
+    from berth_server.models.wheel_weights import piper_joe_dir, whisper_tiny_en_dir
+    from faster_whisper import WhisperModel
+    from piper import PiperVoice
     from xinference_client import RESTfulClient
 
-    running = launch_serve("demo://whisper-tiny-en", tmp_path_factory.mktemp("audio"), env={
+    running = launch_serve("demo://whisper-tiny-en", tmp_path_factory.mktemp("audio"), wait=False, env={
         "BERTH_MODEL_UID": "whisper", "BERTH_MAX_AUDIO_BYTES": str(UPLOAD_LIMIT),
         "BERTH_MAX_AUDIO_SECONDS": str(SECONDS_LIMIT)})
     try:
+        voice = PiperVoice.load(piper_joe_dir() / "en_US-joe-medium.onnx")
+        # The server's settings for the same model: int8 on the CPU.
+        recognizer = WhisperModel(str(whisper_tiny_en_dir()), device="cpu", compute_type="int8")
+        running.wait_ready()
         client = RESTfulClient(running.base_url)
         client.register_model(model_type="audio", model=json.dumps(PIPER_REGISTRATION), persist=False)
         assert client.launch_model(model_name="piper-joe", model_type="audio", model_uid="joe") == "joe"
-        yield running
+        yield running, voice, recognizer
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[RunningServer, Any, Any]) -> RunningServer:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +131,7 @@ def test_openai_client_transcribes_speech_exactly_as_faster_whisper_does(server:
 
 
 def test_streamed_deltas_join_to_the_whole_text(server: RunningServer, voice: Any) -> None:
-    two_sentences = piper_wav(voice, "Good morning. The weather is sunny and warm today. We will go to the beach.")
+    two_sentences = piper_wav(voice, "Good morning. We will go to the beach.")
     client = openai_client(server)
     whole = client.audio.transcriptions.create(model="whisper", file=("a.wav", two_sentences)).text
     events = list(client.audio.transcriptions.create(model="whisper", file=("a.wav", two_sentences), stream=True))
