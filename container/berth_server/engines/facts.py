@@ -88,6 +88,13 @@ FASTER_WHISPER = EngineFacts(
     weight_formats=frozenset({"ct2", "pytorch"}), model_types=frozenset({"audio"}), extra="audio",
     families=frozenset({"whisper"}),
 )
+TRANSFORMERS_WHISPER = EngineFacts(
+    name="transformers-whisper", aliases=("transformers_whisper", "hf-whisper"), package="transformers",
+    engine_class=("berth_server.engines.whisper_hf_engine", "TransformersWhisperEngine"),
+    launch_keys=frozenset({"num_beams"}),  # transformers' generate
+    weight_formats=frozenset({"pytorch", "safetensors"}), model_types=frozenset({"audio"}), extra="audio",
+    families=frozenset({"whisper"}),
+)
 PIPER = EngineFacts(
     name="piper", aliases=("piper-tts", "piper_tts"), package="piper",
     engine_class=("berth_server.engines.piper_engine", "PiperEngine"),
@@ -107,7 +114,7 @@ DIFFUSERS = EngineFacts(
 # serve them on a CPU; the last one is the fallback that serves anything it can load.
 ENGINES: tuple[EngineFacts, ...] = (LLAMA_CPP, VLLM, TRANSFORMERS)
 # Every audio and image engine, in the order `auto` tries them.
-MEDIA_ENGINES: tuple[EngineFacts, ...] = (FASTER_WHISPER, PIPER, DIFFUSERS)
+MEDIA_ENGINES: tuple[EngineFacts, ...] = (FASTER_WHISPER, TRANSFORMERS_WHISPER, PIPER, DIFFUSERS)
 BY_NAME: Mapping[str, EngineFacts] = {facts.name: facts for facts in ENGINES + MEDIA_ENGINES}
 _SPELLINGS: Mapping[str, str] = {
     **{facts.name: facts.name for facts in BY_NAME.values()},

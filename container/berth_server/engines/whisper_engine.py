@@ -31,7 +31,7 @@ class FasterWhisperEngine(SpeechRecognizer):
         """A CTranslate2 model has model.bin; a transformers Whisper folder (safetensors) is not one."""
         if not model_dir.is_dir() or not (model_dir / "model.bin").is_file():
             return (f"{model_dir} is not a CTranslate2 Whisper folder (no model.bin); transformers' Whisper "
-                    "folders (openai/whisper-*) are not served yet")
+                    "folders (openai/whisper-*) are the transformers-whisper engine's")
         return None
 
     def load(self) -> EngineLoadInfo:

@@ -1,22 +1,31 @@
-"""OpenAI's and Xinference's image generation on a tiny random Stable Diffusion pipeline made here.
+"""The torch-backed audio and image engines on tiny random models made here: diffusers and transformers' Whisper.
 
-The server serves the pipeline folder as its default model (a diffusers folder is an image model);
-its images for a seed are diffusers' own for that seed, pixel for pixel.
+The server serves a Stable Diffusion pipeline folder as its default model (a diffusers folder is an
+image model): its images for a seed are diffusers' own for that seed, pixel for pixel. A transformers
+Whisper folder, launched through Xinference's client, transcribes exactly as transformers' generate.
+One server for both: torch is loaded once in the test process for the references.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import math
+import struct
+import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
+from xinference_client import RESTfulClient
 
 from tests.integration.conftest import MODEL_CACHE, RunningServer, launch_serve
 from tests.integration.tiny_diffusion import build_tiny_pipeline
+from tests.integration.tiny_whisper import build_tiny_whisper
 
 MAX_STEPS = 3
 
@@ -27,6 +36,8 @@ def pipeline_dir() -> Path:
 
 
 PROMPT, SEED, STEPS, SIZE = "a red bicycle", 7, 2, 32
+HF_WHISPER = {"version": 2, "model_name": "hf-whisper", "model_family": "whisper", "model_ability": ["audio2text"],
+              "model_id": "openai/whisper-tiny.en"}  # the launch's model_path gives the weights
 
 
 def diffusers_images(pipeline_dir: Path) -> list[bytes]:
@@ -48,7 +59,13 @@ def served(pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "BERTH_MODEL_UID": "sd", "BERTH_MAX_IMAGE_STEPS": str(MAX_STEPS), "BERTH_MAX_IMAGE_PIXELS": str(128 * 128)})
     try:
         reference = diffusers_images(pipeline_dir)
+        whisper_dir = build_tiny_whisper(MODEL_CACHE / "tiny-whisper")
         running.wait_ready()
+        # The Whisper folder loads while the image tests run.
+        client = RESTfulClient(running.base_url)
+        client.register_model(model_type="audio", model=json.dumps(HF_WHISPER), persist=False)
+        client.launch_model(model_name="hf-whisper", model_type="audio", model_uid="hf-whisper", wait_ready=False,
+                            model_path=str(whisper_dir))
         yield running, reference
     finally:
         running.stop()
@@ -78,8 +95,6 @@ def test_images_equal_diffusers_own_for_the_seed(served: tuple[RunningServer, li
 
 
 def test_xinference_client_text_to_image(server: RunningServer) -> None:
-    from xinference_client import RESTfulClient
-
     client = RESTfulClient(server.base_url)
     assert client.describe_model("sd")["model_type"] == "image"
     model = client.get_model("sd")
@@ -101,3 +116,37 @@ def test_limits_are_400s_naming_them(server: RunningServer) -> None:
     assert generate(size="big").status_code == 400
     assert generate(response_format="url").status_code == 400
     assert generate(n=11).status_code == 400  # BERTH_MAX_IMAGES
+
+
+def tone_wav(seconds: float = 2.0, rate: int = 16000) -> bytes:
+    """A WAV of a 440 Hz tone (the random Whisper transcribes anything into nonsense; this is its input)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(rate)
+        wav.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                                 for i in range(int(seconds * rate))))
+    return out.getvalue()
+
+
+def test_a_transformers_whisper_folder_transcribes_as_transformers_generate_does(server: RunningServer) -> None:
+    import torch
+    from faster_whisper.audio import decode_audio
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    deadline = time.monotonic() + 120
+    while (state := httpx.get(server.url("/v1/models/hf-whisper"), timeout=10).json()["state"]) != "ready":
+        assert state not in ("failed", "stopped") and time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert httpx.get(server.url("/v1/models/hf-whisper"), timeout=10).json()["model_engine"] == "transformers-whisper"
+    audio = tone_wav()
+    reply = httpx.post(server.url("/v1/audio/transcriptions"), files={"file": ("tone.wav", audio)},
+                       data={"model": "hf-whisper"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    folder = MODEL_CACHE / "tiny-whisper"
+    processor = WhisperProcessor.from_pretrained(str(folder))
+    model = WhisperForConditionalGeneration.from_pretrained(str(folder)).eval()
+    features = processor.feature_extractor(decode_audio(io.BytesIO(audio), sampling_rate=16000),
+                                           sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        expected = processor.batch_decode(model.generate(features, num_beams=1), skip_special_tokens=True)[0]
+    assert reply.json()["text"] == expected.strip() != ""
