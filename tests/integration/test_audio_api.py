@@ -20,6 +20,7 @@ import pytest
 from openai import OpenAI
 
 from tests.integration.conftest import RunningServer, launch_serve
+from tests.integration.test_web_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DESKTOP, _open
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 WORDS = ("quick", "brown", "fox", "jumps", "lazy", "dog")
@@ -271,3 +272,35 @@ def test_refusals_are_4xx_naming_the_limit(server: RunningServer, speech: bytes,
     assert speak(response_format="flac", stream_format="audio").status_code == 400  # streams pcm or wav only
     assert speak(model="whisper").status_code == 400
     assert speak(input="x" * 5000).status_code == 400  # BERTH_MAX_SPEECH_CHARS
+
+
+def test_web_ui_transcribes_an_upload_and_speaks_text(server: RunningServer, speech: bytes) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            _try_out_audio(_open(browser, server.url("/ui"), DESKTOP), speech, expect)
+        finally:
+            browser.close()
+
+
+def _try_out_audio(page: Any, speech: bytes, expect: Any) -> None:
+    try:
+        expect(page.get_by_role("combobox", name="Speech recognition model")).to_have_value("whisper")
+        page.get_by_label("Audio file (wav, flac, mp3, ogg, webm)").set_input_files(
+            {"name": "speech.wav", "mimeType": "audio/wav", "buffer": speech})
+        page.get_by_role("button", name="Transcribe").click()
+        expect(page.locator("#transcribe-result")).to_contain_text("lazy dog", timeout=60_000)
+        expect(page.get_by_role("combobox", name="Voice model")).to_have_value("joe")
+        page.get_by_role("textbox", name="Text to speak").fill("Hello from the web page.")
+        page.get_by_role("button", name="Speak").click()
+        audio = page.locator("#speak-audio")
+        expect(audio).to_be_visible(timeout=60_000)
+        size = page.evaluate("async () => (await (await fetch(document.getElementById('speak-audio').src)).blob()).size")
+        assert size > 44  # a WAV header and samples
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "audio-try-out.png"))
+        assert page.berth_errors == []  # type: ignore[attr-defined]
+    finally:
+        page.context.close()

@@ -24,6 +24,7 @@ from openai import OpenAI
 from xinference_client import RESTfulClient
 
 from tests.integration.conftest import MODEL_CACHE, RunningServer, launch_serve
+from tests.integration.test_web_ui import CHROMIUM, CHROMIUM_ARGS, DESKTOP, _open
 from tests.integration.tiny_diffusion import build_tiny_pipeline
 from tests.integration.tiny_whisper import build_tiny_whisper
 
@@ -150,3 +151,24 @@ def test_a_transformers_whisper_folder_transcribes_as_transformers_generate_does
     with torch.inference_mode():
         expected = processor.batch_decode(model.generate(features, num_beams=1), skip_special_tokens=True)[0]
     assert reply.json()["text"] == expected.strip() != ""
+
+
+def test_web_ui_generates_an_image(server: RunningServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = _open(browser, server.url("/ui"), DESKTOP)
+            expect(page.get_by_role("combobox", name="Image model")).to_have_value("sd")
+            page.get_by_role("textbox", name="Prompt").fill("a green field")
+            page.get_by_role("textbox", name="Size (width x height)").fill("32x32")
+            page.get_by_role("spinbutton", name="Steps (empty: the model's default)").fill("1")
+            page.get_by_role("button", name="Generate").click()
+            image = page.get_by_role("img", name="The generated image")
+            expect(image).to_be_visible(timeout=60_000)
+            assert image.get_attribute("src").startswith("data:image/png;base64,")  # type: ignore[union-attr]
+            assert page.evaluate("document.getElementById('image-result').naturalWidth") == 32
+            assert page.berth_errors == []  # type: ignore[attr-defined]
+        finally:
+            browser.close()

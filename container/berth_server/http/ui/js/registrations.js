@@ -3,7 +3,7 @@ import { apiJson } from "./api.js";
 import { confirmAction } from "./dialogs.js";
 import { emit, say } from "./events.js";
 
-const TYPES = ["LLM", "embedding", "rerank"];
+const TYPES = ["LLM", "embedding", "rerank", "audio", "image"];
 const table = document.querySelector("#registrations-table tbody");
 const filter = document.getElementById("registrations-filter");
 const form = document.getElementById("register-form");
