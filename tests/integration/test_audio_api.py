@@ -278,7 +278,9 @@ def test_web_ui_transcribes_an_upload_and_speaks_text(server: RunningServer, spe
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # A fake microphone (Chromium's beep), granted without asking, for the Record button.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         try:
             _try_out_audio(_open(browser, server.url("/ui"), DESKTOP), speech, expect)
         finally:
@@ -299,6 +301,13 @@ def _try_out_audio(page: Any, speech: bytes, expect: Any) -> None:
         expect(audio).to_be_visible(timeout=60_000)
         size = page.evaluate("async () => (await (await fetch(document.getElementById('speak-audio').src)).blob()).size")
         assert size > 44  # a WAV header and samples
+        # Record: the browser's own webm/opus recording is uploaded and decoded.
+        page.get_by_label("Audio file (wav, flac, mp3, ogg, webm)").set_input_files([])
+        page.get_by_role("button", name="Record").click()
+        page.wait_for_timeout(1500)
+        with page.expect_response("**/v1/audio/transcriptions") as recorded:
+            page.get_by_role("button", name="Stop and transcribe").click()
+        assert recorded.value.status == 200, recorded.value.text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "audio-try-out.png"))
         assert page.berth_errors == []  # type: ignore[attr-defined]
