@@ -20,7 +20,7 @@ from berth_spec.registration import (
     parse_registration,
 )
 
-from tests.unit.test_frontend_fake import FakeControl, FakeGateway
+from tests.unit.fakes.gateway import FakeControl, FakeGateway
 
 # Xinference's own examples (its audio and image model JSON), as a user registers them.
 WHISPER = {"version": 2, "model_name": "whisper-tiny-ct2", "model_family": "whisper", "model_ability": ["audio2text"],

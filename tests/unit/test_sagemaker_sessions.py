@@ -22,8 +22,8 @@ from berth_server.model_process.text_pipeline import TextPipeline
 from berth_server.settings import Settings
 from flask.testing import FlaskClient
 
+from tests.unit.fakes.gateway import FakeGateway
 from tests.unit.test_model_process_server import WAIT_S, Client, FakeEngine, finished, gen, pipeline  # noqa: F401
-from tests.unit.test_tgi_fakes import FakeGateway
 
 NEW = {"requestType": "NEW_SESSION"}
 CLOSE = {"requestType": "CLOSE"}
