@@ -287,14 +287,14 @@ def decode_event_batch(frame: bytes) -> EventBatch:
     return _model_decoder.decode(frame)
 
 
-def model_socket_address(runtime_dir: Path, uid: str) -> str:
-    """The ROUTER address of the model process serving `uid` (deterministic, so no lookup is needed).
+def model_socket_address(runtime_dir: Path, uid: str, replica: int = 0) -> str:
+    """The ROUTER address of replica `replica` of the model serving `uid` (deterministic, so no lookup is needed).
 
     Named by a hash of the uid: a unix socket path must stay under ~100 bytes whatever the uid's
     length, and uids that differ only in characters a file name cannot hold must not collide.
     """
     digest = hashlib.sha256(uid.encode()).hexdigest()[:20]
-    return f"ipc://{runtime_dir}/m-{digest}.sock"
+    return f"ipc://{runtime_dir}/m-{digest}.sock" if replica == 0 else f"ipc://{runtime_dir}/m-{digest}-{replica}.sock"
 
 
 def control_socket_address(runtime_dir: Path) -> str:

@@ -51,6 +51,14 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     # Audio and image models: Xinference's family ("whisper", "piper", "stable_diffusion") and its default config.
     model_family: str | None = None
     default_model_config: dict[str, Any] = {}
+    # Replicas (issue 22): `replica` copies of this model, each its own process and engine; this config is the
+    # one of replica `replica_index`. gpu_ids: the GPUs this replica owns (CUDA_VISIBLE_DEVICES), [] on CPU.
+    replica: int = 1
+    replica_index: int = 0
+    gpu_ids: list[str] = []
+    n_gpu: int | None = None  # the launch's n_gpu per replica (None: SM_NUM_GPUS / replicas)
+    n_cpu: float | None = None  # Ray placement: CPUs a replica reserves (None: 1)
+    ray_resources: dict[str, float] = {}  # Ray placement: custom resources a replica needs
 
 
 class ModelDescription(msgspec.Struct, kw_only=True):
@@ -85,6 +93,18 @@ class ModelDescription(msgspec.Struct, kw_only=True):
     media: dict[str, Any] = {}
 
 
+class ReplicaInfo(msgspec.Struct, kw_only=True):
+    """One replica of a model as the launcher sees it (GET /v1/models/{uid}'s "replicas", the frontend's routing)."""
+
+    index: int
+    state: ModelState
+    node: str = "local"  # the Ray node id, or "local"
+    pid: int | None = None
+    address: str | None = None  # where its ROUTER listens (None: the ipc path ipc.model_socket_address names)
+    server_key: str | None = None  # CURVE public key of a remote (tcp://) replica, z85
+    reason: str | None = None
+
+
 class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):
     """Pushed by a model process to the launcher as it moves through its states."""
 
@@ -95,3 +115,6 @@ class ModelStatus(msgspec.Struct, tag="model_status", kw_only=True):
     error_type: str | None = None
     progress: float = 0.0  # 0..1 while downloading/loading
     description: ModelDescription | None = None
+    replica: int = 0  # from a model process: which replica reports
+    replicas: list[ReplicaInfo] = []  # from the launcher: every replica of the model
+    address: str | None = None  # from a model process: where it listens when not on the default ipc path

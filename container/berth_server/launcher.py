@@ -65,7 +65,7 @@ def default_model_config(settings: Settings) -> ModelLaunchConfig:
         revision=settings.hf_model_revision, engine=settings.engine, max_input_tokens=settings.max_input_tokens,
         max_total_tokens=settings.max_total_tokens, dtype=settings.dtype, quantization=quantization, gguf_file=gguf_file,
         trust_remote_code=settings.trust_remote_code, tensor_parallel_size=settings.sm_num_gpus, is_default=True,
-        tool_call_parser=settings.tool_call_parser,
+        tool_call_parser=settings.tool_call_parser, replica=settings.replicas,
     )
     kind = media_kind(source)
     if kind is not None:  # an audio or image model: no chat facts to add

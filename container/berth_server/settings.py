@@ -149,6 +149,10 @@ class Settings:
     graceful_timeout_s: float = setting(25.0, "BERTH_GRACEFUL_TIMEOUT", kind="float")
     model_load_timeout_s: float = setting(3600.0, "BERTH_MODEL_LOAD_TIMEOUT", kind="float")
     max_model_restarts: int = setting(3, "BERTH_MAX_MODEL_RESTARTS", kind="int")
+    # Replicas of the default model (issue 22): each its own model process and engine (replicas.py).
+    replicas: int = setting(1, "BERTH_REPLICAS", kind="int", minimum=1)
+    # A Ray cluster to place replicas on ("auto" or host:port); None: every replica runs on this machine.
+    ray_address: str | None = setting(None, "BERTH_RAY_ADDRESS")
     sagemaker_model_dir: Path = setting(Path("/opt/ml/model"), "BERTH_SAGEMAKER_MODEL_DIR", kind="path")
     runtime_dir: Path | None = setting(None, "BERTH_RUNTIME_DIR", kind="path")
     log_level: str = setting("INFO", "BERTH_LOG_LEVEL", kind="upper")

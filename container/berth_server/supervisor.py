@@ -1,8 +1,10 @@
-"""Model-process supervision: spawn one process per uid, track its status, restart it a bounded number of times.
+"""Model-process supervision: spawn one process per replica of each uid, track its status, restart it a bounded
+number of times.
 
-A model process reports its progress over a PUSH socket (ModelStatus messages); the supervisor
-keeps the latest status per uid, wakes anyone waiting for readiness, and notices exits. A process
-that dies after it was ready is restarted up to settings.max_model_restarts times; one that fails
+A model has `replica` replicas (replicas.py), each its own process; the model's status is their
+aggregate (ready while any replica is). A model process reports its progress over a PUSH socket (ModelStatus messages); the supervisor
+keeps the latest status per uid, wakes anyone waiting for readiness, and notices exits. A replica
+that dies after it was ready is restarted (the others keep serving) up to settings.max_model_restarts times; one that fails
 while loading is not (the same weights would fail again) and stays `failed` with its reason.
 """
 
@@ -24,9 +26,10 @@ import zmq
 import zmq.asyncio
 
 from berth_server.errors import BerthError, Conflict, NotFound, from_failure
-from berth_server.launch_config import ModelLaunchConfig, ModelStatus
+from berth_server.launch_config import ModelLaunchConfig, ModelStatus, ReplicaInfo
 from berth_server.model_table import TableWriter, table_path
 from berth_server.process_tree import die_with_parent
+from berth_server.replicas import model_status, plan_gpus, replica_configs, replica_environment, visible_gpus
 from berth_server.settings import Settings
 
 log = logging.getLogger("berth.supervisor")
@@ -44,7 +47,7 @@ def status_socket_address(settings: Settings) -> str:
 
 @dataclass
 class ModelHandle:
-    """One launched model: its config, its current process and what it last reported."""
+    """One replica of a launched model: its config, its current process and what it last reported."""
 
     config: ModelLaunchConfig
     process: asyncio.subprocess.Process | None = None
@@ -58,6 +61,18 @@ class ModelHandle:
     @property
     def state(self) -> str:
         return self.status.state if self.status else "starting"
+
+    @property
+    def index(self) -> int:
+        return self.config.replica_index
+
+    def info(self) -> ReplicaInfo:
+        """This replica as GET /v1/models/{uid} and the frontend's routing see it."""
+        status = self.status
+        description = status.description if status else None
+        pid = description.pid if description else (self.process.pid if self.process else None)
+        return ReplicaInfo(index=self.index, state=status.state if status else "starting", pid=pid,
+                           address=status.address if status else None, reason=status.reason if status else None)
 
     def set_status(self, status: ModelStatus) -> None:
         """Record a status and wake waiters (they re-check the state)."""
@@ -76,7 +91,7 @@ class Supervisor:
         self.settings = settings
         self._context = context
         self._model_command = model_command  # tests substitute a fake model process
-        self._models: dict[str, ModelHandle] = {}
+        self._models: dict[str, list[ModelHandle]] = {}  # uid -> its replicas, by index
         self._tasks: set[asyncio.Task[None]] = set()
         self._status_socket: zmq.asyncio.Socket | None = None
         runtime_dir = settings.runtime_dir
@@ -95,61 +110,74 @@ class Supervisor:
             self._table.write(self.statuses())
 
     def statuses(self) -> dict[str, ModelStatus]:
-        """The latest status of every launched model, by uid."""
-        return {uid: handle.status or ModelStatus(uid=uid, state="starting") for uid, handle in self._models.items()}
+        """The latest status of every launched model (its replicas' aggregate, listing each), by uid."""
+        return {uid: model_status(uid, [(h.info(), h.status) for h in handles]) for uid, handles in self._models.items()}
 
     def configs(self) -> dict[str, ModelLaunchConfig]:
-        """The launch config of every launched model, by uid."""
-        return {uid: handle.config for uid, handle in self._models.items()}
+        """The launch config of every launched model (replica 0's: the launch's), by uid."""
+        return {uid: handles[0].config for uid, handles in self._models.items()}
+
+    def replica_configs(self, uid: str) -> list[ModelLaunchConfig]:
+        """The config of each replica of `uid` (its GPUs among them)."""
+        return [h.config for h in self._models.get(uid, [])]
 
     async def launch(self, config: ModelLaunchConfig, wait_ready: bool) -> None:
-        """Start a model process for `config`; with wait_ready, return once it serves (or raise why not)."""
-        existing = self._models.get(config.uid)
+        """Start `config.replica` model processes for `config`; with wait_ready, return once it serves (or raise why not)."""
+        existing = self.statuses().get(config.uid)
         if existing is not None and existing.state not in ("failed", "stopped"):
             raise Conflict(f"model uid {config.uid!r} is already running; terminate it or choose another uid")
-        handle = ModelHandle(config=config, on_change=self._publish)
-        self._models[config.uid] = handle
-        await self._spawn_process(handle)
+        plan = plan_gpus(config.replica, config.n_gpu, self.settings.sm_num_gpus, visible_gpus(self.settings.device))
+        handles = [ModelHandle(config=c, on_change=self._publish) for c in replica_configs(config, plan)]
+        self._models[config.uid] = handles
+        for handle in handles:
+            await self._spawn_process(handle)
         if wait_ready:
             await self.wait_ready(config.uid, self.settings.model_load_timeout_s)
 
     async def wait_ready(self, uid: str, timeout_s: float) -> ModelStatus:
-        """Wait until `uid` is ready; raise the typed failure it reported, or a timeout."""
+        """Wait until every replica of `uid` has loaded or failed: the status once any is ready, else the typed
+        failure a replica reported; or a timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
-            handle = self._models.get(uid)
-            if handle is None:
+            handles = self._models.get(uid)
+            if handles is None:
                 raise NotFound(f"model uid {uid!r} not found")
-            if handle.state == "ready" and handle.status is not None:
-                return handle.status
-            if handle.state in ("failed", "stopped"):
-                status = handle.status
+            settled = all(h.state in ("ready", "failed", "stopped") for h in handles)
+            ready = next((h for h in handles if h.state == "ready" and h.status is not None), None)
+            if settled and ready is not None:
+                return self.statuses()[uid]
+            if settled:
+                status = handles[0].status
                 reason = status.reason if status and status.reason else "model process exited"
                 error_type = status.error_type if status and status.error_type else "generation"
                 raise from_failure(error_type, f"model {uid!r} failed to load: {reason}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BerthError(f"model {uid!r} did not become ready within {timeout_s:.0f} s")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(handle.changed.wait(), timeout=min(remaining, 1.0))
+            waits = [asyncio.ensure_future(h.changed.wait()) for h in handles]
+            await asyncio.wait(waits, timeout=min(remaining, 1.0), return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
 
     async def terminate(self, uid: str) -> None:
-        """Stop the model process for `uid` (SIGTERM, then SIGKILL) and forget it; its memory is freed."""
-        handle = self._models.get(uid)
-        if handle is None:
+        """Stop every replica of `uid` (SIGTERM, then SIGKILL) and forget it; its memory is freed."""
+        handles = self._models.get(uid)
+        if handles is None:
             raise NotFound(f"model uid {uid!r} not found")
-        handle.stopping = True
-        handle.set_status(ModelStatus(uid=uid, state="stopping"))
-        await self._stop_process(handle)
-        if self._models.get(uid) is handle:
+        for handle in handles:
+            handle.stopping = True
+            handle.set_status(ModelStatus(uid=uid, state="stopping", replica=handle.index))
+        await asyncio.gather(*(self._stop_process(h) for h in handles))
+        if self._models.get(uid) is handles:
             self._models.pop(uid, None)
         self._publish()
 
     async def shutdown(self) -> None:
         """Stop every model process, then the background tasks."""
-        for handle in self._models.values():
+        handles = [h for replicas in self._models.values() for h in replicas]
+        for handle in handles:
             handle.stopping = True
-        await asyncio.gather(*(self._stop_process(h) for h in self._models.values()), return_exceptions=True)
+        await asyncio.gather(*(self._stop_process(h) for h in handles), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -165,14 +193,15 @@ class Supervisor:
 
     async def _spawn_process(self, handle: ModelHandle) -> None:
         config_json = msgspec.json.encode(handle.config).decode()
-        handle.set_status(ModelStatus(uid=handle.config.uid, state="starting"))
+        handle.set_status(ModelStatus(uid=handle.config.uid, state="starting", replica=handle.index))
         # A new session so a Ctrl-C in the terminal reaches the launcher only; it stops children in order.
         handle.process = await asyncio.create_subprocess_exec(
             *self._model_command, "--config-json", config_json,
-            env=self.settings.child_environment(), start_new_session=True, preexec_fn=die_with_parent(),
+            env=self.settings.child_environment(**replica_environment(handle.config.gpu_ids)),
+            start_new_session=True, preexec_fn=die_with_parent(),
         )
-        log.info("model %s: process %d started (source %s)", handle.config.uid, handle.process.pid,
-                 handle.config.source)
+        log.info("model %s: replica %d: process %d started (source %s)", handle.config.uid, handle.index,
+                 handle.process.pid, handle.config.source)
         self._spawn_task(self._watch(handle, handle.process))
 
     async def _watch(self, handle: ModelHandle, process: asyncio.subprocess.Process) -> None:
@@ -180,28 +209,29 @@ class Supervisor:
         code = await process.wait()
         if handle.process is not process:
             return  # an older incarnation
-        uid = handle.config.uid
+        uid, index = handle.config.uid, handle.index
         if handle.stopping:
-            handle.set_status(ModelStatus(uid=uid, state="stopped"))
+            handle.set_status(ModelStatus(uid=uid, state="stopped", replica=index))
             return
         was_ready = handle.state == "ready"
         if not was_ready:
             reason = handle.status.reason if handle.status and handle.status.reason else f"exit code {code}"
             error_type = handle.status.error_type if handle.status else None
             log.error("model %s failed to load: %s", uid, reason)
-            handle.set_status(ModelStatus(uid=uid, state="failed", reason=reason, error_type=error_type))
+            handle.set_status(ModelStatus(uid=uid, state="failed", reason=reason, error_type=error_type, replica=index))
             return
         if handle.restarts >= self.settings.max_model_restarts:
             log.error("model %s crashed (exit code %s); restart limit %d reached", uid, code,
                       self.settings.max_model_restarts)
-            handle.set_status(ModelStatus(uid=uid, state="failed", reason=f"crashed with exit code {code}; "
-                                          f"restarted {handle.restarts} times"))
+            handle.set_status(ModelStatus(uid=uid, state="failed", replica=index,
+                                          reason=f"crashed with exit code {code}; restarted {handle.restarts} times"))
             return
         delay = _RESTART_BACKOFF_S[min(handle.restarts, len(_RESTART_BACKOFF_S) - 1)]
         handle.restarts += 1
         log.warning("model %s crashed (exit code %s); restart %d/%d in %.0f s", uid, code, handle.restarts,
                     self.settings.max_model_restarts, delay)
-        handle.set_status(ModelStatus(uid=uid, state="starting", reason=f"restarting after exit code {code}"))
+        handle.set_status(ModelStatus(uid=uid, state="starting", replica=index,
+                                      reason=f"restarting after exit code {code}"))
         await asyncio.sleep(delay)
         if not handle.stopping:
             await self._spawn_process(handle)
@@ -229,7 +259,8 @@ class Supervisor:
             except msgspec.DecodeError:
                 log.warning("ignoring a malformed status message")
                 continue
-            handle = self._models.get(status.uid)
+            replicas = self._models.get(status.uid) or []
+            handle = replicas[status.replica] if 0 <= status.replica < len(replicas) else None
             if handle is None or handle.stopping:
                 continue
             if status.state != handle.state:

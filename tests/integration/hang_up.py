@@ -25,9 +25,9 @@ def model_counters(server: Any, uid: str | None = None) -> tuple[float, float]:
     text = httpx.get(server.url("/metrics"), timeout=30).text
     label = re.escape(uid) if uid else '[^"]+'
 
-    def gauge(name: str) -> float:
-        match = re.search(rf'^{name}\{{model="{label}"\}} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+    def gauge(name: str) -> float:  # summed over the model's replicas
+        return sum(float(value) for value in
+                   re.findall(rf'^{name}\{{model="{label}",replica="\d+"\}} (\S+)$', text, re.MULTILINE))
 
     return gauge("berth_model_aborted_requests"), gauge("berth_model_finished_requests")
 

@@ -113,8 +113,9 @@ def _set_chat_parameters(page: Page, model: str, temperature: str, max_tokens: s
 
 def _aborted(server: RunningServer, uid: str) -> float:
     text = httpx.get(server.url("/metrics"), timeout=30).text
-    match = re.search(rf'^berth_model_aborted_requests\{{model="{re.escape(uid)}"\}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    found = re.findall(rf'^berth_model_aborted_requests\{{model="{re.escape(uid)}",replica="\d+"\}} (\S+)$', text,
+                       re.MULTILINE)
+    return sum(float(value) for value in found)
 
 
 def test_launch_chat_and_terminate_a_second_model(page: Page, server: RunningServer, tiny_model: Path,

@@ -139,8 +139,8 @@ def test_metrics_counts_requests_and_model_gauges(tmp_path) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert 'berth_http_requests_total{method="POST",route="/v1/completions",status="200"} 1.0' in text
     assert 'berth_generated_tokens_total{model="default"} 3.0' in text
-    assert 'berth_model_queue_depth{model="default"} 3.0' in text
-    assert 'berth_model_running_requests{model="default"} 2.0' in text
+    assert 'berth_model_queue_depth{model="default",replica="0"} 3.0' in text
+    assert 'berth_model_running_requests{model="default",replica="0"} 2.0' in text
 
 
 def test_two_apps_do_not_share_state(tmp_path) -> None:

@@ -1,8 +1,9 @@
 """The frontend's door to model processes and to model facts from the launcher.
 
-Gateway holds this worker's ModelClient per uid (created lazily after fork) and reads the model
-table the launcher writes (model_table.py: one stat() per look, no RPC); protocol services call
-generate/tokenize/embed/rerank/resolve_model on it.
+Gateway holds this worker's ModelClient per replica of each uid (created lazily after fork) and reads
+the model table the launcher writes (model_table.py: one stat() per look, no RPC); protocol services
+call generate/tokenize/embed/rerank/resolve_model on it. Each call goes to one ready replica, chosen by
+client/replica_router.py (fewest in flight; a request's adapter or session prefers its last replica).
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from gevent.queue import Empty
 from berth_server import ipc
 from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
+from berth_server.client.replica_router import ReplicaRouter, preference_key
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.errors import BerthError, GenerationFailed, ModelTimeout, NotFound, NotReady, from_record
 from berth_server.launch_config import ModelDescription
 from berth_server.model_table import TableReader, table_path
+from berth_server.replicas import ready_replicas
 from berth_server.settings import Settings
 
 __all__ = ["Gateway", "GenerationStream", "ModelClient", "new_request_id"]
 log = logging.getLogger(__name__)
+
+
+# The replica whose model process keeps a model's SageMaker sessions (their registry, and the prefix cache
+# their turns reuse): one home, so a session's open, turns and close always meet the same registry.
+SESSION_REPLICA = 0
 
 
 class Gateway:
@@ -50,63 +58,96 @@ class Gateway:
         self.liveness_check_s = liveness_check_s
         self._pid = -1
         self._context: zmq.Context | None = None
-        self._clients: dict[str, ModelClient] = {}
+        self._clients: dict[tuple[str, int], ModelClient] = {}  # (uid, replica index) -> this worker's socket
+        self.router = ReplicaRouter()
         self._status: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._table = TableReader(table_path(self.runtime_dir))
         self._table_version = -1
         self._adapters: dict[str, tuple[float, list[ipc.AdapterInfo]]] = {}
 
     # -- model processes -------------------------------------------------------------------
-    def client(self, uid: str) -> ModelClient:
-        """This worker's ModelClient for uid, created after fork on first use."""
+    def client(self, uid: str, replica: int | None = None) -> ModelClient:
+        """This worker's ModelClient for a replica of uid (routed when not named), created after fork on first use."""
         if self._pid != os.getpid():  # forked since the sockets were made: start afresh
             self._pid = os.getpid()
             self._context = zmq.Context()
             self._clients = {}
-        client = self._clients.get(uid)
+        index = self.route(uid)[0] if replica is None else replica
+        address = self._replica(uid, index).get("address") or ipc.model_socket_address(self.runtime_dir, uid, index)
+        client = self._clients.get((uid, index))
+        if client is not None and client.address != address:  # the replica was placed again elsewhere
+            self._clients.pop((uid, index)).close(f"model '{uid}' replica {index} moved")
+            client = None
         if client is None:
             assert self._context is not None
-            address = ipc.model_socket_address(self.runtime_dir, uid)
             client = ModelClient(uid, address, self._context, self.send_timeout_s, self.settings.stream_buffer_events)
-            self._clients[uid] = client
+            self._clients[(uid, index)] = client
         return client
 
+    def route(self, uid: str, prefer: str | None = None) -> tuple[int, int | None]:
+        """(replica index, its pid) for the next request to uid; replica 0 when none is ready (the send then fails)."""
+        try:
+            ready = ready_replicas(self.statuses().get(uid) or {})
+        except BerthError:
+            ready = []
+        if not ready:
+            return 0, None
+        if prefer is not None and prefer.startswith("session:"):
+            # A session's registry and cached prefix live in replica 0 (SESSION_REPLICA): the session goes there.
+            ready = [r for r in ready if int(r["index"]) == SESSION_REPLICA] or ready
+        chosen = self.router.pick(uid, ready, lambda i: self._in_flight(uid, i), prefer)
+        pid = chosen.get("pid")
+        return int(chosen["index"]), pid if isinstance(pid, int) else None
+
+    def _in_flight(self, uid: str, index: int) -> int:
+        client = self._clients.get((uid, index))
+        return client.in_flight if client is not None and self._pid == os.getpid() else 0
+
+    def _replica(self, uid: str, index: int) -> dict[str, Any]:
+        """The model table's entry for one replica ({} when the table does not list it)."""
+        try:
+            listed = (self.statuses().get(uid) or {}).get("replicas") or []
+        except BerthError:
+            return {}
+        return next((r for r in listed if r.get("index") == index), {})
+
     def generate(self, request: GenerateRequest) -> GenerationStream:
-        """Start a generation on request.model (a uid); read .accepted, then iterate Deltas."""
-        client = self.client(request.model)
+        """Start a generation on request.model (a uid) on its chosen replica; read .accepted, then iterate Deltas."""
+        index, pid = self.route(request.model, preference_key(request))
+        client = self.client(request.model, index)
         queue = client.register(request.request_id)
         try:
             client.send(ipc.Generate(request=request))
         except BaseException:
             client.unregister(request.request_id)
             raise
-        pid = self._model_pid(request.model)
         return GenerationStream(client, request, queue, self.accept_timeout_s, self.event_timeout_s,
-                                alive=lambda: self._still_serving(request.model, pid),
+                                alive=lambda: self._still_serving(request.model, index, pid),
                                 check_every_s=self.liveness_check_s, budget_s=self.settings.request_timeout_s)
 
-    def _model_pid(self, uid: str) -> int | None:
-        """The pid serving uid per the launcher (cached), to notice a restart mid-request."""
-        try:
-            status = self.statuses().get(uid) or {}
-        except BerthError:
-            return None
-        return (status.get("description") or {}).get("pid")
-
-    def _still_serving(self, uid: str, pid: int | None) -> bool:
-        """False once the launcher reports uid not ready, or served by another process."""
+    def _still_serving(self, uid: str, index: int, pid: int | None) -> bool:
+        """False once the launcher reports that replica of uid not ready, or served by another process."""
         try:
             status = self.statuses().get(uid)
         except BerthError:
             return True  # the launcher is busy: we cannot tell, keep waiting
-        if status is None or status.get("state") != "ready":
+        replica = next((r for r in ready_replicas(status or {}) if r.get("index") == index), None)
+        if replica is None:
             return False
-        return pid is None or (status.get("description") or {}).get("pid") == pid
+        return pid is None or replica.get("pid") == pid
 
-    def _call(self, uid: str, message: Any, reply_type: type, timeout_s: float | None = None) -> Any:
+    def replica_indices(self, uid: str) -> list[int]:
+        """The ready replicas of uid (all of them get an adapter change; /metrics asks each)."""
+        try:
+            return [int(r["index"]) for r in ready_replicas(self.statuses().get(uid) or {})]
+        except BerthError:
+            return []
+
+    def _call(self, uid: str, message: Any, reply_type: type, timeout_s: float | None = None,
+              replica: int | None = None) -> Any:
         """One request/reply exchange with a model process (tokenize, stats, embed, rerank)."""
         timeout = self.call_timeout_s if timeout_s is None else timeout_s
-        client = self.client(uid)
+        client = self.client(uid, replica)
         queue = client.register(message.request_id)
         try:
             client.send(message)
@@ -155,25 +196,33 @@ class Gateway:
         timeout_s = self.settings.request_timeout_s or self.event_timeout_s
         return _media_events(client, queue, message.request_id, last, timeout_s, uid)
 
-    def stats(self, uid: str, timeout_s: float = 2.0) -> ipc.ModelStats:
-        """The model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
-        return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s)
+    def stats(self, uid: str, timeout_s: float = 2.0, replica: int | None = None) -> ipc.ModelStats:
+        """A model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
+        return self._call(uid, ipc.StatsQuery(request_id=new_request_id()), ipc.ModelStats, timeout_s, replica)
 
     def session(self, uid: str, action: ipc.SessionAction, session_id: str | None = None) -> ipc.SessionState:
         """Open, check or close a stateful session on a model (its model process keeps the registry)."""
         message = ipc.SessionRequest(request_id=new_request_id(), action=action, session_id=session_id)
-        return self._call(uid, message, ipc.SessionState, 30.0)
+        return self._call(uid, message, ipc.SessionState, 30.0, SESSION_REPLICA)
 
     # -- LoRA adapters ----------------------------------------------------------------------
     def add_adapter(self, uid: str, adapter: AdapterSource) -> list[ipc.AdapterInfo]:
-        """Register an adapter on a model (its source may need a download: the long call timeout)."""
+        """Register an adapter on a model, on every ready replica (its source may need a download: the long timeout)."""
         self._adapters.pop(uid, None)
-        return self._call(uid, ipc.AdapterAdd(request_id=new_request_id(), adapter=adapter), ipc.Adapters).adapters
+        return self._on_every_replica(uid, lambda: ipc.AdapterAdd(request_id=new_request_id(), adapter=adapter))
 
     def remove_adapter(self, uid: str, name: str) -> list[ipc.AdapterInfo]:
-        """Forget an adapter on a model."""
+        """Forget an adapter on a model, on every ready replica."""
         self._adapters.pop(uid, None)
-        return self._call(uid, ipc.AdapterRemove(request_id=new_request_id(), name=name), ipc.Adapters).adapters
+        return self._on_every_replica(uid, lambda: ipc.AdapterRemove(request_id=new_request_id(), name=name))
+
+    def _on_every_replica(self, uid: str, message: Any) -> list[ipc.AdapterInfo]:
+        """Send an adapter change to each ready replica (a replica that restarts re-applies the stored ones)."""
+        adapters: list[ipc.AdapterInfo] = []
+        indices: list[int | None] = list(self.replica_indices(uid)) or [None]
+        for index in indices:
+            adapters = self._call(uid, message(), ipc.Adapters, replica=index).adapters
+        return adapters
 
     def adapters(self, uid: str, max_age_s: float | None = None) -> list[ipc.AdapterInfo]:
         """A model's adapters, cached for status_ttl_s (another worker's change shows within that)."""
@@ -224,8 +273,9 @@ class Gateway:
         """Close this worker's sockets to models that are gone (terminated); their requests fail at once."""
         if self._pid != os.getpid():
             return
-        for uid in [uid for uid in self._clients if uid not in statuses]:
-            self._clients.pop(uid).close(f"model '{uid}' was terminated")
+        for uid, index in [key for key in self._clients if key[0] not in statuses]:
+            self._clients.pop((uid, index)).close(f"model '{uid}' was terminated")
+            self.router.forget(uid)
 
     def resolve_model(self, name: str | None) -> str:
         """The uid a request's model name means; None/""/"tgi"/the default id mean the default model.

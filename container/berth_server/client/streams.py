@@ -56,6 +56,7 @@ class ModelClient:
     def __init__(self, uid: str, address: str, context: zmq.Context, send_timeout_s: float,
                  buffer_events: int = DEFAULT_STREAM_BUFFER) -> None:
         self.uid = uid
+        self.address = address
         self.pid = os.getpid()
         self._send_timeout_s = send_timeout_s
         self._buffer_events = buffer_events
@@ -72,6 +73,11 @@ class ModelClient:
         self._socket.connect(address)
         self._reader = gevent.spawn(self._demultiplex)
         self._watcher = gevent.spawn(self._watch_connection)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this worker waiting on this model process now (the replica router's load)."""
+        return len(self._queues)
 
     def register(self, request_id: str) -> Queue:
         """Create the queue that will receive events for request_id."""

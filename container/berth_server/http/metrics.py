@@ -17,6 +17,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from berth_server.protocols.tgi.errors import TGI_ERRORS
+from berth_server.replicas import ready_replicas
+
+
+def ready_indices(status: dict[str, Any]) -> list[int]:
+    """The replicas of a model that can answer a scrape (replica 0 for a status that lists none)."""
+    return [int(r["index"]) for r in ready_replicas(status)]
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +34,16 @@ class ModelProcessCollector(Collector):
         self.gateway = gateway
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Yield queue depth, running batch size, and aborted and finished totals per model uid."""
-        running = GaugeMetricFamily("berth_model_running_requests", "Requests in the running batch", labels=["model"])
-        waiting = GaugeMetricFamily("berth_model_queue_depth", "Requests waiting for a batch slot", labels=["model"])
-        aborted = GaugeMetricFamily("berth_model_aborted_requests", "Requests aborted (cumulative)", labels=["model"])
+        """Yield queue depth, running batch size, and aborted and finished totals per model uid and replica."""
+        labels = ["model", "replica"]
+        running = GaugeMetricFamily("berth_model_running_requests", "Requests in the running batch", labels=labels)
+        waiting = GaugeMetricFamily("berth_model_queue_depth", "Requests waiting for a batch slot", labels=labels)
+        aborted = GaugeMetricFamily("berth_model_aborted_requests", "Requests aborted (cumulative)", labels=labels)
         finished = GaugeMetricFamily("berth_model_finished_requests", "Requests that ran to their end (cumulative)",
-                                     labels=["model"])
-        sessions = GaugeMetricFamily("berth_model_open_sessions", "SageMaker stateful sessions open", labels=["model"])
+                                     labels=labels)
+        sessions = GaugeMetricFamily("berth_model_open_sessions", "SageMaker stateful sessions open", labels=labels)
         pinned = GaugeMetricFamily("berth_model_pinned_sessions", "Sessions whose prefix the engine keeps (llama.cpp: "
-                                   "a slot each)", labels=["model"])
+                                   "a slot each)", labels=labels)
         try:
             statuses = self.gateway.statuses()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the launcher is busy
@@ -44,17 +51,19 @@ class ModelProcessCollector(Collector):
         for uid, status in statuses.items():
             if status.get("state") != "ready":
                 continue
-            try:
-                stats = self.gateway.stats(uid)
-            except Exception as exc:  # noqa: BLE001 - a busy or restarting model just misses this scrape
-                log.debug("no stats from model %s: %s", uid, exc)
-                continue
-            running.add_metric([uid], stats.running)
-            waiting.add_metric([uid], stats.waiting)
-            aborted.add_metric([uid], stats.aborted_total)
-            finished.add_metric([uid], stats.finished_total)
-            sessions.add_metric([uid], stats.open_sessions)
-            pinned.add_metric([uid], stats.pinned_sessions)
+            for index in ready_indices(status):
+                try:
+                    stats = self.gateway.stats(uid, replica=index)
+                except Exception as exc:  # noqa: BLE001 - a busy or restarting model just misses this scrape
+                    log.debug("no stats from model %s replica %d: %s", uid, index, exc)
+                    continue
+                series = [uid, str(index)]
+                running.add_metric(series, stats.running)
+                waiting.add_metric(series, stats.waiting)
+                aborted.add_metric(series, stats.aborted_total)
+                finished.add_metric(series, stats.finished_total)
+                sessions.add_metric(series, stats.open_sessions)
+                pinned.add_metric(series, stats.pinned_sessions)
         yield running
         yield waiting
         yield aborted

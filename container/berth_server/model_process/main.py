@@ -44,8 +44,10 @@ ENGINE_SHUTDOWN_S = 5.0  # the launcher kills a model process 10 s after SIGTERM
 class StatusReporter:
     """PUSHes ModelStatus to the launcher; safe to call from the download thread."""
 
-    def __init__(self, runtime_dir: Path, uid: str):
+    def __init__(self, runtime_dir: Path, uid: str, replica: int = 0):
         self.uid = uid
+        self.replica = replica
+        self.address: str | None = None  # set once bound, when not the default ipc path (a remote replica)
         self._lock = threading.Lock()
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
@@ -56,7 +58,8 @@ class StatusReporter:
              description: ModelDescription | None = None, error_type: str | None = None) -> None:
         """Send one status; never blocks (a missing launcher just loses it)."""
         status = ModelStatus(uid=self.uid, state=state, reason=reason, progress=progress,
-                             description=description, error_type=error_type)
+                             description=description, error_type=error_type, replica=self.replica,
+                             address=self.address)
         with self._lock, contextlib.suppress(zmq.Again):
             self._socket.send(control.encode(status), flags=zmq.NOBLOCK)
 
@@ -80,7 +83,7 @@ class ModelProcess:
         self.config = config
         self.settings = settings
         self.runtime_dir = settings.resolved_runtime_dir()
-        self.status = StatusReporter(self.runtime_dir, config.uid)
+        self.status = StatusReporter(self.runtime_dir, config.uid, config.replica_index)
         self.engine: Engine | None = None
         self.encoder: Any = None
         self.media: Any = None
@@ -136,7 +139,7 @@ class ModelProcess:
         model_dir = await asyncio.to_thread(resolve_source, config.source, settings, config.revision,
                                             self._progress, config.gguf_file)
         self.status.push("loading")
-        address = ipc.model_socket_address(self.runtime_dir, config.uid)
+        address = ipc.model_socket_address(self.runtime_dir, config.uid, config.replica_index)
         facts = weights_facts(model_dir, config)
         media: dict[str, Any] = {}
         if config.model_type in ("embedding", "rerank"):

@@ -27,6 +27,7 @@ from berth_server.models.launch_keys import IGNORED_KEYS, check_engine_args
 from berth_server.models.registry import check_chat_template, local_dir
 from berth_server.models.roots import check_model_roots
 from berth_server.models.sources import pick_gguf
+from berth_server.replicas import check_replica_count
 from berth_server.settings import Settings
 from berth_server.wire_values import as_bool
 
@@ -51,6 +52,9 @@ class LaunchRequest:
     model_path: str | None = None
     enable_thinking: bool | None = None
     n_gpu: int | None = None
+    replica: int = 1
+    n_cpu: float | None = None
+    ray_resources: dict[str, float] = field(default_factory=dict)
     tool_call_parser: str | None = None
     wait_ready: bool = True
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -86,10 +90,9 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
         if not isinstance(n_gpu, int) or n_gpu < 1:
             raise InvalidRequest(f"n_gpu must be 'auto' or a positive integer, not {n_gpu!r}", param="n_gpu")
         request.n_gpu = n_gpu
-    replica = body.pop("replica", 1)
-    if replica not in (None, 1):
-        raise InvalidRequest("replica must be 1: Berth runs one replica per container; scale with more "
-                             "instances behind the endpoint", param="replica")
+    replica = body.pop("replica", None)
+    request.replica = 1 if replica is None else check_replica_count(replica)
+    request.n_cpu, request.ray_resources = _placement(body.pop("n_cpu", None), body.pop("ray_resources", None))
     request.adapters = from_peft_model_config(body.pop("peft_model_config", None))
     for key in IGNORED_KEYS:
         if body.pop(key, None) not in (None, 1, [], {}):
@@ -180,6 +183,8 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         "revision": spec.model_revision, "engine": request.engine, "engine_args": request.engine_args,
         "trust_remote_code": settings.trust_remote_code,
         "tensor_parallel_size": request.n_gpu or settings.sm_num_gpus,
+        "replica": request.replica, "n_gpu": request.n_gpu, "n_cpu": request.n_cpu,
+        "ray_resources": dict(request.ray_resources),
         "quantization": _FORMAT_QUANTIZATION.get(spec.model_format.lower()), "dtype": settings.dtype,
         "gguf_file": gguf_file,
     }
@@ -216,6 +221,20 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         tool_call_parser=_tool_call_parser(request.tool_call_parser or registration.tool_call_parser),
         adapters=list(request.adapters),
     )
+
+
+def _placement(n_cpu: object, resources: object) -> tuple[float | None, dict[str, float]]:
+    """The launch's Ray placement keys: n_cpu (CPUs per replica) and ray_resources ({name: amount})."""
+    if n_cpu is not None and (isinstance(n_cpu, bool) or not isinstance(n_cpu, (int, float)) or n_cpu <= 0):
+        raise InvalidRequest(f"n_cpu must be a positive number, not {n_cpu!r}", param="n_cpu")
+    if resources is None:
+        resources = {}
+    if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and k and not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0
+            for k, v in resources.items()):
+        raise InvalidRequest("ray_resources must map resource names to positive amounts, as Ray's resources do",
+                             param="ray_resources")
+    return (None if n_cpu is None else float(n_cpu)), {k: float(v) for k, v in resources.items()}
 
 
 def _tool_call_parser(name: object) -> str | None:

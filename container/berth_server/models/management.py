@@ -128,6 +128,10 @@ class ModelManager:
         configs = getattr(self.supervisor, "configs", None)
         return configs() if configs is not None else {}
 
+    def _replica_configs(self, uid: str) -> list[ModelLaunchConfig]:
+        replica_configs = getattr(self.supervisor, "replica_configs", None)
+        return replica_configs(uid) if replica_configs is not None else []
+
     def _status(self, uid: str) -> ModelStatus:
         status = self.supervisor.statuses().get(uid)
         if status is None:
@@ -146,8 +150,12 @@ class ModelManager:
             "model_ability": list(config.abilities) if config else [], "state": status.state,
             "progress": 1.0 if status.state == "ready" else status.progress, "reason": status.reason,
             "model_engine": description.engine if description else (config.engine if config else None),
-            "replica": 1, "address": "", "accelerators": [],
+            "replica": config.replica if config else 1, "address": "", "accelerators": [],
+            # Each replica: its index, the node it runs on ("local" or a Ray node id), its state and pid.
+            "replicas": [{"index": r.index, "node": r.node, "state": r.state, "pid": r.pid} for r in status.replicas],
         }
+        if config is not None and config.gpu_ids:
+            info["accelerators"] = sorted({g for c in self._replica_configs(uid) for g in c.gpu_ids})
         if config is not None:
             info.update(context_length=config.context_length, model_hub="huggingface", revision=config.revision,
                         reasoning_start_tag=config.reasoning_start_tag, reasoning_end_tag=config.reasoning_end_tag)
@@ -205,7 +213,8 @@ class ModelManager:
             launched = self._launched.get(uid)
             result.append({
                 "model_name": name, "model_uid": uid, "model_version": None,
-                "model_ability": list(config.abilities) if config else [], "replica": 1,
+                "model_ability": list(config.abilities) if config else [],
+                "replica": config.replica if config else 1,
                 "status": _INSTANCE_STATUS.get(status.state, status.state.upper()),
                 "instance_created_ts": int(launched.created) if launched else None,
             })

@@ -202,7 +202,7 @@ class FakeGateway(FakeAdapters):
             "context_length": self.model.context_length, "max_batch_size": 8, "pid": 1}
         return ModelDescription(uid=uid, **{**fields, **self.model.described})
 
-    def stats(self, uid: str) -> ModelStats:
+    def stats(self, uid: str, timeout_s: float = 2.0, replica: int | None = None) -> ModelStats:
         """Fixed counters."""
         return ModelStats(request_id="x", running=2, waiting=3, aborted_total=4)
 

@@ -23,7 +23,8 @@ def main() -> int:
     socket.connect(f"ipc://{os.environ['BERTH_RUNTIME_DIR']}/status.sock")
 
     def push(state: str, **fields: object) -> None:
-        socket.send(control.encode(ModelStatus(uid=uid, state=state, **fields)))  # type: ignore[arg-type]
+        socket.send(control.encode(ModelStatus(uid=uid, state=state, replica=config.get("replica_index", 0),
+                                               **fields)))  # type: ignore[arg-type]
 
     push("loading", progress=0.5)
     if behaviour == "fail":

@@ -45,7 +45,9 @@ class LaunchBody(BaseModel):
     model_path: str | None = None
     enable_thinking: bool | None = None
     n_gpu: int | Literal["auto"] | None = None
-    replica: Literal[1] | None = None
+    replica: int | None = Field(default=None, ge=1, le=64)
+    n_cpu: float | None = Field(default=None, gt=0)
+    ray_resources: dict[str, float] | None = None
     tool_call_parser: str | None = None
     wait_ready: bool | None = None
 
