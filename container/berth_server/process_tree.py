@@ -11,6 +11,20 @@ from collections.abc import Callable
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+ENV_PARENT = "BERTH_DIE_WITH_PARENT"  # a child started from a threaded parent arms itself (no preexec_fn there)
+
+
+def arm_from_environment() -> None:
+    """In a child: SIGTERM when the parent named by BERTH_DIE_WITH_PARENT dies (Linux only)."""
+    parent = os.environ.get(ENV_PARENT)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if str(os.getppid()) != parent:  # the parent died before the request was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def die_with_parent() -> Callable[[], None] | None:
     """A preexec_fn for a child of this process: SIGTERM reaches it if we die, even by SIGKILL (Linux only).
 

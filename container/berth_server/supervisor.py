@@ -50,7 +50,7 @@ class ModelHandle:
     """One replica of a launched model: its config, its current process and what it last reported."""
 
     config: ModelLaunchConfig
-    process: asyncio.subprocess.Process | None = None
+    process: Any = None  # an asyncio subprocess, or a RayReplica (ray_placement.py) under BERTH_RAY_ADDRESS
     status: ModelStatus | None = None
     restarts: int = 0
     stopping: bool = False
@@ -72,7 +72,9 @@ class ModelHandle:
         description = status.description if status else None
         pid = description.pid if description else (self.process.pid if self.process else None)
         return ReplicaInfo(index=self.index, state=status.state if status else "starting", pid=pid,
-                           address=status.address if status else None, reason=status.reason if status else None)
+                           address=status.address if status else None, reason=status.reason if status else None,
+                           node=getattr(self.process, "node", "local"),  # a RayReplica knows its node and key
+                           server_key=getattr(self.process, "server_key", None))
 
     def set_status(self, status: ModelStatus) -> None:
         """Record a status and wake waiters (they re-check the state)."""
@@ -96,11 +98,17 @@ class Supervisor:
         self._status_socket: zmq.asyncio.Socket | None = None
         runtime_dir = settings.runtime_dir
         self._table = TableWriter(table_path(runtime_dir)) if runtime_dir is not None else None
+        self._ray: Any = None  # a RayPlacer when BERTH_RAY_ADDRESS is set (only then is ray imported)
 
     async def start(self) -> None:
         """Bind the status socket and start reading it."""
         self._status_socket = self._context.socket(zmq.PULL)
         self._status_socket.bind(status_socket_address(self.settings))
+        if self.settings.ray_address:
+            from berth_server.ray_placement import RayPlacer
+
+            self._ray = RayPlacer(self.settings)
+            await self._ray.start()
         self._publish()
         self._spawn_task(self._read_statuses())
 
@@ -126,7 +134,9 @@ class Supervisor:
         existing = self.statuses().get(config.uid)
         if existing is not None and existing.state not in ("failed", "stopped"):
             raise Conflict(f"model uid {config.uid!r} is already running; terminate it or choose another uid")
-        plan = plan_gpus(config.replica, config.n_gpu, self.settings.sm_num_gpus, visible_gpus(self.settings.device))
+        # On Ray, each node's GPUs are Ray's to hand out (actor_options); here, this machine's.
+        gpus = [] if self._ray is not None else visible_gpus(self.settings.device)
+        plan = plan_gpus(config.replica, config.n_gpu, self.settings.sm_num_gpus, gpus)
         handles = [ModelHandle(config=c, on_change=self._publish) for c in replica_configs(config, plan)]
         self._models[config.uid] = handles
         for handle in handles:
@@ -181,6 +191,8 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ray is not None:
+            self._ray.shutdown()
         if self._status_socket is not None:
             self._status_socket.close(linger=0)
 
@@ -194,6 +206,11 @@ class Supervisor:
     async def _spawn_process(self, handle: ModelHandle) -> None:
         config_json = msgspec.json.encode(handle.config).decode()
         handle.set_status(ModelStatus(uid=handle.config.uid, state="starting", replica=handle.index))
+        if self._ray is not None:
+            handle.process = self._ray.place(handle.config, self._on_status)
+            log.info("model %s: replica %d: placing it on the Ray cluster", handle.config.uid, handle.index)
+            self._spawn_task(self._watch(handle, handle.process))
+            return
         # A new session so a Ctrl-C in the terminal reaches the launcher only; it stops children in order.
         handle.process = await asyncio.create_subprocess_exec(
             *self._model_command, "--config-json", config_json,
@@ -246,8 +263,9 @@ class Supervisor:
             await asyncio.wait_for(process.wait(), timeout=_STOP_GRACE_S)
         except asyncio.TimeoutError:
             log.warning("model %s did not stop within %.0f s; killing it", handle.config.uid, _STOP_GRACE_S)
+            kill_all = getattr(process, "kill_all", None)  # a remote replica: its pid is not ours to signal
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+                kill_all() if kill_all is not None else os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
 
     async def _read_statuses(self) -> None:
@@ -259,10 +277,15 @@ class Supervisor:
             except msgspec.DecodeError:
                 log.warning("ignoring a malformed status message")
                 continue
-            replicas = self._models.get(status.uid) or []
-            handle = replicas[status.replica] if 0 <= status.replica < len(replicas) else None
-            if handle is None or handle.stopping:
-                continue
-            if status.state != handle.state:
-                log.info("model %s: %s%s", status.uid, status.state, f" ({status.reason})" if status.reason else "")
-            handle.set_status(status)
+            self._on_status(status)
+
+    def _on_status(self, status: ModelStatus) -> None:
+        """Record what a replica's model process reported (over the status socket, or relayed by Ray)."""
+        replicas = self._models.get(status.uid) or []
+        handle = replicas[status.replica] if 0 <= status.replica < len(replicas) else None
+        if handle is None or handle.stopping:
+            return
+        if status.state != handle.state:
+            log.info("model %s: replica %d: %s%s", status.uid, status.replica, status.state,
+                     f" ({status.reason})" if status.reason else "")
+        handle.set_status(status)

@@ -25,6 +25,7 @@ from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.client.replica_router import ReplicaRouter, preference_key
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
+from berth_server.curve_keys import CurveClient, read_client_keys
 from berth_server.errors import BerthError, GenerationFailed, ModelTimeout, NotFound, NotReady, from_record
 from berth_server.launch_config import ModelDescription
 from berth_server.model_table import TableReader, table_path
@@ -80,9 +81,20 @@ class Gateway:
             client = None
         if client is None:
             assert self._context is not None
-            client = ModelClient(uid, address, self._context, self.send_timeout_s, self.settings.stream_buffer_events)
+            client = ModelClient(uid, address, self._context, self.send_timeout_s, self.settings.stream_buffer_events,
+                                 curve=self._curve(uid, index, address))
             self._clients[(uid, index)] = client
         return client
+
+    def _curve(self, uid: str, index: int, address: str) -> CurveClient | None:
+        """The CURVE keys for a replica on another node (tcp://); None for a local one (ipc://)."""
+        if not address.startswith("tcp://"):
+            return None
+        server_key = self._replica(uid, index).get("server_key")
+        keys = read_client_keys(self.runtime_dir)
+        if not server_key or keys is None:
+            raise NotReady(f"model '{uid}' replica {index} is remote, but its CURVE keys are missing")
+        return CurveClient(server_public=server_key, public=keys[0], secret=keys[1])
 
     def route(self, uid: str, prefer: str | None = None) -> tuple[int, int | None]:
         """(replica index, its pid) for the next request to uid; replica 0 when none is ready (the send then fails)."""

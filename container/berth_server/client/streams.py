@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
+from berth_server.curve_keys import CurveClient, secure_client
 from berth_server.errors import (
     BerthError,
     GenerationFailed,
@@ -54,7 +55,7 @@ class ModelClient:
     """One worker's connection to one model process: a DEALER plus its demultiplexing greenlet."""
 
     def __init__(self, uid: str, address: str, context: zmq.Context, send_timeout_s: float,
-                 buffer_events: int = DEFAULT_STREAM_BUFFER) -> None:
+                 buffer_events: int = DEFAULT_STREAM_BUFFER, curve: CurveClient | None = None) -> None:
         self.uid = uid
         self.address = address
         self.pid = os.getpid()
@@ -65,6 +66,8 @@ class ModelClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         # IMMEDIATE: a send fails (instead of queueing forever) while no model process is connected.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        if curve is not None:  # a replica on another node (TCP): CURVE keys, or it admits nothing
+            secure_client(self._socket, curve)
         # The monitor tells at once when the model process's end of the connection goes away (a crash):
         # every request waiting on it fails then, instead of at the next liveness check.
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)

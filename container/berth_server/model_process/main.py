@@ -31,6 +31,7 @@ from berth_server.launch_config import (
     ModelStatus,
 )
 from berth_server.model_process.server import ModelServer
+from berth_server.process_tree import arm_from_environment
 from berth_server.settings import Settings, SettingsError
 
 log = logging.getLogger("berth_server.model_process")
@@ -139,7 +140,11 @@ class ModelProcess:
         model_dir = await asyncio.to_thread(resolve_source, config.source, settings, config.revision,
                                             self._progress, config.gguf_file)
         self.status.push("loading")
-        address = ipc.model_socket_address(self.runtime_dir, config.uid, config.replica_index)
+        from berth_server.model_process.remote import remote_binding, secure_router
+
+        binding = remote_binding()  # a replica on another node: TCP with CURVE keys
+        address = binding.address if binding else ipc.model_socket_address(self.runtime_dir, config.uid,
+                                                                           config.replica_index)
         facts = weights_facts(model_dir, config)
         media: dict[str, Any] = {}
         if config.model_type in ("embedding", "rerank"):
@@ -171,7 +176,11 @@ class ModelProcess:
             template = pipeline.tokenizer.chat_template
             facts["chat_template"] = template if isinstance(template, str) else None
             facts["fill_in_middle"] = fim_markers(pipeline.tokenizer)
+        if binding is not None:
+            server.secure = lambda socket, context: secure_router(socket, context, binding)
         server.bind()
+        if binding is not None:
+            self.status.address = server.address
         description = ModelDescription(
             uid=config.uid, model_name=config.model_name, model_type=config.model_type, source=config.source,
             engine=info.engine, device=info.device, dtype=info.dtype, abilities=list(config.abilities),
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m berth_server.model_process")
     parser.add_argument("--config-json", required=True, help="ModelLaunchConfig as JSON")
     args = parser.parse_args(argv)
+    arm_from_environment()  # started by a Ray actor: die with it
     try:
         settings = Settings.from_env()
     except SettingsError as exc:  # no runtime dir to report to: the launcher sees the exit code

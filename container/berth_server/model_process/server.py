@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -70,6 +71,9 @@ class ModelServer:
         self._flush_scheduled = False
         self._requests: dict[tuple[bytes, str], asyncio.Task[None]] = {}
         self._generations: set[tuple[bytes, str]] = set()
+        # A remote replica (model_process/remote.py) makes its ROUTER a CURVE server before bind.
+        self.secure: Callable[[Any, Any], Any] | None = None
+        self._authenticator: Any = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -80,7 +84,11 @@ class ModelServer:
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 100_000)
         socket.setsockopt(zmq.LINGER, 500)
+        if self.secure is not None:
+            self._authenticator = self.secure(socket, self._context)
         socket.bind(self.address)
+        if self.address.endswith(":*"):  # a TCP port of the system's choosing: report the one bound
+            self.address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._socket = socket
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -118,6 +126,9 @@ class ModelServer:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
 
     # --- dispatch ----------------------------------------------------------------------------------
 
