@@ -59,6 +59,7 @@ class ModelLaunchConfig(msgspec.Struct, kw_only=True):
     n_gpu: int | None = None  # the launch's n_gpu per replica (None: SM_NUM_GPUS / replicas)
     n_cpu: float | None = None  # Ray placement: CPUs a replica reserves (None: 1)
     ray_resources: dict[str, float] = {}  # Ray placement: custom resources a replica needs
+    n_worker: int = 1  # vLLM on Ray: pipeline-parallel stages over nodes (Xinference's n_worker)
 
 
 class ModelDescription(msgspec.Struct, kw_only=True):

@@ -134,6 +134,8 @@ def test_launch_embedding(env: tuple[dict[str, Any], FakeSupervisor, Path]) -> N
     ({"model_name": "qwen3", "replica": "2"}, InvalidRequest, "replica"),
     ({"model_name": "qwen3", "ray_resources": {"a": -1}}, InvalidRequest, "ray_resources"),
     ({"model_name": "qwen3", "n_cpu": 0}, InvalidRequest, "n_cpu"),
+    ({"model_name": "qwen3", "n_worker": 2, "model_engine": "transformers"}, InvalidRequest, "needs model_engine vllm"),
+    ({"model_name": "qwen3", "n_worker": 0}, InvalidRequest, "n_worker"),
     ({"model_name": "qwen3", "n_gpu": 0}, InvalidRequest, "n_gpu"),
     ({"model_name": "qwen3", "peft_model_config": {"lora_list": [{"lora_name": "../x", "local_path": "/a"}]}},
      InvalidRequest, "no paths"),

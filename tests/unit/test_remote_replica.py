@@ -101,3 +101,15 @@ def test_replica_environment_forwards_settings_not_node_paths(tmp_path: Path) ->
                                          "BERTH_CURVE_SERVER_SECRET": "leak"})
     assert env["HF_TOKEN"] == "t" and env["AWS_REGION"] == "eu-west-1" and env["HF_MODEL_ID"] == "org/model"
     assert "PATH" not in env and "BERTH_RUNTIME_DIR" not in env and "BERTH_CURVE_SERVER_SECRET" not in env
+
+
+def test_vllm_ray_executor_arguments() -> None:
+    from berth_server.engines.vllm_params import ray_executor_kwargs
+    from berth_server.errors import InvalidRequest
+
+    one = ModelLaunchConfig(uid="m", source="s", model_name="m")
+    assert ray_executor_kwargs(one, cpu=True) == {}
+    big = ModelLaunchConfig(uid="m", source="s", model_name="m", n_worker=2, tensor_parallel_size=8)
+    assert ray_executor_kwargs(big, cpu=False) == {"distributed_executor_backend": "ray", "pipeline_parallel_size": 2}
+    with pytest.raises(InvalidRequest, match="CPU build cannot run"):
+        ray_executor_kwargs(big, cpu=True)

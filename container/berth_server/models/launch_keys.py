@@ -19,7 +19,7 @@ from berth_server.engines.facts import check_launch_keys
 # Xinference launch keys Berth accepts and deliberately ignores (a non-default value is reported, not fatal).
 IGNORED_KEYS = (
     "worker_ip", "gpu_idx", "replica_config", "enable_virtual_env", "virtual_env_packages",
-    "virtual_env_find_links", "envs", "request_limits", "n_worker",
+    "virtual_env_find_links", "envs", "request_limits",
 )
 
 # Keys that load code or touch files: never from a request; the operator sets the variable instead.

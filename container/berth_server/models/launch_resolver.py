@@ -53,6 +53,7 @@ class LaunchRequest:
     enable_thinking: bool | None = None
     n_gpu: int | None = None
     replica: int = 1
+    n_worker: int = 1
     n_cpu: float | None = None
     ray_resources: dict[str, float] = field(default_factory=dict)
     tool_call_parser: str | None = None
@@ -93,6 +94,8 @@ def parse_launch(params: dict[str, Any]) -> LaunchRequest:
     replica = body.pop("replica", None)
     request.replica = 1 if replica is None else check_replica_count(replica)
     request.n_cpu, request.ray_resources = _placement(body.pop("n_cpu", None), body.pop("ray_resources", None))
+    n_worker = body.pop("n_worker", None)
+    request.n_worker = 1 if n_worker in (None, 1) else _n_worker(n_worker, engine)
     request.adapters = from_peft_model_config(body.pop("peft_model_config", None))
     for key in IGNORED_KEYS:
         if body.pop(key, None) not in (None, 1, [], {}):
@@ -184,7 +187,7 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         "trust_remote_code": settings.trust_remote_code,
         "tensor_parallel_size": request.n_gpu or settings.sm_num_gpus,
         "replica": request.replica, "n_gpu": request.n_gpu, "n_cpu": request.n_cpu,
-        "ray_resources": dict(request.ray_resources),
+        "ray_resources": dict(request.ray_resources), "n_worker": request.n_worker,
         "quantization": _FORMAT_QUANTIZATION.get(spec.model_format.lower()), "dtype": settings.dtype,
         "gguf_file": gguf_file,
     }
@@ -221,6 +224,15 @@ def build_config(settings: Settings, registration: Registration, model_type: str
         tool_call_parser=_tool_call_parser(request.tool_call_parser or registration.tool_call_parser),
         adapters=list(request.adapters),
     )
+
+
+def _n_worker(value: object, engine: str) -> int:
+    """Xinference's n_worker: vLLM's Ray executor over that many pipeline stages (a Ray cluster, vLLM only)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise InvalidRequest(f"n_worker must be an integer from 1 to 64, not {value!r}", param="n_worker")
+    if engine not in ("vllm", "auto"):
+        raise InvalidRequest("n_worker > 1 runs vLLM's Ray executor: it needs model_engine vllm", param="n_worker")
+    return value
 
 
 def _placement(n_cpu: object, resources: object) -> tuple[float | None, dict[str, float]]:
