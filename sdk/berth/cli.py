@@ -89,12 +89,14 @@ def deploy() -> None:
 @click.option("--min-instances", type=int, default=None, help="Enable autoscaling from this many instances.")
 @click.option("--max-instances", type=int, default=None)
 @click.option("--invocations-per-instance", type=float, default=100.0, show_default=True)
+@click.option("--copies", type=int, default=None, help="Serve the model as an inference component with this many "
+              "copies, spread over the instances.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def deploy_sagemaker_cmd(name: str | None, model: str, env: tuple[str, ...], image_uri: str, role: str | None,
                          instance_type: str, instance_count: int, region: str | None,
                          health_check_timeout: int | None, download_timeout: int | None,
                          min_instances: int | None, max_instances: int | None,
-                         invocations_per_instance: float, wait: bool) -> None:
+                         invocations_per_instance: float, copies: int | None, wait: bool) -> None:
     """Create model, endpoint config and endpoint; print the endpoint name."""
     from berth.sagemaker_target import deploy_sagemaker
 
@@ -107,8 +109,25 @@ def deploy_sagemaker_cmd(name: str | None, model: str, env: tuple[str, ...], ima
                                  instance_type=instance_type, instance_count=instance_count, env=_env(env),
                                  region=region, health_check_timeout=health_check_timeout,
                                  download_timeout=download_timeout, wait=wait, autoscaling=autoscaling,
-                                 progress=_progress)
+                                 progress=_progress, copies=copies)
     click.echo(predictor.endpoint_name)
+
+
+def _sagemaker_client(region: str | None) -> Any:
+    import boto3
+
+    return boto3.Session(region_name=region).client("sagemaker")
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--copies", type=int, required=True, help="The number of copies of the model.")
+@click.option("--region", default=None)
+def scale(endpoint: str, copies: int, region: str | None) -> None:
+    """Change the copy count of a model deployed with --copies (its inference component)."""
+    from berth.inference_components import InferenceComponents
+
+    InferenceComponents(_sagemaker_client(region), endpoint, progress=_progress).scale(copies)
 
 
 @deploy.command("docker")

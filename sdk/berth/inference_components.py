@@ -5,6 +5,11 @@ component per adapter: Specification.BaseInferenceComponentName names the base a
 Specification.Container.ArtifactUrl the adapter's s3:// .tar.gz. An invocation names the adapter's
 component (InferenceComponentName); SageMaker loads the adapter into the container and passes
 its name in X-Amzn-SageMaker-Adapter-Identifier. Adapter components are named after the adapter.
+
+Copies (issue 22): deploy(..., copies=N) gives the base component RuntimeConfig.CopyCount=N, spread
+over the endpoint's instances (SchedulingConfig SPREAD); SageMaker places and routes the copies.
+An autoscaling target on the copy count follows AWS's documented shape
+(inference-component/NAME, sagemaker:inference-component:DesiredCopyCount).
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ from berth.errors import DeployError, ValidationError
 from berth.predictor import Body, RuntimePredictor, encode_body
 
 ROUTING = {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+COPY_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
+
+
+def check_copies(copies: int) -> int:
+    """A copy count SageMaker takes: a positive integer."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValidationError(f"copies must be a positive integer, not {copies!r}")
+    return copies
 
 
 def check_adapter(name: str, src: str) -> None:
@@ -46,17 +59,43 @@ class InferenceComponents:
         self.progress = progress
 
     def create_base(self, model_name: str, variant: str, startup: dict[str, int], min_memory_mb: int,
-                    accelerators: int | None) -> None:
-        """The base component: the model with LoRA on, one copy."""
+                    accelerators: int | None, copies: int | None = None) -> None:
+        """The base component: the model with LoRA on; `copies` copies spread over the instances (default one)."""
         resources: dict[str, Any] = {"MinMemoryRequiredInMb": min_memory_mb}
         if accelerators:
             resources["NumberOfAcceleratorDevicesRequired"] = accelerators
-        self.progress(f"creating inference component {self.base}")
+        specification: dict[str, Any] = {"ModelName": model_name, "StartupParameters": startup,
+                                         "ComputeResourceRequirements": resources}
+        if copies is not None:
+            specification["SchedulingConfig"] = {"PlacementStrategy": "SPREAD"}
+        self.progress(f"creating inference component {self.base} ({copies or 1} copies)")
         self.sm.create_inference_component(
             InferenceComponentName=self.base, EndpointName=self.endpoint_name, VariantName=variant,
-            Specification={"ModelName": model_name, "StartupParameters": startup,
-                           "ComputeResourceRequirements": resources},
-            RuntimeConfig={"CopyCount": 1})
+            Specification=specification, RuntimeConfig={"CopyCount": copies or 1})
+
+    def scale(self, copies: int) -> None:
+        """Change the base component's copy count (SageMaker adds or removes copies)."""
+        self.progress(f"scaling inference component {self.base} to {check_copies(copies)} copies")
+        self.sm.update_inference_component_runtime_config(InferenceComponentName=self.base,
+                                                          DesiredRuntimeConfig={"CopyCount": copies})
+
+    def autoscale_copies(self, autoscaling: Any, min_copies: int, max_copies: int,
+                         invocations_per_copy: float, cooldown_s: int = 300) -> None:
+        """Application Auto Scaling on the base component's copy count, tracking invocations per copy."""
+        if not 1 <= min_copies <= max_copies:
+            raise ValidationError(f"autoscaling needs 1 <= min copies ({min_copies}) <= max ({max_copies})")
+        resource_id = f"inference-component/{self.base}"
+        autoscaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
+                                             ScalableDimension=COPY_DIMENSION, MinCapacity=min_copies,
+                                             MaxCapacity=max_copies)
+        autoscaling.put_scaling_policy(
+            PolicyName=f"{self.base}-invocations-per-copy", ServiceNamespace="sagemaker", ResourceId=resource_id,
+            ScalableDimension=COPY_DIMENSION, PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": float(invocations_per_copy),
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"},
+                "ScaleInCooldown": cooldown_s, "ScaleOutCooldown": cooldown_s})
+        self.progress(f"autoscaling {resource_id}: {min_copies}-{max_copies} copies")
 
     def add_adapter(self, name: str, src: str) -> None:
         """One adapter component on the base (its name is the adapter's)."""
@@ -136,6 +175,10 @@ class ComponentPredictor(RuntimePredictor):
         """Detach an adapter: delete its inference component."""
         self.components.remove(name)
 
+    def scale(self, copies: int) -> None:
+        """Change the number of copies of the model (the base component)."""
+        self.components.scale(copies)
+
     def list_adapters(self) -> list[str]:
         """The adapters attached to the endpoint."""
         return self.components.adapters()
@@ -154,8 +197,13 @@ class ComponentPredictor(RuntimePredictor):
 
 def deploy_with_components(endpoint: Any, spec: Any, adapters: dict[str, str], wait: bool = True,
                            timeout_s: float = 3600.0, min_memory_mb: int = 1024,
-                           accelerators: int | None = None) -> ComponentPredictor:
-    """Model -> endpoint config (no model in the variant) -> endpoint -> base component -> adapter components."""
+                           accelerators: int | None = None, copies: int | None = None,
+                           copy_autoscaling: dict[str, Any] | None = None) -> ComponentPredictor:
+    """Model -> endpoint config (no model in the variant) -> endpoint -> base component (`copies` copies, spread)
+    -> adapter components; then autoscaling on the copy count when asked (min_copies, max_copies,
+    invocations_per_copy)."""
+    if copies is not None:
+        check_copies(copies)
     for name, src in adapters.items():
         check_adapter(name, src)
     container = {**spec.container, "Environment": {"BERTH_ENABLE_LORA": "true", **spec.container["Environment"]}}
@@ -176,11 +224,13 @@ def deploy_with_components(endpoint: Any, spec: Any, adapters: dict[str, str], w
         accelerators = 1
     if wait:
         endpoint.wait(timeout_s)
-    components.create_base(resource, "AllTraffic", startup, min_memory_mb, accelerators)
+    components.create_base(resource, "AllTraffic", startup, min_memory_mb, accelerators, copies)
     if wait:
         components.wait(components.base, timeout_s)
     for name, src in adapters.items():
         components.add_adapter(name, src)
         if wait:
             components.wait(name, timeout_s)
+    if copy_autoscaling:
+        components.autoscale_copies(endpoint.autoscaling, **copy_autoscaling)
     return ComponentPredictor(endpoint, components, resource)

@@ -232,22 +232,27 @@ def deploy_sagemaker(model: str, endpoint_name: str, image_uri: str, role: str |
                      autoscaling: dict[str, Any] | None = None, progress: Progress = _no_progress,
                      poll_s: float = 15.0, sagemaker_client: Any = None,
                      update_existing: bool = True, adapters: dict[str, str] | None = None,
-                     min_memory_mb: int = 1024, accelerators: int | None = None) -> RuntimePredictor:
+                     min_memory_mb: int = 1024, accelerators: int | None = None, copies: int | None = None,
+                     copy_autoscaling: dict[str, Any] | None = None,
+                     autoscaling_client: Any = None) -> RuntimePredictor:
     """Validate, create the endpoint (or roll out a new config if it exists), optionally autoscale it.
 
     adapters={"name": "s3://.../adapter.tar.gz"} deploys with inference components instead: a base
     component (LoRA on) and one adapter component per adapter (inference_components.py).
+    copies=N deploys the model as an inference component with N copies spread over the instances
+    (copy_autoscaling={min_copies, max_copies, invocations_per_copy} scales the copy count).
     """
     spec = SageMakerSpec(model=model, endpoint_name=endpoint_name, image_uri=image_uri, role=role or "",
                          instance_type=instance_type, instance_count=instance_count, env=dict(env or {}),
                          health_check_timeout_s=health_check_timeout, download_timeout_s=download_timeout,
                          size_billions=size_billions)
     endpoint = SageMakerEndpoint(endpoint_name, region=region, sagemaker_client=sagemaker_client,
-                                 progress=progress, poll_s=poll_s)
-    if adapters is not None:
+                                 autoscaling_client=autoscaling_client, progress=progress, poll_s=poll_s)
+    if adapters is not None or copies is not None or copy_autoscaling is not None:
         from berth.inference_components import deploy_with_components
 
-        return deploy_with_components(endpoint, spec, adapters, wait, wait_timeout_s, min_memory_mb, accelerators)
+        return deploy_with_components(endpoint, spec, adapters or {}, wait, wait_timeout_s, min_memory_mb,
+                                      accelerators, copies, copy_autoscaling)
     if update_existing and endpoint.exists():
         endpoint.update(spec, wait=wait, timeout_s=wait_timeout_s)
     else:
