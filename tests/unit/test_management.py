@@ -208,3 +208,19 @@ def test_model_roots_limit_where_local_weights_come_from(tmp_path: Path) -> None
     # From the environment: a PATH-like list.
     assert Settings.from_env({"BERTH_MODEL_ROOTS": f"{allowed}:/opt/ml/model"}).model_roots == (allowed,
                                                                                               Path("/opt/ml/model"))
+
+
+def test_launch_with_replicas_and_placement_keys(env: tuple[dict[str, Any], FakeSupervisor, Path]) -> None:
+    handlers, supervisor, weights = env
+    call(handlers, "models.launch", model_name="qwen3", model_path=str(weights), model_uid="r", replica=3, n_gpu=2,
+         n_cpu=4, ray_resources={"berth_a": 1})
+    config, _ = supervisor.launched[-1]
+    assert (config.replica, config.n_gpu, config.n_cpu, config.ray_resources) == (3, 2, 4.0, {"berth_a": 1.0})
+    from berth_server.launch_config import ReplicaInfo
+
+    supervisor._statuses["r"] = ModelStatus(uid="r", state="ready", replicas=[
+        ReplicaInfo(index=i, state="ready", pid=100 + i, node="local") for i in range(3)])
+    described = call(handlers, "models.get", uid="r")
+    assert described["replica"] == 3
+    assert described["replicas"] == [{"index": i, "node": "local", "state": "ready", "pid": 100 + i} for i in range(3)]
+    assert call(handlers, "models.instances", model_uid="r")[0]["replica"] == 3

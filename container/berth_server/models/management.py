@@ -160,8 +160,12 @@ class ModelManager:
             info.update(context_length=config.context_length, model_hub="huggingface", revision=config.revision,
                         reasoning_start_tag=config.reasoning_start_tag, reasoning_end_tag=config.reasoning_end_tag)
         if description is not None:
+            # The web UI's Memory column: every local replica's resident memory (a Ray node's pids are not ours).
+            local = ([r.pid for r in status.replicas if r.node == "local" and r.pid] if status.replicas
+                     else [description.pid])
+            sizes = [resident_bytes(pid) for pid in local]
             info.update(context_length=description.context_length, pid=description.pid,
-                        memory_bytes=resident_bytes(description.pid))  # the web UI's Memory column
+                        memory_bytes=sum(size for size in sizes if size) if any(sizes) else None)
         if launched is not None:
             reg = launched.registration
             info.update(model_description=getattr(reg, "model_description", None),
