@@ -40,7 +40,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ray_node(tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+def ray_node(tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    """`ray start --block` in its own session (its temp dir under tmp, a small object store); stop_group ends it."""
     ray = str(Path(sys.executable).with_name("ray"))
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the node's output, kept for failures
     return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", "--temp-dir", str(tmp / name),
@@ -48,7 +49,8 @@ def _ray_node(tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
                             env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (a blocking `ray start` stops its node), SIGKILL after 30 s."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -64,16 +66,16 @@ class RayCluster:
     def __init__(self, cpus: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="berth-bench-ray-", dir="/tmp"))
         self.port = free_port()
-        self.nodes = [_ray_node(self.tmp, "head", ["--head", "--port", str(self.port), "--num-cpus", str(cpus),
+        self.nodes = [ray_node(self.tmp, "head", ["--head", "--port", str(self.port), "--num-cpus", str(cpus),
                                                    "--include-dashboard", "false"])]
         time.sleep(5)
-        self.nodes.append(_ray_node(self.tmp, "second", ["--address", f"127.0.0.1:{self.port}",
+        self.nodes.append(ray_node(self.tmp, "second", ["--address", f"127.0.0.1:{self.port}",
                                                          "--num-cpus", str(cpus)]))
         self.address = f"127.0.0.1:{self.port}"
 
     def close(self) -> None:
         for node in reversed(self.nodes):
-            _stop(node)
+            stop_group(node)
 
 
 def _launch(peer: peers.Peer, model: Path, replicas: int, threads: int, timeout_s: float) -> None:

@@ -84,17 +84,12 @@ class InferenceComponents:
         """Application Auto Scaling on the base component's copy count, tracking invocations per copy."""
         if not 1 <= min_copies <= max_copies:
             raise ValidationError(f"autoscaling needs 1 <= min copies ({min_copies}) <= max ({max_copies})")
+        from berth.sagemaker_target import track_target
+
         resource_id = f"inference-component/{self.base}"
-        autoscaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
-                                             ScalableDimension=COPY_DIMENSION, MinCapacity=min_copies,
-                                             MaxCapacity=max_copies)
-        autoscaling.put_scaling_policy(
-            PolicyName=f"{self.base}-invocations-per-copy", ServiceNamespace="sagemaker", ResourceId=resource_id,
-            ScalableDimension=COPY_DIMENSION, PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": float(invocations_per_copy),
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"},
-                "ScaleInCooldown": cooldown_s, "ScaleOutCooldown": cooldown_s})
+        track_target(autoscaling, f"{self.base}-invocations-per-copy", resource_id, COPY_DIMENSION,
+                     (min_copies, max_copies), "SageMakerInferenceComponentInvocationsPerCopy", invocations_per_copy,
+                     cooldown_s)
         self.progress(f"autoscaling {resource_id}: {min_copies}-{max_copies} copies")
 
     def add_adapter(self, name: str, src: str) -> None:

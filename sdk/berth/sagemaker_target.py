@@ -76,6 +76,19 @@ class SageMakerSpec:
                 "ModelDataDownloadTimeoutInSeconds": self.timeouts.download_s}
 
 
+def track_target(autoscaling: Any, policy: str, resource_id: str, dimension: str, capacity: tuple[int, int],
+                 metric: str, target: float, cooldown_s: int) -> None:
+    """Application Auto Scaling: register a scalable target and a target-tracking policy on a predefined metric."""
+    autoscaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
+                                         ScalableDimension=dimension, MinCapacity=capacity[0], MaxCapacity=capacity[1])
+    autoscaling.put_scaling_policy(
+        PolicyName=policy, ServiceNamespace="sagemaker", ResourceId=resource_id, ScalableDimension=dimension,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(target), "PredefinedMetricSpecification": {"PredefinedMetricType": metric},
+            "ScaleInCooldown": cooldown_s, "ScaleOutCooldown": cooldown_s})
+
+
 class SageMakerEndpoint:
     """Create, wait for, update, scale and delete one endpoint and the resources behind it."""
 
@@ -180,17 +193,9 @@ class SageMakerEndpoint:
         if not 1 <= min_instances <= max_instances:
             raise ValidationError(f"autoscaling needs 1 <= min ({min_instances}) <= max ({max_instances})")
         resource_id = f"endpoint/{self.name}/variant/{VARIANT}"
-        dimension = "sagemaker:variant:DesiredInstanceCount"
-        self.autoscaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
-                                                  ScalableDimension=dimension, MinCapacity=min_instances,
-                                                  MaxCapacity=max_instances)
-        self.autoscaling.put_scaling_policy(
-            PolicyName=f"{self.name}-invocations", ServiceNamespace="sagemaker", ResourceId=resource_id,
-            ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": float(invocations_per_instance),
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                "ScaleInCooldown": cooldown_s, "ScaleOutCooldown": cooldown_s})
+        track_target(self.autoscaling, f"{self.name}-invocations", resource_id, "sagemaker:variant:DesiredInstanceCount",
+                     (min_instances, max_instances), "SageMakerVariantInvocationsPerInstance",
+                     invocations_per_instance, cooldown_s)
         self.progress(f"autoscaling {resource_id}: {min_instances}-{max_instances} instances")
 
     def delete(self) -> None:

@@ -12,9 +12,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +24,12 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
+from bench.replicas import ray_node, stop_group
+
 from .conftest import RunningServer, free_port, launch_serve
 from .test_xinference_client import llm_registration
 
 ray = pytest.importorskip("ray")
-RAY = str(Path(sys.executable).with_name("ray"))
 ACTOR_CLASS = "ReplicaActor"
 
 
@@ -39,25 +38,6 @@ class Cluster:
     address: str
     head: subprocess.Popen[bytes]
     second: subprocess.Popen[bytes]
-
-
-def _ray_start(tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    temp = tmp / name  # Ray's socket paths must stay short: tmp_path_factory's are
-    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the node's output, read on failure
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--temp-dir", str(temp),
-                             "--object-store-memory", str(80 * 1024 * 1024), *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
@@ -69,9 +49,9 @@ def cluster() -> Iterator[Cluster]:
     tmp = Path(f"/tmp/berth-ray-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     port = free_port()
-    head = _ray_start(tmp, "head", ["--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+    head = ray_node(tmp, "head", ["--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
                                     "false", "--resources", json.dumps({"berth_head": 1})])
-    second = _ray_start(tmp, "second", ["--address", f"127.0.0.1:{port}", "--num-cpus", "2",
+    second = ray_node(tmp, "second", ["--address", f"127.0.0.1:{port}", "--num-cpus", "2",
                                         "--resources", json.dumps({"berth_second": 1})])
     running = Cluster(f"127.0.0.1:{port}", head, second)
     try:
@@ -83,8 +63,8 @@ def cluster() -> Iterator[Cluster]:
         yield running
     finally:
         ray.shutdown()
-        _stop(second)
-        _stop(head)
+        stop_group(second)
+        stop_group(head)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -137,7 +117,7 @@ def test_replicas_spread_serve_move_and_terminate(server: RunningServer, cluster
                              re.MULTILINE))
     assert {k: float(v) >= 1 for k, v in served.items()} == {"0": True, "1": True}, served
 
-    _stop(cluster.second)  # the second node leaves: its replica is placed again on the head
+    stop_group(cluster.second)  # the second node leaves: its replica is placed again on the head
     moved = wait_replicas(server, uid, [head, head], timeout_s=180)
     assert api.chat.completions.create(model=uid, messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
     assert httpx.get(server.url("/ping"), timeout=5).status_code == 200

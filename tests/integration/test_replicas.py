@@ -24,6 +24,7 @@ import pytest
 from xinference_client import RESTfulClient
 
 from .conftest import RunningServer, launch_serve
+from .test_xinference_client import _gone as gone
 from .test_xinference_client import llm_registration
 
 
@@ -56,15 +57,6 @@ def finished(server: RunningServer) -> dict[str, float]:
     text = httpx.get(server.url("/metrics"), timeout=30).text
     found = re.findall(r'^berth_model_finished_requests\{model="tiny",replica="(\d+)"\} (\S+)$', text, re.MULTILINE)
     return {index: float(value) for index, value in found}
-
-
-def gone(pid: int, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_two_replicas_each_their_own_process_and_requests_spread(server: RunningServer) -> None:

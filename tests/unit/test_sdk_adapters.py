@@ -35,21 +35,26 @@ def _endpoint(status: str) -> dict[str, Any]:
             "EndpointStatus": status, "CreationTime": "2026-01-01", "LastModifiedTime": "2026-01-01"}
 
 
+def stub_component_endpoint(stub: Stubber, instance_type: str, instance_count: int) -> None:
+    """The calls before the components: model (LoRA on), endpoint config without a model, endpoint, InService."""
+    stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"}, {
+        "ModelName": ANY, "ExecutionRoleArn": ROLE,
+        "PrimaryContainer": {"Image": IMAGE, "Environment": {"HF_MODEL_ID": "org/model-7b",
+                                                              "BERTH_ENABLE_LORA": "true"}}})
+    stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}, {
+        "EndpointConfigName": ANY, "ExecutionRoleArn": ROLE,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": instance_type,
+                                "InitialInstanceCount": instance_count,
+                                "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}]})
+    stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/berth-lora"},
+                      {"EndpointName": "berth-lora", "EndpointConfigName": ANY})
+    stub.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "berth-lora"})
+
+
 def test_deploy_with_adapters_follows_the_inference_component_flow() -> None:
     sm, runtime = _client("sagemaker"), _client("sagemaker-runtime")
     with Stubber(sm) as stub, Stubber(runtime) as rt:
-        stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"}, {
-            "ModelName": ANY, "ExecutionRoleArn": ROLE,
-            "PrimaryContainer": {"Image": IMAGE, "Environment": {"HF_MODEL_ID": "org/model-7b",
-                                                                  "BERTH_ENABLE_LORA": "true"}}})
-        stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}, {
-            "EndpointConfigName": ANY, "ExecutionRoleArn": ROLE,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": "ml.g5.2xlarge",
-                                    "InitialInstanceCount": 1,
-                                    "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}]})
-        stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/berth-lora"},
-                          {"EndpointName": "berth-lora", "EndpointConfigName": ANY})
-        stub.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "berth-lora"})
+        stub_component_endpoint(stub, "ml.g5.2xlarge", 1)
         stub.add_response("create_inference_component", {"InferenceComponentArn": f"{ARN}:inference-component/b"}, {
             "InferenceComponentName": "berth-lora-base", "EndpointName": "berth-lora", "VariantName": "AllTraffic",
             "Specification": {"ModelName": ANY, "StartupParameters": {

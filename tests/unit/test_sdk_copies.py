@@ -12,7 +12,7 @@ from berth.errors import ValidationError
 from berth.inference_components import ComponentPredictor
 from botocore.stub import ANY, Stubber
 
-from tests.unit.test_sdk_adapters import ARN, IMAGE, ROLE, _component, _endpoint
+from tests.unit.test_sdk_adapters import ARN, IMAGE, ROLE, _component, stub_component_endpoint
 
 
 def _client(service: str) -> Any:
@@ -22,18 +22,7 @@ def _client(service: str) -> Any:
 def test_deploy_with_copies_creates_a_spread_component_with_that_copy_count_and_autoscales_it() -> None:
     sm, scaling = _client("sagemaker"), _client("application-autoscaling")
     with Stubber(sm) as stub, Stubber(scaling) as auto:
-        stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"}, {
-            "ModelName": ANY, "ExecutionRoleArn": ROLE,
-            "PrimaryContainer": {"Image": IMAGE, "Environment": {"HF_MODEL_ID": "org/model-7b",
-                                                                  "BERTH_ENABLE_LORA": "true"}}})
-        stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}, {
-            "EndpointConfigName": ANY, "ExecutionRoleArn": ROLE,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": "ml.g5.12xlarge",
-                                    "InitialInstanceCount": 2,
-                                    "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}]})
-        stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/berth-lora"},
-                          {"EndpointName": "berth-lora", "EndpointConfigName": ANY})
-        stub.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "berth-lora"})
+        stub_component_endpoint(stub, "ml.g5.12xlarge", 2)
         stub.add_response("create_inference_component", {"InferenceComponentArn": f"{ARN}:inference-component/b"}, {
             "InferenceComponentName": "berth-lora-base", "EndpointName": "berth-lora", "VariantName": "AllTraffic",
             "Specification": {"ModelName": ANY, "StartupParameters": ANY,
