@@ -40,6 +40,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def pin_cluster_auth() -> None:
+    """Ray 2.59+ turns token auth on for a cluster as soon as ~/.ray/auth_token exists, and a process that
+    imported ray before reads its mode once: a throwaway cluster on 127.0.0.1 says RAY_AUTH_MODE=disabled
+    in this process's environment (the nodes, `serve` and its replicas inherit it), so nothing depends on
+    that file."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+
+
 def ray_node(tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     """`ray start --block` in its own session (its temp dir under tmp, a small object store); stop_group ends it."""
     ray = str(Path(sys.executable).with_name("ray"))
@@ -64,6 +72,7 @@ class RayCluster:
     """A head and a second node on this machine, stopped (by process group) on exit."""
 
     def __init__(self, cpus: int) -> None:
+        pin_cluster_auth()
         self.tmp = Path(tempfile.mkdtemp(prefix="berth-bench-ray-", dir="/tmp"))
         self.port = free_port()
         self.nodes = [ray_node(self.tmp, "head", ["--head", "--port", str(self.port), "--num-cpus", str(cpus),

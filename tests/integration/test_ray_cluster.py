@@ -24,7 +24,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from bench.replicas import ray_node, stop_group
+from bench.replicas import pin_cluster_auth, ray_node, stop_group
 
 from .conftest import RunningServer, free_port, launch_serve
 from .test_xinference_client import llm_registration
@@ -46,6 +46,8 @@ def _alive_nodes() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    pin_cluster_auth()  # the nodes, this process and `serve` agree, whatever ~/.ray holds
     tmp = Path(f"/tmp/berth-ray-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     port = free_port()
@@ -66,6 +68,10 @@ def cluster() -> Iterator[Cluster]:
         stop_group(second)
         stop_group(head)
         shutil.rmtree(tmp, ignore_errors=True)
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
