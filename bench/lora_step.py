@@ -20,8 +20,9 @@ from bench.lora import OUT, _adapters
 
 def main(argv: list[str] | None = None) -> int:
     """Time the steps and print base/mixed step rates."""
+    from berth_server.engines.kv_forward import RowFeed, forward
+    from berth_server.engines.kv_tables import tables_for
     from berth_server.engines.lora_bank import LoraBank
-    from berth_server.engines.transformers_batch import KVBatch
     from berth_server.models.wheel_weights import smollm2_dir
     from transformers import AutoModelForCausalLM
 
@@ -36,15 +37,23 @@ def main(argv: list[str] | None = None) -> int:
         bank.register(name, name, folder)
         slots.append(bank.acquire(name))
     mixed = [None if i % 5 == 0 else slots[i % 5 - 1] for i in range(args.rows)]
+    block = 16
+    tables = tables_for(model, torch.device("cpu"), 1 + args.rows * -(-(8 + args.steps) // block), block)
+    rows = [[1, 2, 3, 4, 5, 6, 7, 8] for _ in range(args.rows)]
+    tables_of = [[tables.pool.allocate() or 0] for _ in rows]  # a block holds the prompt; more as rows grow
     with torch.inference_mode():
-        batch, logits = KVBatch.prefill(model, [[1, 2, 3, 4, 5, 6, 7, 8]] * args.rows, torch.device("cpu"), False)
-        tokens = logits[:, -1, :].argmax(-1)
+        logits = forward(model, tables.pool, [RowFeed(t, 0, r) for t, r in zip(tables_of, rows, strict=True)], False)
         times: dict[str, list[float]] = {"base": [], "mixed": []}
         for step in range(args.steps):
+            for seq, table, token in zip(rows, tables_of, logits.argmax(-1).tolist(), strict=True):
+                seq.append(token)
+                if len(table) * block < len(seq):
+                    table.append(tables.pool.allocate() or 0)
             kind = "base" if step % 2 == 0 else "mixed"
             bank.set_rows([None] * args.rows if kind == "base" else mixed)
+            feeds = [RowFeed(t, len(r) - 1, r[-1:]) for t, r in zip(tables_of, rows, strict=True)]
             start = time.perf_counter()
-            tokens = batch.decode(tokens).argmax(-1)
+            logits = forward(model, tables.pool, feeds, False)
             times[kind].append(time.perf_counter() - start)
     base, mix = statistics.median(times["base"]), statistics.median(times["mixed"])
     print(f"{args.rows} rows, median step: base-only {base * 1000:.1f} ms, mixed (4 adapters + base)"

@@ -246,7 +246,7 @@ def test_shutdown_ends_running_requests(tiny_dir: Path) -> None:
 
     async def scenario() -> tuple[int, BaseException | None, BaseException | None]:
         info = await engine.start()
-        assert info.extra == {"cpu_threads": 1}
+        assert info.extra["cpu_threads"] == 1
         seen, error = 0, None
         try:
             async for _ in engine.generate(_req("x", PROMPTS[0], n=2000)):
@@ -286,11 +286,14 @@ def test_the_scheduler_batches_on_its_own(model: Any) -> None:
     """BatchScheduler needs only a model and its limits: slots, lock and thread are its own."""
     import queue as queue_mod
 
+    from berth_server.engines.kv_tables import tables_for
     from berth_server.engines.transformers_rows import Slot
     from berth_server.engines.transformers_scheduler import BatchLimits, BatchScheduler
 
-    scheduler = BatchScheduler(model, torch.device("cpu"), BatchLimits(max_batch_size=2, max_model_len=512,
-                                                                        vocab_size=model.config.vocab_size))
+    cpu = torch.device("cpu")
+    scheduler = BatchScheduler(model, cpu, BatchLimits(max_batch_size=2, max_model_len=512,
+                                                       vocab_size=model.config.vocab_size),
+                               tables_for(model, cpu, num_blocks=16, block_size=4))
     scheduler.start()
     outputs: list[queue_mod.Queue[Any]] = []
     try:

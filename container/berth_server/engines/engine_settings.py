@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from berth_server.settings import TOOL_CALL_PARSER_VARS, read_declared, setting
+from berth_server.settings_values import SettingsError
 
 # Env prefixes that pass arbitrary engine arguments to vLLM (the AWS vLLM container uses SM_VLLM_).
 VLLM_ARG_PREFIXES = ("BERTH_VLLM_", "SM_VLLM_")
@@ -41,6 +42,25 @@ class LlamaCppSettings:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class TransformersSettings:
+    """The transformers engine's own: its KV pool (kv_pool.py), sized once at load."""
+
+    # Bytes of KV cache; when unset, kv_cache_fraction of the memory free at load; when neither, 1 GiB.
+    kv_cache_bytes: int | None = setting(None, "BERTH_KV_CACHE_BYTES", kind="int", minimum=1)
+    kv_cache_fraction: float | None = setting(None, "BERTH_KV_CACHE_FRACTION", kind="float")
+    kv_block_size: int = setting(16, "BERTH_KV_BLOCK_SIZE", kind="int", minimum=1)  # tokens per block
+    prefix_caching: bool = setting(True, "BERTH_PREFIX_CACHING", kind="bool")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TransformersSettings:
+        values, _ = read_declared(cls, env)
+        fraction = values.get("kv_cache_fraction")
+        if fraction is not None and not 0 < fraction <= 0.95:
+            raise SettingsError(f"BERTH_KV_CACHE_FRACTION must be in (0, 0.95], not {fraction}")
+        return cls(**values)
+
+
 def _vllm_args(env: Mapping[str, str]) -> dict[str, str]:
     """Collect BERTH_VLLM_<ARG>/SM_VLLM_<ARG> into {"arg": "value"}; the vLLM engine validates names."""
     args: dict[str, str] = {}
@@ -55,3 +75,4 @@ def check_engine_settings(env: Mapping[str, str] | None = None) -> None:
     """Read every engine's own settings once (the launcher, at start): SettingsError on a bad value."""
     VllmSettings.from_env(env)
     LlamaCppSettings.from_env(env)
+    TransformersSettings.from_env(env)

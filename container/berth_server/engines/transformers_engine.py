@@ -134,9 +134,43 @@ class TransformersEngine(Engine):
 
         lora = self.settings.lora
         self.lora = LoraBank(self.model, lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras)
-        self.scheduler = BatchScheduler(self.model, self.device, limits, self.lora)
+        tables = await asyncio.to_thread(self._kv_tables)
+        pool = tables.pool
+        info.extra.update(kv_cache_blocks=pool.num_blocks, kv_block_size=pool.block_size, kv_cache_bytes=pool.nbytes)
+        self.scheduler = BatchScheduler(self.model, self.device, limits, tables, self.lora)
         self.scheduler.start()
         return info
+
+    def _kv_tables(self) -> Any:
+        """The KV block pool, allocated once, sized by BERTH_KV_CACHE_BYTES / BERTH_KV_CACHE_FRACTION."""
+        from berth_server.engines.engine_settings import TransformersSettings
+        from berth_server.engines.kv_forward import probe_shapes
+        from berth_server.engines.kv_pool import block_bytes, pool_blocks
+        from berth_server.engines.kv_tables import tables_for
+
+        own = TransformersSettings.from_env()
+        shapes = probe_shapes(self.model, self.device)
+        size = own.kv_block_size
+        # More than every row at full length plus as much again for cached prefixes is never used.
+        most = 1 + 2 * self.max_batch_size * -(-self.max_model_len // size)
+        blocks = pool_blocks(block_bytes(shapes, size, self.model.dtype), own.kv_cache_bytes,
+                             own.kv_cache_fraction, self.device, most)
+        tables = tables_for(self.model, self.device, blocks, size, own.prefix_caching)
+        log.info("KV pool: %d blocks of %d tokens (%.1f MiB)", blocks, size, tables.pool.nbytes / 2**20)
+        return tables
+
+    def pin_prefix(self, key: str, tokens: list[int], adapter: str | None = None) -> None:
+        """Keep the cached blocks of these tokens (a session's conversation so far) under key, until
+        unpin_prefix(key): they are never evicted meanwhile."""
+        self.scheduler.pin(key, tokens, adapter or "")
+
+    def unpin_prefix(self, key: str) -> None:
+        """Let go of the blocks pinned under key."""
+        self.scheduler.unpin(key)
+
+    def prefix_counts(self) -> tuple[int, int]:
+        """(prompt tokens looked up in the prefix cache, tokens found) so far."""
+        return (0, 0) if self.scheduler is None else self.scheduler.prefix_counts()
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -151,9 +185,10 @@ class TransformersEngine(Engine):
             raise InvalidRequest("the prompt has no tokens", param="prompt")
         if any(not isinstance(t, int) or t < 0 or t >= self.vocab_size for t in prompt):
             raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-        if len(prompt) >= self.max_model_len:
+        most = min(self.max_model_len, self.scheduler.tables.capacity)  # the KV pool may be the bound
+        if len(prompt) >= most:
             raise InvalidRequest(
-                f"the prompt has {len(prompt)} tokens; this model takes at most {self.max_model_len - 1}",
+                f"the prompt has {len(prompt)} tokens; this model takes at most {most - 1}",
                 param="prompt",
             )
         if request.max_new_tokens < 1:

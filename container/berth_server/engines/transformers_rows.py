@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +28,22 @@ class Slot:
     cancel: EngineFinish | None = None  # set from any thread: 'abort' emits a final step
     silent: bool = False  # the consumer has gone: emit nothing more
     lora_slot: int | None = None  # the LoRA bank slot of the request's adapter while it runs
+    # Its sequence in the KV pool (kv_tables.py): prompt then generated tokens, block table, progress.
+    tokens: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0
+    hashes: list[bytes] = field(default_factory=list)
+    order: int = 0  # admission order: the newest running row is preempted first
+
+    @property
+    def salt(self) -> str:
+        """What its cached keys depend on besides the tokens: the adapter."""
+        return self.request.adapter or ""
+
+    @property
+    def pending(self) -> int:
+        """Tokens known but not yet computed into the cache."""
+        return len(self.tokens) - self.computed
 
     def send(self, item: EngineStep | BaseException) -> None:
         """Deliver to the request's queue; a closed event loop only loses this request's messages."""
@@ -64,6 +80,7 @@ def next_step(
     token = choice.token
     slot.generated += 1
     slot.last_token = token
+    slot.tokens.append(token)
     slot.sampler.observe(token)
     ban_stops(slot)
     finish: EngineFinish | None = None
