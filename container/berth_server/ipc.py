@@ -78,6 +78,8 @@ class ModelStats(msgspec.Struct, tag="model_stats", kw_only=True):
     finished_total: int = 0
     open_sessions: int = 0  # stateful sessions open on this model
     pinned_sessions: int = 0  # of them, those the engine keeps state for (llama.cpp: a slot pinned to each)
+    prefix_cache_queries_total: int | None = None  # prompt tokens looked up; None: the engine does not count
+    prefix_cache_hits_total: int | None = None  # of those, tokens found in the prefix cache
 
 
 class Embed(msgspec.Struct, tag="embed", kw_only=True):

@@ -202,3 +202,16 @@ def test_other_engines_on_a_gguf_file(smollm2_gguf: Path) -> None:
     assert "when asked" in (TransformersEngine.cannot_serve(CONFIG, smollm2_gguf, Settings()) or "")
     asked = ModelLaunchConfig(uid="m", source="x.gguf", model_name="m", engine="transformers")
     assert TransformersEngine.cannot_serve(asked, smollm2_gguf, Settings()) is None
+
+
+def test_prefix_counts_add_up_llamacpp_timings() -> None:
+    """The last chunk's timings say how much of the prompt the slot's cache held (cache_n) and what was computed."""
+    from berth_server.engines.llamacpp_engine import _Running
+
+    engine = _engine()
+    running = _Running(None, None, stop=True)  # type: ignore[arg-type]
+    running.deliver({"choices": [{"text": "", "finish_reason": "length"}], "timings": {"cache_n": 58, "prompt_n": 1}})
+    assert running.timings is not None
+    engine._count_prefix(running.timings)
+    engine._count_prefix({"cache_n": 0, "prompt_n": 59})
+    assert engine.prefix_counts() == (118, 58)

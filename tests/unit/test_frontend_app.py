@@ -141,6 +141,8 @@ def test_metrics_counts_requests_and_model_gauges(tmp_path) -> None:
     assert 'berth_generated_tokens_total{model="default"} 3.0' in text
     assert 'berth_model_queue_depth{model="default",replica="0"} 3.0' in text
     assert 'berth_model_running_requests{model="default",replica="0"} 2.0' in text
+    assert 'berth_model_prefix_cache_queries{model="default",replica="0"} 120.0' in text
+    assert 'berth_model_prefix_cache_hits{model="default",replica="0"} 96.0' in text
 
 
 def test_two_apps_do_not_share_state(tmp_path) -> None:

@@ -115,6 +115,10 @@ class Engine(abc.ABC):
     def counts(self) -> tuple[int, int]:
         """(running, waiting): the current batch size and the queue depth."""
 
+    def prefix_counts(self) -> tuple[int, int] | None:
+        """(prompt tokens looked up in the prefix cache, tokens found there) so far; None when not counted."""
+        return None
+
     @abc.abstractmethod
     async def shutdown(self) -> None:
         """Stop the batching loop and release the device."""

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,9 +55,12 @@ class _Running:
     stop: bool = False
     seen: int = 0  # tokens reported so far (predicted_n counts them on llama.cpp's side)
     chunks: list[Any] = field(default_factory=list)
+    timings: dict[str, Any] | None = None  # the last chunk's: how much of the prompt the slot's cache held
 
     def deliver(self, chunk: Any) -> bool:
         """xllamacpp's callback (its thread, with the GIL): queue the chunk; True tells llama.cpp to stop."""
+        if isinstance(chunk, dict) and isinstance(chunk.get("timings"), dict):
+            self.timings = chunk["timings"]
         if not self.stop:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
         return self.stop
@@ -76,6 +80,8 @@ class LlamaCppEngine(Engine):
         self._pool: ThreadPoolExecutor | None = None
         self._running: dict[str, _Running] = {}
         self._n_parallel = 1
+        self._prefix = [0, 0]  # prompt tokens, and of those tokens reused from the slot's cache (cache_n)
+        self._prefix_lock = threading.Lock()  # requests finish on the pool's threads
         self._n_vocab = 0
         self._token_bytes: TokenBytes | None = None
         self._sessions = SessionSlots(1)
@@ -170,7 +176,16 @@ class LlamaCppEngine(Engine):
             running.loop.call_soon_threadsafe(running.queue.put_nowait,
                                               errors.GenerationFailed(f"llama.cpp failed: {exc}"))
         finally:
+            if running.timings is not None:
+                self._count_prefix(running.timings)
             running.loop.call_soon_threadsafe(running.queue.put_nowait, _DONE)
+
+    def _count_prefix(self, timings: dict[str, Any]) -> None:
+        """Add a request's prompt tokens and those its slot's prompt cache held (llama.cpp's cache_n)."""
+        cached, computed = int(timings.get("cache_n") or 0), int(timings.get("prompt_n") or 0)
+        with self._prefix_lock:
+            self._prefix[0] += cached + computed
+            self._prefix[1] += cached
 
     def _step(self, chunk: Any, running: _Running, request: EngineRequest) -> EngineStep | None:
         """Turn one streamed chunk into a step (None when it carries nothing)."""
@@ -242,6 +257,10 @@ class LlamaCppEngine(Engine):
         in_flight = len(self._running)
         running = min(in_flight, self._n_parallel)
         return running, in_flight - running
+
+    def prefix_counts(self) -> tuple[int, int]:
+        """(prompt tokens, of those reused from the slot's prompt cache) as llama.cpp's timings report them."""
+        return self._prefix[0], self._prefix[1]
 
     async def shutdown(self) -> None:
         """Stop every request and llama.cpp's server loop."""

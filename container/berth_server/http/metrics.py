@@ -34,7 +34,8 @@ class ModelProcessCollector(Collector):
         self.gateway = gateway
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Yield queue depth, running batch size, and aborted and finished totals per model uid and replica."""
+        """Yield queue depth, running batch size, aborted and finished totals, sessions and prefix-cache counters per
+        model uid and replica."""
         labels = ["model", "replica"]
         running = GaugeMetricFamily("berth_model_running_requests", "Requests in the running batch", labels=labels)
         waiting = GaugeMetricFamily("berth_model_queue_depth", "Requests waiting for a batch slot", labels=labels)
@@ -44,6 +45,10 @@ class ModelProcessCollector(Collector):
         sessions = GaugeMetricFamily("berth_model_open_sessions", "SageMaker stateful sessions open", labels=labels)
         pinned = GaugeMetricFamily("berth_model_pinned_sessions", "Sessions whose prefix the engine keeps (llama.cpp: "
                                    "a slot each)", labels=labels)
+        queries = GaugeMetricFamily("berth_model_prefix_cache_queries", "Prompt tokens looked up in the prefix "
+                                    "cache (cumulative)", labels=labels)
+        hits = GaugeMetricFamily("berth_model_prefix_cache_hits", "Prompt tokens found in the prefix cache "
+                                 "(cumulative)", labels=labels)
         try:
             statuses = self.gateway.statuses()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the launcher is busy
@@ -64,12 +69,10 @@ class ModelProcessCollector(Collector):
                 finished.add_metric(series, stats.finished_total)
                 sessions.add_metric(series, stats.open_sessions)
                 pinned.add_metric(series, stats.pinned_sessions)
-        yield running
-        yield waiting
-        yield aborted
-        yield finished
-        yield sessions
-        yield pinned
+                if stats.prefix_cache_queries_total is not None:  # engines that count their prefix cache
+                    queries.add_metric(series, stats.prefix_cache_queries_total)
+                    hits.add_metric(series, stats.prefix_cache_hits_total or 0)
+        yield from (running, waiting, aborted, finished, sessions, pinned, queries, hits)
 
 
 class FrontendMetrics:

@@ -270,13 +270,17 @@ class ModelServer:
     def stats(self, request_id: str) -> ipc.ModelStats:
         """Current counters."""
         running, waiting = self.engine.counts() if self.engine is not None else (0, 0)
+        prefix = self.engine.prefix_counts() if self.engine is not None else None
         c = self.counters
         return ipc.ModelStats(request_id=request_id, running=running, waiting=waiting,
                               requests_total=c.requests_total, generated_tokens_total=c.generated_tokens_total,
                               prompt_tokens_total=c.prompt_tokens_total, aborted_total=c.aborted_total,
                               finished_total=c.finished_total,
                               open_sessions=len(self.sessions) if self.sessions is not None else 0,
-                              pinned_sessions=self.engine.pinned_sessions() if self.engine is not None else 0)
+                              pinned_sessions=self.engine.pinned_sessions() if self.engine is not None else 0,
+
+                              prefix_cache_queries_total=prefix[0] if prefix else None,
+                              prefix_cache_hits_total=prefix[1] if prefix else None)
 
     # --- sending -----------------------------------------------------------------------------------
 

@@ -204,7 +204,8 @@ class FakeGateway(FakeAdapters):
 
     def stats(self, uid: str, timeout_s: float = 2.0, replica: int | None = None) -> ModelStats:
         """Fixed counters."""
-        return ModelStats(request_id="x", running=2, waiting=3, aborted_total=4)
+        return ModelStats(request_id="x", running=2, waiting=3, aborted_total=4,
+                          prefix_cache_queries_total=120, prefix_cache_hits_total=96)
 
     def default_ready(self) -> bool:
         """Whether the default model is ready (as told)."""
