@@ -104,4 +104,4 @@ def test_a_bad_pool_fraction_fails_at_start(fraction: str) -> None:
 
     with pytest.raises(SettingsError):
         check_engine_settings({"BERTH_KV_CACHE_FRACTION": fraction})
-    assert TransformersSettings.from_env({"BERTH_KV_CACHE_BYTES": "1048576"}).kv_cache_bytes == 1 << 20
+    assert TransformersSettings.from_env({"BERTH_KV_CACHE_FRACTION": "0.25"}).kv_cache_fraction == 0.25

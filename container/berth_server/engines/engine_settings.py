@@ -44,10 +44,9 @@ class LlamaCppSettings:
 
 @dataclass(frozen=True)
 class TransformersSettings:
-    """The transformers engine's own: its KV pool (kv_pool.py), sized once at load."""
+    """The transformers engine's own: its KV pool (kv_pool.py), sized once at load by BERTH_KV_CACHE_GB
+    (Settings.kv_cache_gb, shared with the other engines) or else by this fraction of the free memory."""
 
-    # Bytes of KV cache; when unset, kv_cache_fraction of the memory free at load; when neither, 1 GiB.
-    kv_cache_bytes: int | None = setting(None, "BERTH_KV_CACHE_BYTES", kind="int", minimum=1)
     kv_cache_fraction: float | None = setting(None, "BERTH_KV_CACHE_FRACTION", kind="float")
     kv_block_size: int = setting(16, "BERTH_KV_BLOCK_SIZE", kind="int", minimum=1)  # tokens per block
     prefix_caching: bool = setting(True, "BERTH_PREFIX_CACHING", kind="bool")

@@ -67,7 +67,8 @@ TRANSFORMERS = EngineFacts(
     launch_keys=frozenset({"num_threads"}),
     # GGUF only when asked for by name (it dequantizes): transformers_engine.cannot_serve says so.
     weight_formats=frozenset({"safetensors", "pytorch", "gguf"}),
-    settings=("BERTH_MAX_BATCH_SIZE", "BERTH_KV_CACHE_GB", "BERTH_MAX_LORAS", "BERTH_MAX_LORA_RANK"),
+    settings=("BERTH_MAX_BATCH_SIZE", "BERTH_KV_CACHE_GB", "BERTH_KV_CACHE_FRACTION", "BERTH_KV_BLOCK_SIZE",
+              "BERTH_PREFIX_CACHING", "BERTH_MAX_LORAS", "BERTH_MAX_LORA_RANK"),
 )
 LLAMA_CPP = EngineFacts(
     name="llama.cpp", aliases=("llamacpp", "llama-cpp", "llama_cpp"), package="xllamacpp",

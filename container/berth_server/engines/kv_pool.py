@@ -152,13 +152,13 @@ class KVPool:
         self.release(self._pins.pop(key, []))
 
 
-DEFAULT_POOL_BYTES = 1 << 30  # 1 GiB: room for ~23k tokens of SmolLM2-135M in float32; safe on a 24 GiB host
+DEFAULT_POOL_BYTES = 1 << 30  # 1 GiB (as vLLM's and llama.cpp's CPU defaults): ~23k tokens of SmolLM2-135M in float32
 
 
 def pool_blocks(per_block: int, wanted_bytes: int | None, fraction: float | None, device: torch.device,
                 most_useful: int) -> int:
-    """How many blocks the pool gets: BERTH_KV_CACHE_BYTES, else that fraction of the memory free now,
-    else DEFAULT_POOL_BYTES; never more than `most_useful` (what could ever be held at once)."""
+    """How many blocks the pool gets: wanted_bytes (BERTH_KV_CACHE_GB), else that fraction of the memory
+    free now (BERTH_KV_CACHE_FRACTION), else DEFAULT_POOL_BYTES; never more than `most_useful` (what could ever be held at once)."""
     if wanted_bytes is None and fraction is not None:
         wanted_bytes = int(_free_bytes(device) * fraction)
     budget = wanted_bytes if wanted_bytes is not None else DEFAULT_POOL_BYTES

@@ -19,9 +19,7 @@ class Sequence(Protocol):
     blocks: list[int]
     computed: int
     hashes: list[bytes]
-
-    @property
-    def salt(self) -> str: ...
+    salt: str
 
 
 class BlockTables:

@@ -5,8 +5,8 @@ matrices of all resident adapters side by side (A_cat [in, S*R], B_cat [S*R, out
 max rank R, smaller ranks zero-padded). Before a forward, the scheduler sets one scale vector per
 row, [B, S*R], holding the row's adapter scaling on its own slot's R columns and zero elsewhere.
 Each adapted layer then adds ((x @ A_cat) * scale) @ B_cat to the base output: two matmuls per
-layer whatever the mix of adapters, and a base row's delta is exactly zero, so nothing leaks
-between rows. Slots are an LRU with a bound (max_loras); pinned adapters are never evicted;
+layer whatever the mix of adapters (fewer where projections share an input, and only over the
+rows that have an adapter: lora_layers.py), so nothing leaks between rows. Slots are an LRU with a bound (max_loras); pinned adapters are never evicted;
 registered adapters beyond the bound are kept on the host (up to max_cpu_loras) or re-read.
 """
 
@@ -21,30 +21,9 @@ from typing import Any
 import torch
 
 from berth_server.adapter_specs import check_adapter_name
+from berth_server.engines.lora_layers import RowLoraLinear, adapt
 from berth_server.engines.lora_weights import AdapterWeights, linear_shapes, read_adapter
 from berth_server.errors import Conflict, InvalidRequest, NotFound
-
-
-class RowLoraLinear(torch.nn.Module):
-    """A Linear plus the per-row LoRA delta of whichever slot each row selects."""
-
-    def __init__(self, base: torch.nn.Linear, bank: LoraBank):
-        super().__init__()
-        self.base = base
-        self.bank = bank
-        width = bank.slots * bank.max_rank
-        self.a_cat = torch.zeros((base.in_features, width), dtype=base.weight.dtype, device=base.weight.device)
-        self.b_cat = torch.zeros((width, base.out_features), dtype=base.weight.dtype, device=base.weight.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus ((x @ A_cat) * row scale) @ B_cat when any row has an adapter."""
-        out = self.base(x)
-        scale = self.bank.row_scale  # [B, 1, S*R] in the model's dtype, set once per forward
-        if scale is None:
-            return out
-        low = x @ self.a_cat
-        low.mul_(scale)
-        return out.add_(low @ self.b_cat)  # four kernels per layer, however many adapters the batch mixes
 
 
 @dataclass
@@ -66,7 +45,10 @@ class LoraBank:
         self.slots = max(1, max_loras)
         self.max_rank = max(1, max_rank)
         self.max_cpu_loras = max(self.slots, max_cpu_loras or 0)
-        self.row_scale: torch.Tensor | None = None  # [rows, 1, slots*max_rank] for the next forward
+        self.row_scale: torch.Tensor | None = None  # [adapted rows, 1, slots*max_rank] for the next forward
+        self.adapted_rows: torch.Tensor | None = None  # their indices in the batch; None: every row
+        self._generation = 0  # registrations so far: an adapter's salt for cached prefixes
+        self._salt: dict[str, str] = {}
         self._shapes = linear_shapes(model)
         self._dtype = next(model.parameters()).dtype
         self._device = next(model.parameters()).device
@@ -90,6 +72,8 @@ class LoraBank:
             if pin and sum(r.pinned for r in self._registered.values()) >= self.slots:
                 raise InvalidRequest(f"adapter '{name}': all {self.slots} LoRA slots are pinned", param="pin")
             self._registered[name] = _Registered(name, src, folder, weights.config.rank, pin)
+            self._generation += 1
+            self._salt[name] = f"{name}#{self._generation}"
             self._keep_on_host(weights)
             if pin and self.acquire(name, claim=False) is None:
                 del self._registered[name]
@@ -111,6 +95,11 @@ class LoraBank:
         """Every registered adapter, for GET /adapters."""
         with self._lock:
             return [self._describe(r) for r in self._registered.values()]
+
+    def salt(self, name: str) -> str:
+        """What cached keys computed under this adapter depend on: its name and registration (a removed and
+        re-registered adapter never reuses the old one's cached prefixes)."""
+        return self._salt.get(name, name)
 
     def check(self, name: str) -> None:
         """Raise NotFound unless the adapter is registered."""
@@ -163,15 +152,20 @@ class LoraBank:
             return any(self._users)
 
     def set_rows(self, slots: list[int | None]) -> None:
-        """The scale vectors of the rows of the next forward (None: base model), shaped [B, 1, S*R]."""
-        if all(s is None for s in slots):
-            self.row_scale = None
+        """The scale vectors of the rows of the next forward that have an adapter (None: base model),
+        shaped [adapted rows, 1, S*R], and those rows' indices (None when every row has one)."""
+        adapted = [row for row, slot in enumerate(slots) if slot is not None]
+        if not adapted:
+            self.row_scale = self.adapted_rows = None
             return
-        scale = torch.zeros((len(slots), 1, self.slots * self.max_rank), dtype=self._dtype)
-        for row, slot in enumerate(slots):
-            if slot is not None:
-                scale[row, 0, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
+        scale = torch.zeros((len(adapted), 1, self.slots * self.max_rank), dtype=self._dtype)
+        for i, row in enumerate(adapted):
+            slot = slots[row]
+            assert slot is not None
+            scale[i, 0, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
         self.row_scale = scale.to(self._device)
+        whole = len(adapted) == len(slots)
+        self.adapted_rows = None if whole else torch.tensor(adapted, dtype=torch.long, device=self._device)
 
     def _free_slot(self) -> int | None:
         used = set(self._slot_of.values())
@@ -207,12 +201,9 @@ class LoraBank:
         self._slot_of[reg.name] = slot
 
     def _layer(self, module: str) -> RowLoraLinear:
-        """The module's RowLoraLinear, swapping it into the model on first use."""
+        """The module's RowLoraLinear, swapping it (and its siblings sharing an input) into the model on first use."""
         layer = self._layers.get(module)
         if layer is None:
-            parent_path, _, attr = module.rpartition(".")
-            parent = self.model.get_submodule(parent_path) if parent_path else self.model
-            layer = RowLoraLinear(getattr(parent, attr), self)
-            setattr(parent, attr, layer)
-            self._layers[module] = layer
+            self._layers.update(adapt(self.model, module, self, self.slots * self.max_rank))
+            layer = self._layers[module]
         return layer

@@ -142,7 +142,7 @@ class TransformersEngine(Engine):
         return info
 
     def _kv_tables(self) -> Any:
-        """The KV block pool, allocated once, sized by BERTH_KV_CACHE_BYTES / BERTH_KV_CACHE_FRACTION."""
+        """The KV block pool, allocated once, sized by BERTH_KV_CACHE_GB, else BERTH_KV_CACHE_FRACTION, else 1 GiB."""
         from berth_server.engines.engine_settings import TransformersSettings
         from berth_server.engines.kv_forward import probe_shapes
         from berth_server.engines.kv_pool import block_bytes, pool_blocks
@@ -153,7 +153,8 @@ class TransformersEngine(Engine):
         size = own.kv_block_size
         # More than every row at full length plus as much again for cached prefixes is never used.
         most = 1 + 2 * self.max_batch_size * -(-self.max_model_len // size)
-        blocks = pool_blocks(block_bytes(shapes, size, self.model.dtype), own.kv_cache_bytes,
+        gb = self.settings.kv_cache_gb
+        blocks = pool_blocks(block_bytes(shapes, size, self.model.dtype), None if gb is None else int(gb * 2**30),
                              own.kv_cache_fraction, self.device, most)
         tables = tables_for(self.model, self.device, blocks, size, own.prefix_caching)
         log.info("KV pool: %d blocks of %d tokens (%.1f MiB)", blocks, size, tables.pool.nbytes / 2**20)

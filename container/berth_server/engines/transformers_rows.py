@@ -34,11 +34,7 @@ class Slot:
     computed: int = 0
     hashes: list[bytes] = field(default_factory=list)
     order: int = 0  # admission order: the newest running row is preempted first
-
-    @property
-    def salt(self) -> str:
-        """What its cached keys depend on besides the tokens: the adapter."""
-        return self.request.adapter or ""
+    salt: str = ""  # what its cached keys depend on besides the tokens: the adapter (LoraBank.salt)
 
     @property
     def pending(self) -> int:

@@ -205,6 +205,7 @@ class BatchScheduler:
             if self.lora is None:
                 raise GenerationFailed(f"adapter '{name}' not found: LoRA is not enabled")
             slot.lora_slot = self.lora.acquire(name)
+            slot.salt = self.lora.salt(name)
             if slot.lora_slot is None and not self.lora.busy():  # no row will ever free a slot: all pinned
                 raise Overloaded(f"adapter '{name}' cannot be loaded: every LoRA slot holds a pinned adapter")
         except Exception as exc:  # noqa: BLE001 - removed meanwhile, or unreadable: this request only
