@@ -79,9 +79,9 @@ def test_pool_preemption_chunks_and_prefix_reuse_stay_exact(family: ArchFamily) 
         assert got == expected
         assert scheduler.preempted > 0
         assert _tokens(_submit(scheduler, "again", prompts[2])) == expected[2]
-        hits = scheduler.prefix_counts()[1]
+        hits = scheduler.tables.pool.hits
         assert _tokens(_submit(scheduler, "again2", prompts[2])) == expected[2]
-        assert scheduler.prefix_counts()[1] - hits == 36  # the repeat reused the 9 blocks of its 40-token prompt
+        assert scheduler.tables.pool.hits - hits == 36  # the repeat reused the 9 blocks of its 40-token prompt
         deadline = time.monotonic() + 10
         while scheduler.counts() != (0, 0) and time.monotonic() < deadline:  # the last row is dropped after its step
             time.sleep(0.01)

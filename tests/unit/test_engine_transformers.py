@@ -309,3 +309,46 @@ def test_the_scheduler_batches_on_its_own(model: Any) -> None:
         scheduler.stop()
     with pytest.raises(BerthError):
         scheduler.submit(Slot(request=_req("late", PROMPTS[0]), emit=print, stop_ids=frozenset()))
+
+
+def test_repeated_prompts_reuse_cached_blocks_and_pins_hold_them(tiny_dir: Path, model: Any) -> None:
+    """A prompt seen before is not recomputed (the engine's prefix counters say so), the answer is unchanged;
+    blocks pinned under a key stay cached when other prompts need the whole pool, until unpinned."""
+    import time
+
+    from berth_server.engines.kv_forward import probe_shapes
+    from berth_server.engines.kv_pool import block_bytes
+
+    config = ModelLaunchConfig(uid="tiny", source=str(tiny_dir), model_name="tiny")
+    per_block = block_bytes(probe_shapes(model, torch.device("cpu")), 4, model.dtype)
+    # 13 blocks of 4 tokens (12 usable: 48 tokens), one request at a time.
+    engine = TransformersEngine(tiny_dir, config, Settings(device="cpu", max_batch_size=1,
+                                                           kv_cache_gb=13.5 * per_block / 2**30))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BERTH_KV_BLOCK_SIZE", "4")
+        _run(engine.start())
+    try:
+        tables = engine.scheduler.tables
+        assert tables.pool.num_blocks == 13
+        prompt = list(range(10, 31))  # 5 full blocks and a token (no pad id: generate would mask it)
+        expected = _reference(model, prompt, 3)
+
+        def ask(p: list[int], rid: str) -> list[int]:
+            return _ids(_run(_collect(engine, _req(rid, p, n=3))))
+
+        assert ask(prompt, "p1") == expected
+        assert engine.prefix_counts() == (21, 0)
+        assert ask(prompt, "p2") == expected
+        assert engine.prefix_counts() == (42, 20)
+        engine.pin_prefix("session", prompt)
+        deadline = time.monotonic() + 10
+        while tables.pool.available() != 7 and time.monotonic() < deadline:  # pinned on the batching thread
+            time.sleep(0.01)
+        assert tables.pool.available() == 7  # 5 pinned blocks of 12
+        other = list(range(200, 224))  # 24 tokens + 3 new: all 7 unpinned blocks, so the LRU is emptied
+        assert ask(other, "o1") == _reference(model, other, 3)
+        assert ask(prompt, "p3") == expected
+        assert engine.prefix_counts()[1] == 20 + 20  # the pinned prompt was still there
+        engine.unpin_prefix("session")
+    finally:
+        _run(engine.shutdown())

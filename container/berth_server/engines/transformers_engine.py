@@ -163,15 +163,19 @@ class TransformersEngine(Engine):
     def pin_prefix(self, key: str, tokens: list[int], adapter: str | None = None) -> None:
         """Keep the cached blocks of these tokens (a session's conversation so far) under key, until
         unpin_prefix(key): they are never evicted meanwhile."""
-        self.scheduler.pin(key, tokens, adapter or "")
+        salt = self.lora.salt(adapter) if adapter else ""
+        self.scheduler.with_pool(lambda tables: tables.pin(key, list(tokens), salt))
 
     def unpin_prefix(self, key: str) -> None:
         """Let go of the blocks pinned under key."""
-        self.scheduler.unpin(key)
+        self.scheduler.with_pool(lambda tables: tables.unpin(key))
 
     def prefix_counts(self) -> tuple[int, int]:
         """(prompt tokens looked up in the prefix cache, tokens found) so far."""
-        return (0, 0) if self.scheduler is None else self.scheduler.prefix_counts()
+        if self.scheduler is None:
+            return (0, 0)
+        pool = self.scheduler.tables.pool
+        return pool.queries, pool.hits
 
     # ---- requests ------------------------------------------------------------------------------
 

@@ -102,22 +102,11 @@ class BatchScheduler:
         with self._cond:
             return len(self._running), len(self._waiting)
 
-    def pin(self, key: str, tokens: list[int], salt: str) -> None:
-        """Pin the cached blocks of these tokens under key (done by the batching thread, which owns the pool)."""
+    def with_pool(self, op: Callable[[BlockTables], Any]) -> None:
+        """Run op on the block tables from the batching thread, which owns the pool (pins from sessions)."""
         with self._cond:
-            self._pool_ops.append(lambda: self.tables.pin(key, tokens, salt))
+            self._pool_ops.append(lambda: op(self.tables))
             self._cond.notify()
-
-    def unpin(self, key: str) -> None:
-        """Let go of what key pins (on the batching thread)."""
-        with self._cond:
-            self._pool_ops.append(lambda: self.tables.unpin(key))
-            self._cond.notify()
-
-    def prefix_counts(self) -> tuple[int, int]:
-        """Prompt tokens looked up in the prefix cache and tokens found there (cumulative)."""
-        pool = self.tables.pool
-        return pool.queries, pool.hits
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the thread, then end every request still known with an error."""
