@@ -350,5 +350,13 @@ def test_repeated_prompts_reuse_cached_blocks_and_pins_hold_them(tiny_dir: Path,
         assert ask(prompt, "p3") == expected
         assert engine.prefix_counts()[1] == 20 + 20  # the pinned prompt was still there
         engine.unpin_prefix("session")
+        # A SageMaker session's turn keeps its conversation pinned until the session closes.
+        assert _ids(_run(_collect(engine, _req("s1", prompt, n=3, session_id="abc")))) == expected
+        assert engine.pinned_sessions() == 1
+        _run(engine.close_session("abc"))
+        deadline = time.monotonic() + 10
+        while engine.pinned_sessions() and time.monotonic() < deadline:  # unpinned on the batching thread
+            time.sleep(0.01)
+        assert engine.pinned_sessions() == 0
     finally:
         _run(engine.shutdown())

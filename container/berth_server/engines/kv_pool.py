@@ -147,6 +147,10 @@ class KVPool:
         self.unpin(key)
         self._pins[key] = list(blocks)
 
+    def pinned_keys(self) -> list[str]:
+        """The keys holding blocks now."""
+        return list(self._pins)
+
     def unpin(self, key: str) -> None:
         """Let go of the blocks pinned under key (they stay cached while nobody needs the room)."""
         self.release(self._pins.pop(key, []))

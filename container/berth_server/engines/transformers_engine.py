@@ -170,6 +170,17 @@ class TransformersEngine(Engine):
         """Let go of the blocks pinned under key."""
         self.scheduler.with_pool(lambda tables: tables.unpin(key))
 
+    async def close_session(self, session_id: str) -> None:
+        """Let go of the blocks a closed or expired session's conversation kept cached."""
+        if self.scheduler is not None:
+            self.unpin_prefix(f"session:{session_id}")
+
+    def pinned_sessions(self) -> int:
+        """Sessions whose conversation the pool keeps now."""
+        if self.scheduler is None:
+            return 0
+        return sum(key.startswith("session:") for key in self.scheduler.tables.pool.pinned_keys())
+
     def prefix_counts(self) -> tuple[int, int]:
         """(prompt tokens looked up in the prefix cache, tokens found) so far."""
         if self.scheduler is None:

@@ -303,6 +303,9 @@ class BatchScheduler:
     def _finish(self, slot: Slot, item: EngineStep | BaseException) -> None:
         """Emit the last item of a request and forget it (the lock is reentrant: callers may hold it)."""
         slot.finish = item.finish if isinstance(item, EngineStep) and item.finish else "abort"
+        if slot.request.session_id and slot.computed and slot.finish != "abort":
+            # A SageMaker session's conversation so far stays cached for its next turn (until close_session).
+            self.tables.pin(f"session:{slot.request.session_id}", slot.tokens[:slot.computed], slot.salt)
         if slot.lora_slot is not None and self.lora is not None:
             self.lora.release(slot.lora_slot)
             slot.lora_slot = None

@@ -278,7 +278,6 @@ class ModelServer:
                               finished_total=c.finished_total,
                               open_sessions=len(self.sessions) if self.sessions is not None else 0,
                               pinned_sessions=self.engine.pinned_sessions() if self.engine is not None else 0,
-
                               prefix_cache_queries_total=prefix[0] if prefix else None,
                               prefix_cache_hits_total=prefix[1] if prefix else None)
 
