@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,39 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Models made locally are cached here between runs (gitignored).
 TEST_MODEL_CACHE = REPO / ".berth-home" / "test-models"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each pytest-xdist worker its own cores (`make test` runs two): the servers it starts inherit
+    them, and Berth's engines size their threads by their affinity (engines/cpus.py). Two workers' servers
+    each spinning OpenMP or llama.cpp threads on the same two cores would slow each other many times over.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < count:  # fewer cores than workers: they share them all
+        return
+    own = cpus[int(worker.removeprefix("gw")) % count::count]
+    os.sched_setaffinity(0, own)
+    os.environ["OMP_NUM_THREADS"] = str(len(own))  # torch in this process (references) and its children
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(len(own))
+
+
+# The longest test files (minutes each on this 2-core machine), started first so that no worker is left
+# running one alone at the end; the rest keep pytest's order. A guess from `--durations`, not a contract.
+LONGEST_FIRST = ("test_arch_coverage", "test_structured_output", "test_ray_cluster", "test_openapi_fuzz",
+                 "test_llamacpp_gguf", "test_lora_adapters", "test_hardening", "test_kv_pool_arch",
+                 "test_audio_api", "test_sagemaker_sessions", "test_replicas", "test_web_ui")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the longest files first (`make test` hands whole files to two workers in this order)."""
+    def rank(item: pytest.Item) -> int:
+        module = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)
 
 
 @contextmanager

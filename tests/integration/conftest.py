@@ -32,10 +32,10 @@ SERVE = REPO / "serve"
 MODEL_CACHE = REPO / ".berth-home" / "test-models"
 STARTUP_TIMEOUT_S = 180.0
 
-# vLLM on this CPU (FINDINGS.md): 1 GiB KV cache, both cores, eager mode is Berth's CPU default.
+# vLLM on this CPU (FINDINGS.md): 1 GiB KV cache, no core reserved, eager mode is Berth's CPU default;
+# its OpenMP threads bind to the cores the server may use (the engine's default: its affinity).
 VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
 }
 

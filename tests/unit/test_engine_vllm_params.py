@@ -72,7 +72,7 @@ def test_settings_map_to_engine_args(tmp_path: Path) -> None:
                                                                context_length=256), Settings(), cpu=True,
                                 vllm=VllmSettings())
     assert cpu["enforce_eager"] and cpu["max_model_len"] == 256 and "kv_cache_memory_bytes" not in cpu
-    env = vllm_params.cpu_environment(Settings(kv_cache_gb=2), cpu_count=2)
+    env = vllm_params.cpu_environment(Settings(kv_cache_gb=2), cpus=[0, 1])
     assert env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 

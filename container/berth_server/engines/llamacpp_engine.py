@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import os
 import secrets
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from typing import Any
 from berth_server import errors
 from berth_server.engines import llamacpp_params
 from berth_server.engines.base import Engine, EngineFinish, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.cpus import usable_cpus
 from berth_server.engines.facts import LLAMA_CPP
 from berth_server.engines.llamacpp_sessions import SessionSlots
 from berth_server.engines.llamacpp_tokens import TokenBytes
@@ -104,7 +104,7 @@ class LlamaCppEngine(Engine):
             raise errors.InvalidRequest(f"no .gguf file at {str(self.model_path)!r}", param="model")
         facts = await asyncio.to_thread(llamacpp_params.read_gguf_facts, path)
         on_gpu = self.settings.device not in ("cpu",) and _gpu_visible()
-        options = llamacpp_params.server_options(path, facts, self.config, self.settings, os.cpu_count() or 1,
+        options = llamacpp_params.server_options(path, facts, self.config, self.settings, len(usable_cpus()),
                                                  on_gpu)
         log.info("starting llama.cpp on %s: %s", path.name, options)
         self._server = await asyncio.to_thread(self._create_server, options)

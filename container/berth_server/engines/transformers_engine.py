@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from berth_server.checkpoint import capped_length
 from berth_server.engines.base import Engine, EngineLoadInfo, EngineRequest, EngineStep
+from berth_server.engines.cpus import usable_cpus
 from berth_server.engines.facts import TRANSFORMERS
 from berth_server.errors import GenerationFailed, InvalidRequest, NotFound
 from berth_server.launch_config import ModelLaunchConfig
@@ -288,7 +288,7 @@ def _cpu_threads(requested: object) -> int:
     """
     if requested:
         return max(1, int(str(requested)))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(usable_cpus())
 
 
 def _gguf_file(path: Path) -> Path | None:

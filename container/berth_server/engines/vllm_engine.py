@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from berth_server.engines.base import (
     EngineRequest,
     EngineStep,
 )
+from berth_server.engines.cpus import usable_cpus
 from berth_server.engines.facts import VLLM
 from berth_server.engines.stderr_tail import StderrTail
 from berth_server.engines.vllm_lora import VllmAdapters, lora_kwargs, lora_wanted
@@ -64,7 +64,7 @@ class VllmEngine(Engine):
         cpu = vllm_params.on_cpu(self.settings)
         if cpu:
             # vLLM reads these from the environment itself, in the engine-core process it spawns.
-            export_defaults(vllm_params.cpu_environment(self.settings, os.cpu_count() or 1))
+            export_defaults(vllm_params.cpu_environment(self.settings, usable_cpus()))
         kwargs = vllm_params.engine_kwargs(self.model_dir, self.config, self.settings, cpu)
         if self._adapters.enabled:
             kwargs = {**lora_kwargs(self.settings), **kwargs}  # SM_VLLM_* pass-through values win

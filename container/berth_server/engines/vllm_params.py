@@ -20,6 +20,7 @@ from berth_server import errors
 from berth_server.canonical import Constraint
 from berth_server.checkpoint import capped_length, checkpoint_dtype
 from berth_server.engines.base import EngineRequest
+from berth_server.engines.cpus import cpu_list
 from berth_server.engines.engine_settings import VllmSettings
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings, SettingsError, parse_bool
@@ -272,12 +273,12 @@ def _engine_args_class() -> Any:
     return AsyncEngineArgs
 
 
-def cpu_environment(settings: Settings, cpu_count: int) -> dict[str, str]:
+def cpu_environment(settings: Settings, cpus: list[int]) -> dict[str, str]:
     """The VLLM_CPU_* defaults for vLLM on a CPU (the engine sets those the user did not)."""
     return {
         # vLLM sizes its CPU KV cache from this variable only; it sees one NUMA node (FINDINGS.md).
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(settings.kv_cache_gb or 1))),
-        # Bind OpenMP to every core and reserve none, or vLLM leaves one of two cores idle.
-        "VLLM_CPU_OMP_THREADS_BIND": f"0-{max(0, cpu_count - 1)}",
+        # Bind OpenMP to every core this process may use and reserve none, or vLLM leaves one of two cores idle.
+        "VLLM_CPU_OMP_THREADS_BIND": cpu_list(cpus),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
