@@ -313,3 +313,40 @@ def _try_out_audio(page: Any, speech: bytes, expect: Any) -> None:
         assert page.berth_errors == []  # type: ignore[attr-defined]
     finally:
         page.context.close()
+
+
+def test_live_audio_over_the_bidirectional_stream(server: RunningServer, voice: Any) -> None:
+    """SageMaker's bidirectional stream: PCM in binary frames, transcript deltas back while the audio is open."""
+    import asyncio
+
+    import websockets
+
+    rate, pcm = 16000, b""
+    for sentence in ("Good morning.", "We will go to the beach today.", "The weather is warm and sunny."):
+        # a second of silence after each sentence: the pauses a speaker makes, where segments end
+        pcm += pcm_of(transcode(piper_wav(voice, sentence), "wav", "pcm_s16le", rate))[1] + bytes(2 * rate)
+    url = server.url("/invocations-bidirectional-stream").replace("http://", "ws://", 1)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"id": "mic", "audio": "start", "model": "joe"}))  # a voice cannot listen
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            await ws.send(json.dumps({"id": "mic", "audio": "start", "sample_rate": rate}))
+            for start in range(0, len(pcm), rate // 2):  # half a second per frame, as a microphone sends
+                await ws.send(pcm[start:start + rate // 2])
+            early = [json.loads(await asyncio.wait_for(ws.recv(), 120))]  # before the audio ends
+            await ws.send(json.dumps({"id": "mic", "audio": "end"}))
+            frames = list(early)
+            while not frames[-1].get("done"):
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+        return early, frames, refused
+
+    early, frames, refused = asyncio.run(scenario())
+    assert refused["id"] == "mic" and refused["status"] == 422 and "recognise speech" in json.dumps(refused)  # as /invocations
+    assert early[0]["event"]["type"] == "transcript.text.delta"  # a segment was final while the audio was open
+    events = [frame["event"] for frame in frames if "event" in frame]
+    deltas = [event["delta"] for event in events if event["type"] == "transcript.text.delta"]
+    assert events[-1]["type"] == "transcript.text.done" and frames[-1] == {"id": "mic", "done": True, "status": 200}
+    assert "".join(deltas) == events[-1]["text"]
+    text = events[-1]["text"].lower()
+    assert all(word in text for word in ("morning", "beach", "weather", "sunny")), text
