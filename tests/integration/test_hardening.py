@@ -91,7 +91,7 @@ def test_refused_launch_keys_are_named(berth_server: RunningServer, tiny_model: 
 
 
 def _model_pid(server: RunningServer) -> int:
-    matches = re.findall(r"model \S+: process (\d+) started", server.logs())
+    matches = re.findall(r"model \S+: (?:replica \d+: )?process (\d+) started", server.logs())
     assert matches, server.logs()
     return int(matches[-1])
 

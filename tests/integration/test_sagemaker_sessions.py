@@ -67,8 +67,8 @@ def new_session(server: RunningServer) -> str:
 
 def gauge(server: RunningServer, name: str) -> float:
     text = httpx.get(server.url("/metrics"), timeout=30).text
-    match = re.search(rf'^{name}\{{model="{UID}"\}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    values = re.findall(rf'^{name}\{{model="{UID}"(?:,replica="\d+")?\}} (\S+)$', text, re.MULTILINE)
+    return sum(float(v) for v in values)  # over the model's replicas
 
 
 def chat(messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(1200)
 MAX_NEW = 24
 # The README promises answers "in seconds". Generous: the README's /invocations call samples with no max_tokens, so its length varies, and CI
 # machines are shared; speed itself is measured under bench/, not here.
-README_TIMEOUT_S = 120.0
+README_TIMEOUT_S = 300.0
 QUESTIONS = (
     "What is the capital of France?",
     "Name three primary colors.",
