@@ -20,7 +20,8 @@ def ws_url(server: RunningServer) -> str:
     return server.url(WS_PATH).replace("http://", "ws://", 1)
 
 
-async def _frames_until_done(ws: Any, ids: set[Any]) -> dict[Any, list[dict[str, Any]]]:
+async def frames_until_done(ws: Any, ids: set[Any]) -> dict[Any, list[dict[str, Any]]]:
+    """Every frame of the requests `ids`, each list up to its last ("done") frame."""
     frames: dict[Any, list[dict[str, Any]]] = {i: [] for i in ids}
     done: set[Any] = set()
     while done != ids:
@@ -46,7 +47,7 @@ def test_two_requests_on_one_connection_stream_back_tagged(berth_server: Running
             await ws.send(json.dumps({"id": "tgi", **tgi}))
             await ws.send(json.dumps({"id": 2, **chat}))
             await asyncio.wait_for(await ws.ping(), 10)  # answered while both run
-            frames = await _frames_until_done(ws, {"tgi", 2})
+            frames = await frames_until_done(ws, {"tgi", 2})
         assert frames["tgi"][-1] == {"id": "tgi", "done": True, "status": 200}
         assert frames[2][-1] == {"id": 2, "done": True, "status": 200}
         tgi_events = [f["event"] for f in frames["tgi"] if "event" in f]

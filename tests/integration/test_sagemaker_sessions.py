@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.conftest import RunningServer, launch_serve
 from tests.integration.hang_up import assert_hang_up_aborts
+from tests.integration.test_bidi_stream import frames_until_done
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp is not installed")
 UID = "smollm2-gguf"
@@ -194,17 +195,6 @@ def ws_url(server: RunningServer) -> str:
     return server.base_url.replace("http://", "ws://") + WS_PATH
 
 
-async def _collect(ws: Any, ids: set[Any]) -> dict[Any, list[dict[str, Any]]]:
-    frames: dict[Any, list[dict[str, Any]]] = {i: [] for i in ids}
-    done: set[Any] = set()
-    while done != ids:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
-        frames[frame["id"]].append(frame)
-        if frame.get("done"):
-            done.add(frame["id"])
-    return frames
-
-
 def test_bidirectional_stream(server: RunningServer) -> None:
     import websockets
     from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -220,7 +210,7 @@ def test_bidirectional_stream(server: RunningServer) -> None:
             await ws.send(json.dumps({"id": 7, **tgi_body}))
             pong = await ws.ping()
             await asyncio.wait_for(pong, 10)  # answered while both requests run
-            frames = await _collect(ws, {"chat", 7})
+            frames = await frames_until_done(ws, {"chat", 7})
             assert time.perf_counter() - started < 120
             chat_text = "".join(f["event"]["choices"][0]["delta"].get("content") or ""
                                 for f in frames["chat"] if "event" in f)
@@ -235,7 +225,7 @@ def test_bidirectional_stream(server: RunningServer) -> None:
             refused = json.loads(await ws.recv())
             assert refused["id"] == "q" and refused["status"] == 422 and refused["done"]
             await ws.send(json.dumps({"id": "whole", **chat(question, max_tokens=8), "stream": False}))
-            whole = await _collect(ws, {"whole"})
+            whole = await frames_until_done(ws, {"whole"})
             assert whole["whole"][0]["body"]["choices"][0]["message"]["content"] == chat_text  # greedy, folded
             await ws.send(b"\x00\x01")  # binary frames are reserved for audio
             with pytest.raises(ConnectionClosedError):
