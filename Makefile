@@ -8,8 +8,10 @@ STAMP := $(VENV)/.berth-installed
 PORT ?= 8080
 IMAGE ?= berth:cpu
 # pytest-xdist workers for `make test`: a model load is mostly single-threaded imports, so two workers
-# keep both cores busy; each worker has its own core (tests/conftest.py). The tests of each shared engine
-# server run on one worker, and every other file whole on one (its servers start once), longest first.
+# keep both cores busy; each worker has its own core (tests/conftest.py); each test file runs whole on one
+# worker (its module-scoped servers start once), the longest files first. (A worker restarts the shared
+# engine servers when its next file needs another engine's: --dist loadgroup would keep them, but its
+# xdist_group marks are not honoured with this pytest here.)
 TEST_WORKERS ?= 2
 
 .PHONY: venv run test test-unit test-integration test-vllm bench bench-real bench-llamacpp fuzz soak lint clean image test-image test-image-run chromium
@@ -39,7 +41,7 @@ run: venv
 	HF_MODEL_ID=$${HF_MODEL_ID:-demo://smollm2} PORT=$(PORT) $(VENV)/bin/python ./serve
 
 test: venv lint chromium
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25 tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # The web UI's browser tests drive Debian's chromium: Playwright cannot download its own browsers here.
 chromium:

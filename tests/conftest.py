@@ -40,29 +40,13 @@ def pytest_configure(config: pytest.Config) -> None:
 LONGEST_FIRST = ("test_arch_coverage", "test_structured_output", "test_ray_cluster", "test_openapi_fuzz",
                  "test_llamacpp_gguf", "test_lora_adapters", "test_hardening", "test_kv_pool_arch",
                  "test_audio_api", "test_sagemaker_sessions", "test_replicas", "test_web_ui")
-# The session-wide servers, one per engine (tests/integration/conftest.py). pytest keeps one instance of a
-# parametrized session fixture alive and orders the tests so each engine's server starts once; a worker
-# that received test files one by one would restart them for every file (a vLLM start is ~30 s).
-SHARED_SERVERS = ("berth_server", "smollm2_server")
 
 
-def _xdist_group(item: pytest.Item) -> str:
-    """The tests of one shared engine server run on one worker; any other test runs with its file."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    engine = next((params[name] for name in SHARED_SERVERS if name in params), None)
-    return f"{engine}-servers" if engine else Path(str(item.fspath)).stem
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for `make test`'s workers (--dist loadgroup) and put the longest groups first."""
+    """Put the longest files first (`make test` hands whole files to two workers in this order)."""
     def rank(item: pytest.Item) -> int:
-        group = _xdist_group(item)
-        if group.endswith("-servers"):
-            return -1
-        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+        module = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
     items.sort(key=rank)
 
 
