@@ -8,7 +8,6 @@ client/replica_router.py (fewest in flight; a request's adapter or session prefe
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -23,10 +22,11 @@ from gevent.queue import Empty
 from berth_server import ipc
 from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
+from berth_server.client.media_events import media_events
 from berth_server.client.replica_router import ReplicaRouter, preference_key
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.curve_keys import CurveClient, read_client_keys
-from berth_server.errors import BerthError, GenerationFailed, ModelTimeout, NotFound, NotReady, from_record
+from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_record
 from berth_server.launch_config import ModelDescription
 from berth_server.model_table import TableReader, table_path
 from berth_server.replicas import ready_replicas
@@ -206,7 +206,7 @@ class Gateway:
             client.unregister(message.request_id)
             raise
         timeout_s = self.settings.request_timeout_s or self.event_timeout_s
-        return _media_events(client, queue, message.request_id, last, timeout_s, uid)
+        return media_events(client, queue, message.request_id, last, timeout_s, uid)
 
     def stats(self, uid: str, timeout_s: float = 2.0, replica: int | None = None) -> ipc.ModelStats:
         """A model process's counters (for /metrics; short timeout so a stuck model cannot hang a scrape)."""
@@ -328,27 +328,3 @@ class Gateway:
             client.close()
         self._clients = {}
 
-
-def _media_events(client: ModelClient, queue: Any, request_id: str, last: tuple[type, ...], timeout_s: float,
-                  uid: str) -> Iterator[Any]:
-    finished = False
-    try:
-        while True:
-            try:
-                event = queue.get(timeout=timeout_s)
-            except Empty:
-                raise ModelTimeout(f"model '{uid}' did not answer within {timeout_s:.0f} s") from None
-            if isinstance(event, Failure):
-                finished = True
-                raise from_record(event)
-            if not hasattr(event, "request_id"):  # the connection closed (a sentinel in the queue)
-                raise GenerationFailed(f"model '{uid}' went away during the request")
-            yield event
-            if isinstance(event, last):
-                finished = True
-                return
-    finally:
-        client.unregister(request_id)
-        if not finished:
-            with contextlib.suppress(BerthError):
-                client.send(ipc.Abort(request_id=request_id))
