@@ -260,57 +260,82 @@ def tiny_rerank_model() -> Path:
     return _build("tiny-rerank")
 
 
-@pytest.fixture(scope="session", params=available_engines())
-def berth_server(request: pytest.FixtureRequest, tiny_model: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The shared server on the tiny model, once per engine."""
-    engine = request.param
-    if external_base_url():
-        yield ExternalServer(external_base_url(), engine)  # type: ignore[misc]  # duck-typed RunningServer
-        return
-    # llama.cpp serves GGUF files: the same tiny model, written as one.
-    model = request.getfixturevalue("tiny_model_gguf") if engine == "llama.cpp" else tiny_model
-    server = launch_serve(model, tmp_path_factory.mktemp(f"berth-{engine.replace('.', '')}"), engine=engine,
-                          env={"BERTH_MODEL_UID": "tiny"})
-    yield server
-    server.stop()
+class ServerPool:
+    """Shared servers by engine, each started on first use and kept until `stop_all` (the session's end).
+
+    Kept for the whole session rather than per fixture parameter: pytest tears a parametrized session
+    fixture down whenever the next test wants another engine, and with whole files handed to each
+    worker that restarted the vLLM server (most of a minute) at nearly every file.
+    """
+
+    def __init__(self, launch: Callable[[str], RunningServer]) -> None:
+        self._launch = launch
+        self._started: dict[str, RunningServer] = {}
+        self._failed: dict[str, ServerDidNotStart] = {}  # a failed start is not tried again by the next test
+
+    def __call__(self, engine: str) -> RunningServer:
+        if engine in self._failed:
+            raise self._failed[engine]
+        if engine not in self._started:
+            try:
+                self._started[engine] = self._launch(engine)
+            except ServerDidNotStart as exc:
+                self._failed[engine] = exc
+                raise
+        return self._started[engine]
+
+    def stop_all(self) -> None:
+        for server in self._started.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def smollm2_servers(smollm2_model: Path,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], RunningServer]]:
-    """The shared SmolLM2 servers (uid "smollm2"), by engine, started on first use, as `make run` starts them.
+def tiny_servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Iterator[ServerPool]:
+    """The shared servers on the tiny model (uid "tiny"), by engine."""
+    def launch(engine: str) -> RunningServer:
+        # llama.cpp serves GGUF files: the same tiny model, written as one.
+        model = request.getfixturevalue("tiny_model_gguf") if engine == "llama.cpp" else tiny_model
+        home = tmp_path_factory.mktemp(f"berth-{engine.replace('.', '')}")
+        return launch_serve(model, home, engine=engine, env={"BERTH_MODEL_UID": "tiny"})
+
+    pool = ServerPool(launch)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="session", params=available_engines())
+def berth_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The shared server on the tiny model, once per engine (see tiny_servers)."""
+    if external_base_url():
+        return ExternalServer(external_base_url(), request.param)  # type: ignore[return-value]  # duck-typed
+    pool: ServerPool = request.getfixturevalue("tiny_servers")
+    return pool(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2_servers(smollm2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    """The shared SmolLM2 servers (uid "smollm2"), by engine, as `make run` starts them.
 
     `demo://smollm2`, no DTYPE. Every test that needs the real model and no special settings uses
     these (a new server costs a model load: on vLLM, most of a minute). On vLLM the engine is `auto`,
     as in `make run` with vllm installed; the demo checkpoint is the one already made (linked into
     the server's home), so nothing is dequantized twice.
     """
-    started: dict[str, RunningServer] = {}
-    failed: dict[str, ServerDidNotStart] = {}  # a start that failed is not tried again by the next test
+    def launch(engine: str) -> RunningServer:
+        home = tmp_path_factory.mktemp(f"smollm2-{engine}")
+        (home / "demo-models").mkdir()
+        (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
+        env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if engine == "vllm" else {})
+        return launch_serve("demo://smollm2", home, engine=engine, env=env)
 
-    def server_for(engine: str) -> RunningServer:
-        if engine in failed:
-            raise failed[engine]
-        if engine not in started:
-            home = tmp_path_factory.mktemp(f"smollm2-{engine}")
-            (home / "demo-models").mkdir()
-            (home / "demo-models" / "smollm2").symlink_to(smollm2_model)
-            env = {"BERTH_MODEL_UID": "smollm2"} | ({"BERTH_ENGINE": "auto"} if engine == "vllm" else {})
-            try:
-                started[engine] = launch_serve("demo://smollm2", home, engine=engine, env=env)
-            except ServerDidNotStart as exc:
-                failed[engine] = exc
-                raise
-        return started[engine]
-
-    yield server_for
-    for server in started.values():
-        server.stop()
+    pool = ServerPool(launch)
+    yield pool
+    pool.stop_all()
 
 
 @pytest.fixture(scope="session", params=checkpoint_engines())
-def smollm2_server(request: pytest.FixtureRequest, smollm2_servers: Callable[[str], RunningServer]) -> RunningServer:
+def smollm2_server(request: pytest.FixtureRequest, smollm2_servers: ServerPool) -> RunningServer:
     """The shared SmolLM2 server on each checkpoint engine (see smollm2_servers)."""
     return smollm2_servers(request.param)
 
