@@ -10,7 +10,8 @@ from berth_server.canonical import SamplingParams
 from berth_server.engines import llamacpp_params
 from berth_server.engines.base import EngineRequest
 from berth_server.engines.engine_settings import LlamaCppSettings, check_engine_settings
-from berth_server.engines.llamacpp_engine import LlamaCppEngine, gguf_path
+from berth_server.engines.llamacpp_engine import LlamaCppEngine
+from berth_server.engines.llamacpp_params import gguf_path
 from berth_server.engines.llamacpp_tokens import TokenBytes, piece_bytes
 from berth_server.errors import GenerationFailed, InvalidRequest
 from berth_server.launch_config import ModelLaunchConfig

@@ -36,16 +36,6 @@ _DONE = object()
 _ABORT = object()
 
 
-def gguf_path(model_path: Path) -> Path | None:
-    """The .gguf file to serve: the path itself, or the only .gguf file in a directory."""
-    if model_path.is_file():
-        return model_path if model_path.suffix.lower() == ".gguf" else None
-    if model_path.is_dir():
-        found = sorted(model_path.glob("*.gguf"))
-        return found[0] if len(found) == 1 else None
-    return None
-
-
 @dataclass(eq=False)
 class _Running:
     """One request inside llama.cpp: the queue its chunks land in and whether to stop it."""
@@ -93,17 +83,17 @@ class LlamaCppEngine(Engine):
             return "xllamacpp is not installed (pip install 'berth[llamacpp]')"
         if config.model_type != "LLM":
             return f"Berth serves only LLM models on llama.cpp (this one is {config.model_type})"
-        if gguf_path(Path(model_dir)) is None:
+        if llamacpp_params.gguf_path(Path(model_dir)) is None:
             return f"it serves GGUF weights only, and {model_dir} is not a .gguf file"
         return None
 
     async def start(self) -> EngineLoadInfo:
         """Read the GGUF header, start llama.cpp's server in-process (a load thread) and report its shape."""
-        path = gguf_path(self.model_path)
+        path = llamacpp_params.gguf_path(self.model_path)
         if path is None:
             raise errors.InvalidRequest(f"no .gguf file at {str(self.model_path)!r}", param="model")
         facts = await asyncio.to_thread(llamacpp_params.read_gguf_facts, path)
-        on_gpu = self.settings.device not in ("cpu",) and _gpu_visible()
+        on_gpu = self.settings.device not in ("cpu",) and llamacpp_params.gpu_visible()
         options = llamacpp_params.server_options(path, facts, self.config, self.settings, len(usable_cpus()),
                                                  on_gpu)
         log.info("starting llama.cpp on %s: %s", path.name, options)
@@ -115,7 +105,7 @@ class LlamaCppEngine(Engine):
         self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_requests + 2,
                                         thread_name_prefix="llamacpp")
         return EngineLoadInfo(
-            engine=self.name, device="gpu" if options.n_gpu_layers else "cpu", dtype=_file_type(path),
+            engine=self.name, device="gpu" if options.n_gpu_layers else "cpu", dtype=facts.file_type,
             max_model_len=options.slot_context, max_batch_size=options.n_parallel,
             extra={"threads": options.threads, "n_ctx": options.n_ctx, "architecture": facts.architecture},
         )
@@ -231,7 +221,7 @@ class LlamaCppEngine(Engine):
         if missing <= 0:
             return []
         if self._token_bytes is None:
-            self._token_bytes = TokenBytes.from_gguf(gguf_path(self.model_path) or self.model_path)
+            self._token_bytes = TokenBytes.from_gguf(llamacpp_params.gguf_path(self.model_path) or self.model_path)
         found = self._token_bytes.recover(reported, sent, missing)
         if found is None:
             raise errors.GenerationFailed(f"cannot recover the ids of {missing} tokens llama.cpp merged into {sent!r}")
@@ -294,29 +284,6 @@ def _log_failure(job: Any) -> None:
     with contextlib.suppress(Exception):
         if job.exception() is not None:
             log.warning("llama.cpp request thread failed: %s", job.exception())
-
-
-def _file_type(path: Path) -> str:
-    """The GGUF file's quantization (general.file_type), e.g. 'q4_1'."""
-    try:
-        from gguf import GGUFReader, LlamaFileType
-
-        field = GGUFReader(str(path), "r").fields.get("general.file_type")
-        if field is not None:
-            return LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").lower()
-    except Exception as exc:  # noqa: BLE001 - only a label
-        log.debug("no file type in %s: %s", path, exc)
-    return "gguf"
-
-
-def _gpu_visible() -> bool:
-    """Whether llama.cpp sees a GPU device (xllamacpp's device list)."""
-    try:
-        import xllamacpp
-
-        return any(str(d.get("type", "")).upper().endswith("GPU") for d in xllamacpp.get_device_info())
-    except Exception:  # noqa: BLE001 - no GPU info means CPU
-        return False
 
 
 async def _chained(first: EngineStep, rest: AsyncIterator[EngineStep]) -> AsyncIterator[EngineStep]:

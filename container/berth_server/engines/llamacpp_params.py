@@ -41,6 +41,7 @@ class GgufFacts:
     n_head_kv: int
     head_dim: int
     n_vocab: int
+    file_type: str = "gguf"  # the quantization (general.file_type), e.g. 'q4_1'
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -76,12 +77,43 @@ def read_gguf_facts(path: Path) -> GgufFacts:
             path=path, architecture=arch,
             context_length=int(_scalar(reader, f"{arch}.context_length") or 2048),
             n_layer=int(_scalar(reader, f"{arch}.block_count") or 1), n_head_kv=n_head_kv, head_dim=head_dim,
-            n_vocab=len(tokens.data) if tokens is not None else 0,
+            n_vocab=len(tokens.data) if tokens is not None else 0, file_type=_file_type(reader),
         )
     except errors.BerthError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt files fail in many ways inside gguf
         raise errors.InvalidRequest(f"cannot read the GGUF file {str(path)!r}: {exc}", param="model") from None
+
+
+def _file_type(reader: Any) -> str:
+    """The file's quantization label (general.file_type as gguf's LlamaFileType name), 'gguf' when unknown."""
+    from gguf import LlamaFileType
+
+    code = _scalar(reader, "general.file_type")
+    try:
+        return LlamaFileType(int(code)).name.removeprefix("MOSTLY_").lower()
+    except (TypeError, ValueError):
+        return "gguf"
+
+
+def gguf_path(model_path: Path) -> Path | None:
+    """The .gguf file to serve: the path itself, or the only .gguf file in a directory."""
+    if model_path.is_file():
+        return model_path if model_path.suffix.lower() == ".gguf" else None
+    if model_path.is_dir():
+        found = sorted(model_path.glob("*.gguf"))
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def gpu_visible() -> bool:
+    """Whether llama.cpp sees a GPU device (xllamacpp's device list)."""
+    try:
+        import xllamacpp
+
+        return any(str(d.get("type", "")).upper().endswith("GPU") for d in xllamacpp.get_device_info())
+    except Exception:  # noqa: BLE001 - no GPU info means CPU
+        return False
 
 
 @dataclass(frozen=True)
