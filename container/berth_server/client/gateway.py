@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq.green as zmq
 from gevent.queue import Empty
 
@@ -23,12 +22,11 @@ from berth_server import ipc
 from berth_server.adapter_specs import AdapterSource
 from berth_server.canonical import Failure, GenerateRequest
 from berth_server.client.media_events import media_events
+from berth_server.client.model_facts import ModelFacts
 from berth_server.client.replica_router import ReplicaRouter, preference_key
 from berth_server.client.streams import GenerationStream, ModelClient, new_request_id
 from berth_server.curve_keys import CurveClient, read_client_keys
 from berth_server.errors import BerthError, GenerationFailed, NotFound, NotReady, from_record
-from berth_server.launch_config import ModelDescription
-from berth_server.model_table import TableReader, table_path
 from berth_server.replicas import ready_replicas
 from berth_server.settings import Settings
 
@@ -41,29 +39,23 @@ log = logging.getLogger(__name__)
 SESSION_REPLICA = 0
 
 
-class Gateway:
+class Gateway(ModelFacts):
     """Per-worker access to model processes and to model facts from the launcher."""
 
     def __init__(self, settings: Settings, control: Any, runtime_dir: Path | None = None, *,
                  accept_timeout_s: float = 120.0, event_timeout_s: float = 300.0,
                  send_timeout_s: float = 2.0, call_timeout_s: float = 120.0, status_ttl_s: float = 1.0,
                  liveness_check_s: float = 0.5) -> None:
-        self.settings = settings
-        self.control = control
-        self.runtime_dir = Path(runtime_dir or settings.runtime_dir or ".")
+        super().__init__(settings, control, Path(runtime_dir or settings.runtime_dir or "."), status_ttl_s)
         self.accept_timeout_s = accept_timeout_s
         self.event_timeout_s = event_timeout_s
         self.send_timeout_s = send_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.status_ttl_s = status_ttl_s
         self.liveness_check_s = liveness_check_s
         self._pid = -1
         self._context: zmq.Context | None = None
         self._clients: dict[tuple[str, int], ModelClient] = {}  # (uid, replica index) -> this worker's socket
         self.router = ReplicaRouter()
-        self._status: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
-        self._table = TableReader(table_path(self.runtime_dir))
-        self._table_version = -1
         self._adapters: dict[str, tuple[float, list[ipc.AdapterInfo]]] = {}
 
     # -- model processes -------------------------------------------------------------------
@@ -115,14 +107,6 @@ class Gateway:
         client = self._clients.get((uid, index))
         return client.in_flight if client is not None and self._pid == os.getpid() else 0
 
-    def _replica(self, uid: str, index: int) -> dict[str, Any]:
-        """The model table's entry for one replica ({} when the table does not list it)."""
-        try:
-            listed = (self.statuses().get(uid) or {}).get("replicas") or []
-        except BerthError:
-            return {}
-        return next((r for r in listed if r.get("index") == index), {})
-
     def generate(self, request: GenerateRequest) -> GenerationStream:
         """Start a generation on request.model (a uid) on its chosen replica; read .accepted, then iterate Deltas."""
         index, pid = self.route(request.model, preference_key(request))
@@ -147,13 +131,6 @@ class Gateway:
         if replica is None:
             return False
         return pid is None or replica.get("pid") == pid
-
-    def replica_indices(self, uid: str) -> list[int]:
-        """The ready replicas of uid (all of them get an adapter change; /metrics asks each)."""
-        try:
-            return [int(r["index"]) for r in ready_replicas(self.statuses().get(uid) or {})]
-        except BerthError:
-            return []
 
     def _call(self, uid: str, message: Any, reply_type: type, timeout_s: float | None = None,
               replica: int | None = None) -> Any:
@@ -261,66 +238,13 @@ class Gateway:
         except BerthError:
             return []
 
-    # -- facts from the launcher -----------------------------------------------------------
-    def statuses(self, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
-        """{uid: ModelStatus as dict}: the launcher's model table, always current.
-
-        Without a table file (a launcher that does not write one: test doubles) the launcher is asked
-        over control RPC, cached for status_ttl_s.
-        """
-        if self._table.exists():
-            statuses = self._table.models()
-            if self._table.version != self._table_version:
-                self._table_version = self._table.version
-                self._drop_clients(statuses)
-            return statuses
-        max_age = self.status_ttl_s if max_age_s is None else max_age_s
-        fetched_at, statuses = self._status
-        if time.monotonic() - fetched_at > max_age:
-            statuses = self.control.call("status") or {}
-            self._status = (time.monotonic(), statuses)
-        return statuses
-
-    def _drop_clients(self, statuses: dict[str, dict[str, Any]]) -> None:
+    def _models_changed(self, statuses: dict[str, dict[str, Any]]) -> None:
         """Close this worker's sockets to models that are gone (terminated); their requests fail at once."""
         if self._pid != os.getpid():
             return
         for uid, index in [key for key in self._clients if key[0] not in statuses]:
             self._clients.pop((uid, index)).close(f"model '{uid}' was terminated")
             self.router.forget(uid)
-
-    def resolve_model(self, name: str | None) -> str:
-        """The uid a request's model name means; None/""/"tgi"/the default id mean the default model.
-
-        "default" means it too unless a running model has that uid: OpenAI clients need some model
-        name, and the README's examples write "default" whatever HF_MODEL_ID is (demo://smollm2).
-        """
-        default = self.settings.default_model_uid
-        if name in (None, "", "tgi", default, self.settings.hf_model_id):
-            return default
-        if name in self.statuses():
-            return name  # type: ignore[return-value]
-        if name == "default":
-            return default
-        raise NotFound(f"model '{name}' not found")
-
-    def describe(self, uid: str) -> ModelDescription:
-        """What a ready model reports about itself (from the launcher's status)."""
-        status = self.statuses().get(uid)
-        if status is None:
-            raise NotFound(f"model '{uid}' not found")
-        description = status.get("description")
-        if not description:
-            raise NotReady(f"model '{uid}' is {status.get('state', 'not ready')}")
-        return msgspec.convert(description, ModelDescription)
-
-    def default_ready(self) -> bool:
-        """True when the launcher reports the default model as ready (short cache)."""
-        try:
-            status = self.statuses(max_age_s=0.5).get(self.settings.default_model_uid)
-        except BerthError:
-            return False
-        return status is not None and status.get("state") == "ready"
 
     def close(self) -> None:
         """Close every socket this worker opened (tests)."""

@@ -22,6 +22,7 @@ from berth_server import ipc
 from berth_server.canonical import Accepted, Delta, Failure, GenerateRequest
 from berth_server.engines.base import Engine
 from berth_server.errors import BerthError, failure_of
+from berth_server.model_process import sessions as stateful_sessions
 from berth_server.model_process.adapter_store import AdapterStore
 from berth_server.model_process.generation import Counters, run_generation
 from berth_server.model_process.sessions import SessionRegistry
@@ -173,7 +174,7 @@ class ModelServer:
             self.emit(peer, Failure(request_id=rid, message=f"request id {rid!r} is already running",
                                     error_type="validation", param="request_id"))
             return
-        refused = self._session_refusal(request.session_id)
+        refused = stateful_sessions.refusal(self.sessions, self.engine, request.session_id)
         if refused is not None:
             self.emit(peer, Failure(request_id=rid, message=refused, error_type="validation", status=400,
                                     param="session_id"))
@@ -203,41 +204,6 @@ class ModelServer:
             log.exception("request %s failed", message.request_id)
             self.emit(peer, Failure(request_id=message.request_id, message=f"internal error: {exc}"))
 
-    def _session_refusal(self, session_id: str | None) -> str | None:
-        """Why a request cannot run in this session (None when it has none, or it is open)."""
-        if session_id is None:
-            return None
-        if self.sessions is None:
-            return "stateful sessions are not enabled on this model (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
-        self._sweep_sessions()
-        state = self.sessions.state(session_id)
-        return None if state == "open" else f"session {session_id!r} is {state}"
-
-    def _sweep_sessions(self) -> None:
-        """Forget expired sessions and free what the engine kept for them (in the background)."""
-        if self.sessions is None or self.engine is None:
-            return
-        for session_id in self.sessions.sweep():
-            asyncio.ensure_future(self.engine.close_session(session_id))
-
-    async def _session(self, message: ipc.SessionRequest) -> ipc.SessionState:
-        """Open, check or close a stateful session."""
-        rid = message.request_id
-        if self.sessions is None or self.engine is None:
-            return ipc.SessionState(request_id=rid, session_id=message.session_id, state="disabled")
-        self._sweep_sessions()
-        if message.action == "open":
-            session_id, expires_at = self.sessions.open()
-            return ipc.SessionState(request_id=rid, session_id=session_id, state="open", expires_at=expires_at)
-        session_id = message.session_id or ""
-        state = self.sessions.state(session_id)
-        if state != "open" or message.action == "check":
-            return ipc.SessionState(request_id=rid, session_id=session_id, state=state,  # type: ignore[arg-type]
-                                    expires_at=self.sessions.expires_at(session_id))
-        await self.engine.close_session(session_id)
-        self.sessions.close(session_id)
-        return ipc.SessionState(request_id=rid, session_id=session_id, state="closed")
-
     async def _serve_media(self, peer: bytes, message: ipc.MediaMessage) -> None:
         """Transcribe / Speak / MakeImages: the media service's events, or a Failure."""
         try:
@@ -252,7 +218,7 @@ class ModelServer:
 
     async def _reply_to(self, message: Any) -> Any:
         if isinstance(message, ipc.SessionRequest):
-            return await self._session(message)
+            return await stateful_sessions.answer(self.sessions, self.engine, message)
         if isinstance(message, (ipc.AdapterAdd, ipc.AdapterRemove, ipc.AdapterQuery)):
             from berth_server.model_process.adapters import handle_adapter_message
 

@@ -8,6 +8,7 @@ the runtime dir on every open and close, so a restarted model process still know
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,7 +17,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from berth_server import ipc
 from berth_server.atomic_file import write_atomically
+from berth_server.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,42 @@ def _read(path: Path) -> dict[str, float]:
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         log.warning("ignoring an unreadable session registry %s: %s", path, exc)
         return {}
+
+
+def refusal(registry: SessionRegistry | None, engine: Engine | None, session_id: str | None) -> str | None:
+    """Why a request cannot run in this session (None when it has none, or it is open)."""
+    if session_id is None:
+        return None
+    if registry is None:
+        return "stateful sessions are not enabled on this model (SAGEMAKER_ENABLE_STATEFUL_SESSIONS)"
+    sweep(registry, engine)
+    state = registry.state(session_id)
+    return None if state == "open" else f"session {session_id!r} is {state}"
+
+
+def sweep(registry: SessionRegistry | None, engine: Engine | None) -> None:
+    """Forget expired sessions and free what the engine kept for them (in the background)."""
+    if registry is None or engine is None:
+        return
+    for session_id in registry.sweep():
+        asyncio.ensure_future(engine.close_session(session_id))
+
+
+async def answer(registry: SessionRegistry | None, engine: Engine | None,
+                 message: ipc.SessionRequest) -> ipc.SessionState:
+    """Open, check or close a stateful session."""
+    rid = message.request_id
+    if registry is None or engine is None:
+        return ipc.SessionState(request_id=rid, session_id=message.session_id, state="disabled")
+    sweep(registry, engine)
+    if message.action == "open":
+        session_id, expires_at = registry.open()
+        return ipc.SessionState(request_id=rid, session_id=session_id, state="open", expires_at=expires_at)
+    session_id = message.session_id or ""
+    state = registry.state(session_id)
+    if state != "open" or message.action == "check":
+        return ipc.SessionState(request_id=rid, session_id=session_id, state=state,  # type: ignore[arg-type]
+                                expires_at=registry.expires_at(session_id))
+    await engine.close_session(session_id)
+    registry.close(session_id)
+    return ipc.SessionState(request_id=rid, session_id=session_id, state="closed")
