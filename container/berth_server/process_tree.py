@@ -11,17 +11,17 @@ from collections.abc import Callable
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-ENV_PARENT = "BERTH_DIE_WITH_PARENT"  # a child started from a threaded parent arms itself (no preexec_fn there)
+# A child started from a threaded parent arms itself (no preexec_fn there): Settings.die_with_parent_pid.
+ENV_PARENT = "BERTH_DIE_WITH_PARENT"
 
 
-def arm_from_environment() -> None:
-    """In a child: SIGTERM when the parent named by BERTH_DIE_WITH_PARENT dies (Linux only)."""
-    parent = os.environ.get(ENV_PARENT)
+def arm_for_parent(parent: int | None) -> None:
+    """In a child: SIGTERM when the parent with pid `parent` dies (Linux only; None: nothing to do)."""
     if not parent or not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if str(os.getppid()) != parent:  # the parent died before the request was armed
+    if os.getppid() != parent:  # the parent died before the request was armed
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -21,6 +21,7 @@ import zmq
 
 from berth_server.curve_keys import ENV_BIND_HOST
 from berth_server.process_tree import ENV_PARENT
+from berth_server.settings import inherited_environment
 
 _POLL_MS = 200
 
@@ -42,7 +43,7 @@ class ReplicaActor:
         self._status = self._context.socket(zmq.PULL)
         self._status.bind(f"ipc://{self._dir}/status.sock")
         host = ray.util.get_node_ip_address()
-        child_env = dict(os.environ)  # Ray's own (CUDA_VISIBLE_DEVICES for the GPUs it gave this actor)
+        child_env = inherited_environment()  # Ray's own (CUDA_VISIBLE_DEVICES for the GPUs it gave this actor)
         child_env.update(env)
         # The actor is threaded, so no preexec_fn: the model process arms PR_SET_PDEATHSIG itself.
         child_env.update({"BERTH_RUNTIME_DIR": self._dir, ENV_BIND_HOST: host, ENV_PARENT: str(os.getpid())})

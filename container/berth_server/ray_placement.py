@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ import msgspec
 
 from berth_server.curve_keys import ENV_CLIENT_PUBLIC, ENV_SERVER_SECRET, keypair, write_client_keys
 from berth_server.launch_config import ModelLaunchConfig, ModelStatus
-from berth_server.settings import Settings
+from berth_server.settings import Settings, inherited_environment
 
 log = logging.getLogger("berth.ray")
 _status_decoder = msgspec.msgpack.Decoder(ModelStatus)
@@ -47,7 +46,8 @@ def actor_options(config: ModelLaunchConfig, sm_num_gpus: int, cluster_gpus: flo
 
 def replica_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a replica's model process gets from the launcher (its node adds the rest)."""
-    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(FORWARDED_PREFIXES)}
+    environ = inherited_environment() if environ is None else environ
+    env = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES)}
     env.update(settings.to_env())
     for name in NODE_LOCAL:
         env.pop(name, None)

@@ -8,7 +8,6 @@ every replica; the model is ready while any replica is.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,12 @@ def check_replica_count(value: object, param: str = "replica") -> int:
     return value
 
 
-def visible_gpus(device: str = "auto", environ: dict[str, str] | None = None,
+def visible_gpus(device: str = "auto", listed: str | None = None,
                  proc_dir: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
-    """The GPU ids this launcher may hand out: CUDA_VISIBLE_DEVICES when set, else the driver's GPUs; none on CPU."""
+    """The GPU ids this launcher may hand out: `listed` (CUDA_VISIBLE_DEVICES) when set, else the driver's GPUs;
+    none on CPU."""
     if device == "cpu":
         return []
-    env = os.environ if environ is None else environ
-    listed = env.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [gpu.strip() for gpu in listed.split(",") if gpu.strip() and gpu.strip() != "-1"]
     try:

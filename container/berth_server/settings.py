@@ -174,6 +174,13 @@ class Settings:
     responses_store_max_count: int = setting(1000, "BERTH_RESPONSES_STORE_MAX_COUNT", kind="int", minimum=0)
     responses_store_max_bytes: int = setting(64 * 1024 * 1024, "BERTH_RESPONSES_STORE_MAX_BYTES", kind="int",
                                              minimum=0)
+    # Set for the processes Berth starts, by the launcher or a Ray actor; never passed on (export=False).
+    cuda_visible_devices: str | None = setting(None, "CUDA_VISIBLE_DEVICES", export=False)  # the GPUs to hand out
+    die_with_parent_pid: int | None = setting(None, "BERTH_DIE_WITH_PARENT", kind="int", minimum=1, export=False)
+    # A model process on another node (a Ray replica) listens on TCP with CURVE keys (model_process/remote.py).
+    remote_bind_host: str | None = setting(None, "BERTH_BIND_HOST", export=False)
+    remote_server_secret: str | None = setting(None, "BERTH_CURVE_SERVER_SECRET", export=False)
+    remote_client_public: str | None = setting(None, "BERTH_CURVE_CLIENT_PUBLIC", export=False)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @property
@@ -212,16 +219,18 @@ class Settings:
 
     def child_environment(self, **extra: str) -> dict[str, str]:
         """The environment for a child process: ours, these settings, and `extra` on top."""
-        env = dict(os.environ)
-        env.update(self.to_env())
-        env.update(extra)
-        return env
+        return inherited_environment() | self.to_env() | extra
 
     def resolved_runtime_dir(self) -> Path:
         """Where IPC sockets live; a fresh temp dir unless BERTH_RUNTIME_DIR is set."""
         if self.runtime_dir is not None:
             return self.runtime_dir
         return Path(tempfile.mkdtemp(prefix="berth-"))
+
+
+def inherited_environment() -> dict[str, str]:
+    """A copy of this process's whole environment: what a child started from here begins with."""
+    return dict(os.environ)
 
 
 def read_declared(cls: type, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], Mapping[str, str]]:

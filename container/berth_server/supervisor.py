@@ -135,7 +135,7 @@ class Supervisor:
         if existing is not None and existing.state not in ("failed", "stopped"):
             raise Conflict(f"model uid {config.uid!r} is already running; terminate it or choose another uid")
         # On Ray, each node's GPUs are Ray's to hand out (actor_options); here, this machine's.
-        gpus = [] if self._ray is not None else visible_gpus(self.settings.device)
+        gpus = [] if self._ray is not None else visible_gpus(self.settings.device, self.settings.cuda_visible_devices)
         plan = plan_gpus(config.replica, config.n_gpu, self.settings.sm_num_gpus, gpus)
         handles = [ModelHandle(config=c, on_change=self._publish) for c in replica_configs(config, plan)]
         self._models[config.uid] = handles

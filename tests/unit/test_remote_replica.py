@@ -31,11 +31,11 @@ def test_client_keys_file_is_private(tmp_path: Path) -> None:
 
 
 def test_remote_binding_needs_keys() -> None:
-    assert remote_binding({}) is None
+    assert remote_binding(Settings.from_env({})) is None
     with pytest.raises(RuntimeError, match="never listens without CURVE keys"):
-        remote_binding({"BERTH_BIND_HOST": "10.0.0.2"})
-    binding = remote_binding({"BERTH_BIND_HOST": "10.0.0.2", "BERTH_CURVE_SERVER_SECRET": "s" * 40,
-                              "BERTH_CURVE_CLIENT_PUBLIC": "p" * 40})
+        remote_binding(Settings.from_env({"BERTH_BIND_HOST": "10.0.0.2"}))
+    binding = remote_binding(Settings.from_env({"BERTH_BIND_HOST": "10.0.0.2", "BERTH_CURVE_SERVER_SECRET": "s" * 40,
+                                                "BERTH_CURVE_CLIENT_PUBLIC": "p" * 40}))
     assert binding is not None and binding.address == "tcp://10.0.0.2:*"
 
 

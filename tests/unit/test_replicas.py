@@ -45,13 +45,13 @@ def test_plan_gpus_refuses_more_than_there_are() -> None:
 
 
 def test_visible_gpus(tmp_path: Path) -> None:
-    assert visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
-    assert visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "-1"}) == []
-    assert visible_gpus("cpu", environ={"CUDA_VISIBLE_DEVICES": "0"}) == []
+    assert visible_gpus(listed="2,3") == ["2", "3"]
+    assert visible_gpus(listed="-1") == []
+    assert visible_gpus("cpu", listed="0") == []
     (tmp_path / "0000:01:00.0").mkdir()
     (tmp_path / "0000:02:00.0").mkdir()
-    assert visible_gpus(environ={}, proc_dir=tmp_path) == ["0", "1"]
-    assert visible_gpus(environ={}, proc_dir=tmp_path / "absent") == []
+    assert visible_gpus(proc_dir=tmp_path) == ["0", "1"]
+    assert visible_gpus(proc_dir=tmp_path / "absent") == []
 
 
 def test_replica_configs_and_environment() -> None:

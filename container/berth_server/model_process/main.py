@@ -31,7 +31,7 @@ from berth_server.launch_config import (
     ModelStatus,
 )
 from berth_server.model_process.server import ModelServer
-from berth_server.process_tree import arm_from_environment
+from berth_server.process_tree import arm_for_parent
 from berth_server.settings import Settings, SettingsError
 
 log = logging.getLogger("berth_server.model_process")
@@ -142,7 +142,7 @@ class ModelProcess:
         self.status.push("loading")
         from berth_server.model_process.remote import remote_binding, secure_router
 
-        binding = remote_binding()  # a replica on another node: TCP with CURVE keys
+        binding = remote_binding(settings)  # a replica on another node: TCP with CURVE keys
         address = binding.address if binding else ipc.model_socket_address(self.runtime_dir, config.uid,
                                                                            config.replica_index)
         facts = weights_facts(model_dir, config)
@@ -250,13 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m berth_server.model_process")
     parser.add_argument("--config-json", required=True, help="ModelLaunchConfig as JSON")
     args = parser.parse_args(argv)
-    arm_from_environment()  # started by a Ray actor: die with it
     try:
         settings = Settings.from_env()
     except SettingsError as exc:  # no runtime dir to report to: the launcher sees the exit code
         logging.basicConfig()
         log.error("bad settings: %s", exc)
         return EXIT_BAD_ARGUMENTS
+    arm_for_parent(settings.die_with_parent_pid)  # started by a Ray actor: die with it
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s [model %(process)d] %(name)s: %(message)s")
     try:

@@ -8,8 +8,6 @@ every other client key, so a peer without the keys never gets a message through.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +15,7 @@ import zmq
 import zmq.auth.asyncio
 
 from berth_server.curve_keys import ENV_BIND_HOST, ENV_CLIENT_PUBLIC, ENV_SERVER_SECRET, public_of
+from berth_server.settings import Settings
 
 log = logging.getLogger(__name__)
 ZAP_DOMAIN = "berth"
@@ -35,13 +34,12 @@ class RemoteBinding:
         return f"tcp://{self.host}:*"  # a free port; the bound endpoint is reported in the status
 
 
-def remote_binding(environ: Mapping[str, str] | None = None) -> RemoteBinding | None:
-    """The remote binding from the environment; None for a local model process (ipc)."""
-    env = os.environ if environ is None else environ
-    host = env.get(ENV_BIND_HOST)
+def remote_binding(settings: Settings) -> RemoteBinding | None:
+    """The remote binding the settings name; None for a local model process (ipc)."""
+    host = settings.remote_bind_host
     if not host:
         return None
-    secret, client = env.get(ENV_SERVER_SECRET), env.get(ENV_CLIENT_PUBLIC)
+    secret, client = settings.remote_server_secret, settings.remote_client_public
     if not secret or not client:
         raise RuntimeError(f"{ENV_BIND_HOST} is set without {ENV_SERVER_SECRET} and {ENV_CLIENT_PUBLIC}: "
                            "a remote replica never listens without CURVE keys")
