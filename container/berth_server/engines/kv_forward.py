@@ -82,9 +82,13 @@ class _PoolLayer(DynamicLayer):
 
     @staticmethod
     def _write_read(store: torch.Tensor, states: torch.Tensor, step: _StepIndex) -> torch.Tensor:
-        store.index_copy_(0, step.write, states.transpose(1, 2)[step.new_real].to(store.dtype))
-        view = store.index_select(0, step.read).view(step.batch, step.width, *store.shape[1:])
-        return view.transpose(1, 2)
+        """Write the new tokens' states ([B, heads, Q, dim]) into their slots; return the step view [B, heads, W, dim].
+
+        The view is a permutation of one contiguous [heads, B, W, dim] gather (kv_attention.py reads it so)."""
+        new = states.permute(1, 0, 2, 3)[:, step.new_real]  # [heads, new tokens, dim], in slot order
+        store.index_copy_(1, step.write, new.to(store.dtype))
+        gathered = store.index_select(1, step.read).view(store.shape[0], step.batch, step.width, store.shape[2])
+        return gathered.permute(1, 0, 2, 3)
 
 
 def forward(model: Any, pool: KVPool, rows: Sequence[RowFeed], all_logits: bool) -> torch.Tensor:

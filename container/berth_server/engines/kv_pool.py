@@ -1,7 +1,7 @@
 """The transformers engine's KV cache: fixed-size blocks in one pool, allocated once, shared by prefix.
 
 Every layer's keys and values live in flat tensors of `num_blocks * block_size` token slots
-([slots, kv_heads, head_dim]); a sequence holds a block table (kv_block_table.py reads and writes
+([kv_heads, slots, head_dim]); a sequence holds a block table (kv_block_table.py reads and writes
 through it). Block 0 is the null block: it stays zero and pads the rows of a step's gathered view.
 
 Prefix caching: a block that is full and computed is registered under a hash chained over the
@@ -47,8 +47,10 @@ class KVPool:
         self.block_size = block_size
         self.num_blocks = num_blocks
         slots = num_blocks * block_size
-        self.keys = [torch.zeros((slots, *s.key), dtype=dtype, device=device) for s in shapes]
-        self.values = [torch.zeros((slots, *s.value), dtype=dtype, device=device) for s in shapes]
+        # Head-major ([heads, slots, dim]): a step's gather is then [heads, rows * width, dim], which the
+        # attention reads as one batch of [width, dim] matrices per (head, row) without another copy.
+        self.keys = [torch.zeros((s.key[0], slots, s.key[1]), dtype=dtype, device=device) for s in shapes]
+        self.values = [torch.zeros((s.value[0], slots, s.value[1]), dtype=dtype, device=device) for s in shapes]
         self._free: deque[int] = deque(range(1, num_blocks))
         self._refs = [0] * num_blocks
         self._by_hash: dict[bytes, int] = {}

@@ -102,8 +102,13 @@ class BlockTables:
 
 
 def tables_for(model: Any, device: Any, num_blocks: int, block_size: int, prefix_caching: bool = True) -> BlockTables:
-    """A pool of num_blocks blocks shaped for this model's layers, with its block tables."""
+    """A pool of num_blocks blocks shaped for this model's layers, with its block tables.
+
+    A model on "sdpa" attention is switched to the grouped form that reads the pool's step views
+    without copies (kv_attention.py); any other attention reads them as they are."""
+    from berth_server.engines.kv_attention import use_grouped_sdpa
     from berth_server.engines.kv_forward import probe_shapes
 
+    use_grouped_sdpa(model)
     pool = KVPool(probe_shapes(model, device), num_blocks, block_size, model.dtype, device)
     return BlockTables(pool, prefix_caching)
