@@ -14,7 +14,7 @@ IMAGE ?= berth:cpu
 # xdist_group marks are not honoured with this pytest here.)
 TEST_WORKERS ?= 2
 
-.PHONY: venv run test test-unit test-integration test-vllm bench bench-real bench-llamacpp fuzz soak lint clean image test-image test-image-run chromium
+.PHONY: venv run test test-unit test-integration test-vllm bench bench-real bench-llamacpp fuzz soak lint clean image image-ray test-image test-image-run chromium
 
 venv: $(STAMP)
 
@@ -65,6 +65,10 @@ test-vllm: venv
 # cannot be pulled; layers cached). README "The image".
 image:
 	IMAGE=$(IMAGE) infra/build-image.sh
+
+# The image for the nodes of a Ray cluster (README "Scaling out"): the CPU image plus berth[ray].
+image-ray:
+	IMAGE=$(IMAGE)-ray BUILD_ARGS="--build-arg BERTH_EXTRAS=server,llamacpp,ray" infra/build-image.sh
 
 # Builds the image (cached), then test-image-run.
 test-image: image
