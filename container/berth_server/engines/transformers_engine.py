@@ -102,6 +102,10 @@ class TransformersEngine(Engine):
         if dtype == "auto" and self.device.type == "cpu" and model.dtype == torch.float16:
             model = model.float()  # CPU kernels for fp16 are slow or missing; bf16 and fp32 are fine
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            from berth_server.engines.packed_linear import pack_linear_weights
+
+            pack_linear_weights(self.model)  # bfloat16 only: bit-identical, a quarter faster (packed_linear.py)
         text_config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
         # A server-wide MAX_TOTAL_TOKENS past the checkpoint's own context is capped by it.
