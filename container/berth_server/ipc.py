@@ -186,10 +186,12 @@ class Transcribe(msgspec.Struct, tag="transcribe", kw_only=True):
 
 
 class TranscriptSegment(msgspec.Struct, tag="transcript_segment", kw_only=True):
-    """One recognised segment, sent as soon as it is decoded (times in seconds)."""
+    """One recognised segment, sent as soon as it is decoded (times in seconds).
 
-    request_id: str
-    id: int
+    Speech engines yield these without request_id and id; the model process numbers them and sends them on."""
+
+    request_id: str = ""
+    id: int = 0
     start: float
     end: float
     text: str

@@ -15,13 +15,14 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from berth_server.engines.base import EngineLoadInfo
 from berth_server.engines.facts import BY_NAME, MEDIA_ENGINES, EngineFacts
 from berth_server.errors import InvalidRequest
+from berth_server.ipc import TranscriptSegment
 from berth_server.launch_config import ModelLaunchConfig
 from berth_server.settings import Settings
 
@@ -30,21 +31,6 @@ log = logging.getLogger(__name__)
 
 class MediaEngineUnavailable(InvalidRequest):
     """No media engine can serve this model; the message says why for each."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One stretch of recognised speech (times in seconds)."""
-
-    start: float
-    end: float
-    text: str
-    avg_logprob: float = 0.0
-    compression_ratio: float = 0.0
-    no_speech_prob: float = 0.0
-    temperature: float = 0.0
-    tokens: list[int] = field(default_factory=list)
-    words: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,7 +95,7 @@ class SpeechRecognizer(MediaEngine):
     """Speech in, text out."""
 
     @abc.abstractmethod
-    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[Segment], dict[str, Any]]:
+    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[TranscriptSegment], dict[str, Any]]:
         """Recognise 16 kHz mono float32 samples: segments as they are decoded, and the detected language."""
 
 

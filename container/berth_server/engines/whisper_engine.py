@@ -9,8 +9,9 @@ from typing import Any
 
 from berth_server.engines.base import EngineLoadInfo
 from berth_server.engines.facts import FASTER_WHISPER
-from berth_server.engines.media import Segment, SpeechRecognizer, TranscribeOptions
+from berth_server.engines.media import SpeechRecognizer, TranscribeOptions
 from berth_server.errors import InvalidRequest
+from berth_server.ipc import TranscriptSegment
 
 log = logging.getLogger(__name__)
 DEFAULT_BEAM_SIZE = 5
@@ -54,7 +55,7 @@ class FasterWhisperEngine(SpeechRecognizer):
         """Whether the model knows languages other than English (tiny.en does not), and its beam size."""
         return {"multilingual": self.multilingual, "beam_size": self.beam_size, "sample_rate": 16000}
 
-    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[Segment], dict[str, Any]]:
+    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[TranscriptSegment], dict[str, Any]]:
         """faster-whisper's transcribe with OpenAI's fields; English-only models refuse other languages."""
         if not self.multilingual:
             if options.task == "translate":
@@ -76,9 +77,9 @@ class FasterWhisperEngine(SpeechRecognizer):
         return (_segment(s) for s in segments), heard
 
 
-def _segment(segment: Any) -> Segment:
+def _segment(segment: Any) -> TranscriptSegment:
     words = [{"word": w.word, "start": float(w.start), "end": float(w.end)} for w in (segment.words or [])]
-    return Segment(start=float(segment.start), end=float(segment.end), text=segment.text,
+    return TranscriptSegment(start=float(segment.start), end=float(segment.end), text=segment.text,
                    avg_logprob=float(segment.avg_logprob), compression_ratio=float(segment.compression_ratio),
                    no_speech_prob=float(segment.no_speech_prob), temperature=float(segment.temperature or 0.0),
                    tokens=list(segment.tokens), words=words)

@@ -14,8 +14,9 @@ from typing import Any
 
 from berth_server.engines.base import EngineLoadInfo
 from berth_server.engines.facts import TRANSFORMERS_WHISPER
-from berth_server.engines.media import Segment, SpeechRecognizer, TranscribeOptions
+from berth_server.engines.media import SpeechRecognizer, TranscribeOptions
 from berth_server.errors import InvalidRequest
+from berth_server.ipc import TranscriptSegment
 
 SAMPLE_RATE = 16000
 WINDOW_S = 30
@@ -67,7 +68,7 @@ class TransformersWhisperEngine(SpeechRecognizer):
         """Whether the model knows languages other than English, and its beam count."""
         return {"multilingual": self.multilingual, "num_beams": self.num_beams, "sample_rate": SAMPLE_RATE}
 
-    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[Segment], dict[str, Any]]:
+    def transcribe(self, audio: Any, options: TranscribeOptions) -> tuple[Iterator[TranscriptSegment], dict[str, Any]]:
         """One segment per 30-second window, decoded by transformers' generate."""
         if not self.multilingual and (options.task == "translate" or options.language not in (None, "en")):
             raise InvalidRequest(f"model '{self.config.uid}' is English-only: it transcribes English only",
@@ -85,7 +86,7 @@ class TransformersWhisperEngine(SpeechRecognizer):
         heard = {"language": options.language or "en", "duration": duration}
         return self._windows(audio, duration, kwargs), heard
 
-    def _windows(self, audio: Any, duration: float, kwargs: dict[str, Any]) -> Iterator[Segment]:
+    def _windows(self, audio: Any, duration: float, kwargs: dict[str, Any]) -> Iterator[TranscriptSegment]:
         import torch
 
         step = WINDOW_S * SAMPLE_RATE
@@ -95,7 +96,7 @@ class TransformersWhisperEngine(SpeechRecognizer):
             with torch.inference_mode():
                 tokens = self.model.generate(features.input_features.to(self.device, self.model.dtype), **kwargs)
             text = self.processor.batch_decode(tokens, skip_special_tokens=True)[0]
-            yield Segment(start=start / SAMPLE_RATE, end=min((start + step) / SAMPLE_RATE, duration), text=text,
+            yield TranscriptSegment(start=start / SAMPLE_RATE, end=min((start + step) / SAMPLE_RATE, duration), text=text,
                           tokens=[int(t) for t in tokens[0]])
 
     def close(self) -> None:

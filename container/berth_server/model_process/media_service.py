@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 from berth_server import ipc
 from berth_server.engines import audio_codec
 from berth_server.engines.base import EngineLoadInfo
@@ -92,11 +94,7 @@ class MediaService:
         for index, segment in enumerate(segments):
             if cancelled.is_set():
                 return
-            yield ipc.TranscriptSegment(
-                request_id=message.request_id, id=index, start=segment.start, end=segment.end, text=segment.text,
-                avg_logprob=segment.avg_logprob, compression_ratio=segment.compression_ratio,
-                no_speech_prob=segment.no_speech_prob, temperature=segment.temperature, tokens=segment.tokens,
-                words=segment.words)
+            yield msgspec.structs.replace(segment, request_id=message.request_id, id=index)
         yield ipc.Transcribed(request_id=message.request_id, language=facts["language"], duration=facts["duration"])
 
     def _speak(self, message: ipc.Speak, cancelled: threading.Event) -> Iterator[Any]:
