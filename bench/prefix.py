@@ -68,9 +68,10 @@ def _prefix_counters(peer: peers.Peer) -> tuple[float, float] | None:
         text = httpx.get(f"{peer.base_url}/metrics", timeout=10).text
     except httpx.HTTPError:
         return None
-    found = [re.search(rf'^berth_model_prefix_cache_{kind}\{{model="[^"]*"\}} (\S+)$', text, re.MULTILINE)
-             for kind in ("queries", "hits")]
-    return (float(found[0].group(1)), float(found[1].group(1))) if found[0] and found[1] else None
+    # Summed over the model's replicas (each series carries model and replica labels).
+    sums = [sum(float(v) for v in re.findall(rf'^berth_model_prefix_cache_{kind}\{{[^}}]*\}} (\S+)$', text, re.MULTILINE))
+            for kind in ("queries", "hits")]
+    return (sums[0], sums[1]) if sums[0] else None
 
 
 def run(model: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
