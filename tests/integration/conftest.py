@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import building
+from tests.integration.server_pool import ServerPool, make_room, note_running_test
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "serve"
@@ -130,6 +131,11 @@ class ServerDidNotStart(RuntimeError):
 _FIRST_REPORT = pytest.StashKey[dict[int, tuple[BaseException, str]]]()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Servers this test asks a pool for are not stopped to make room for others (server_pool.py)."""
+    note_running_test(item.nodeid)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A shared server that cannot start fails every test that needs it, but shows its log only once.
@@ -198,6 +204,7 @@ def launch_serve(model: str | Path | None, home: Path, *, engine: str = "transfo
     if external_base_url():
         pytest.skip("starts its own serve process; BERTH_TEST_BASE_URL mode only talks to the server there")
     home.mkdir(parents=True, exist_ok=True)
+    make_room(engine)  # stop kept servers this worker no longer uses when memory is short
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "HF_MODEL", "SM_VLLM_"))}
     child_env.update({
@@ -258,35 +265,6 @@ def tiny_embedding_model() -> Path:
 def tiny_rerank_model() -> Path:
     """A tiny BERT cross-encoder for /v1/rerank."""
     return _build("tiny-rerank")
-
-
-class ServerPool:
-    """Shared servers by engine, each started on first use and kept until `stop_all` (the session's end).
-
-    Kept for the whole session rather than per fixture parameter: pytest tears a parametrized session
-    fixture down whenever the next test wants another engine, and with whole files handed to each
-    worker that restarted the vLLM server (most of a minute) at nearly every file.
-    """
-
-    def __init__(self, launch: Callable[[str], RunningServer]) -> None:
-        self._launch = launch
-        self._started: dict[str, RunningServer] = {}
-        self._failed: dict[str, ServerDidNotStart] = {}  # a failed start is not tried again by the next test
-
-    def __call__(self, engine: str) -> RunningServer:
-        if engine in self._failed:
-            raise self._failed[engine]
-        if engine not in self._started:
-            try:
-                self._started[engine] = self._launch(engine)
-            except ServerDidNotStart as exc:
-                self._failed[engine] = exc
-                raise
-        return self._started[engine]
-
-    def stop_all(self) -> None:
-        for server in self._started.values():
-            server.stop()
 
 
 @pytest.fixture(scope="session")
