@@ -86,6 +86,8 @@ def use_grouped_sdpa(model: Any) -> bool:
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
+    if not type(model).__module__.startswith("transformers."):
+        return False  # remote code may branch on the implementation's name itself: leave it as it chose
     AttentionInterface.register(NAME, grouped_sdpa_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     try:
