@@ -83,13 +83,13 @@ class LoraSettings:
 
 
 def setting(default: Any, *names: str, kind: Kind = "str", minimum: int = 0, export: bool = True,
-            factory: Callable[[], Any] | None = None) -> Any:
+            factory: Callable[[], Any] | None = None, secret: bool = False) -> Any:
     """A setting, declared once: its default, the variables that set it (the first one set wins; the first
-    name is the one a child process gets) and how its value is read."""
+    name is the one a child process gets) and how its value is read. A secret never shows in repr()."""
     metadata = {"env": names, "kind": kind, "minimum": minimum, "export": export}
     if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 Kind = Literal["str", "upper", "lower", "int", "float", "bool", "path"]
@@ -141,7 +141,7 @@ class Settings:
     # canonicalizes it at start (with_engine_checked), never a module below engines/.
     engine: str = setting("auto", "BERTH_ENGINE", kind="lower")
     home: Path = setting(None, "BERTH_HOME", kind="path", factory=lambda: Path.home() / ".berth")
-    api_key: str | None = setting(None, "BERTH_API_KEY")
+    api_key: str | None = setting(None, "BERTH_API_KEY", secret=True)
     metrics_public: bool = setting(False, "BERTH_METRICS_PUBLIC", kind="bool")  # /metrics without the API key
     # BERTH_MODEL_ROOTS: launches read local weights only from under these (read in from_env).
     model_roots: tuple[Path, ...] = ()
@@ -179,7 +179,7 @@ class Settings:
     die_with_parent_pid: int | None = setting(None, "BERTH_DIE_WITH_PARENT", kind="int", minimum=1, export=False)
     # A model process on another node (a Ray replica) listens on TCP with CURVE keys (model_process/remote.py).
     remote_bind_host: str | None = setting(None, "BERTH_BIND_HOST", export=False)
-    remote_server_secret: str | None = setting(None, "BERTH_CURVE_SERVER_SECRET", export=False)
+    remote_server_secret: str | None = setting(None, "BERTH_CURVE_SERVER_SECRET", export=False, secret=True)
     remote_client_public: str | None = setting(None, "BERTH_CURVE_CLIENT_PUBLIC", export=False)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
