@@ -33,11 +33,17 @@ SERVE = REPO / "serve"
 MODEL_CACHE = REPO / ".berth-home" / "test-models"
 STARTUP_TIMEOUT_S = 180.0
 
-# vLLM on this CPU (FINDINGS.md): 1 GiB KV cache, no core reserved, eager mode is Berth's CPU default;
-# its OpenMP threads bind to the cores the server may use (the engine's default: its affinity).
+# vLLM on this CPU (FINDINGS.md): 1 GiB KV cache, no core reserved, eager mode is Berth's CPU default.
+# Servers run vLLM's model in its engine-core process ("uni" executor, which its CPU platform allows only
+# with V1 multiprocessing off): that skips spawning a worker process that imports vLLM again, ~11 s of each
+# of the suite's ~17 vLLM starts. Each test worker owns one core (tests/conftest.py), so the one torch thread
+# the uni path runs is what the default path gives it here too. test_engine_vllm.py runs the default
+# multiprocess executor (what users get), and the benchmarks run it against vLLM's own server.
 VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "BERTH_VLLM_DISTRIBUTED_EXECUTOR_BACKEND": "uni",
 }
 
 
