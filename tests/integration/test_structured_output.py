@@ -196,23 +196,33 @@ def _parses(text: str) -> bool:
 def test_streamed_tool_call_arguments_reassemble_into_valid_json(server: RunningServer) -> None:
     # Sampled, so a small model sometimes spends max_tokens mid-call: then the finish_reason must be
     # "length" (a client would run a call that said "tool_calls"), and the whole reply must agree.
-    for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        whole_runs = 0
-        for seed in (0, 1, 2):
-            kw = {"tools": TOOLS, "tool_choice": tool_choice, "max_tokens": 120, "temperature": 1.0, "seed": seed}
-            calls, finish, pieces = _streamed_calls(server, **kw)
-            whole = _chat(server, "Weather in Lyon?", **kw).choices[0]
-            assert calls and finish == whole.finish_reason, (calls, finish, whole)
-            if finish == "length":
-                assert not all(_parses(c["arguments"]) for c in calls)
-                continue
-            whole_runs += 1
-            assert pieces > 2 * len(calls)  # arguments arrive in pieces, not one blob at the end
-            for call in calls:
-                jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
-            assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
-                (c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls or []]
-        assert whole_runs, f"every sampled run ran out of tokens for {tool_choice}"
+    # Every request is sent at once: a seeded row draws from its own generator, so the batch around it
+    # does not change its tokens (and the streamed and whole replies of one seed must still agree).
+    runs = [(choice, seed) for choice in ("required", {"type": "function", "function": {"name": "get_weather"}})
+            for seed in (0, 1, 2)]
+
+    def kwargs(run: tuple[Any, int]) -> dict[str, Any]:
+        return {"tools": TOOLS, "tool_choice": run[0], "max_tokens": 120, "temperature": 1.0, "seed": run[1]}
+
+    with ThreadPoolExecutor(2 * len(runs)) as pool:
+        streamed = [pool.submit(_streamed_calls, server, **kwargs(run)) for run in runs]
+        wholes = [pool.submit(_chat, server, "Weather in Lyon?", **kwargs(run)) for run in runs]
+        results = [(run, s.result(), w.result().choices[0]) for run, s, w in zip(runs, streamed, wholes, strict=True)]
+    whole_runs: dict[str, int] = {}
+    for (choice, _), (calls, finish, pieces), whole in results:
+        assert calls and finish == whole.finish_reason, (calls, finish, whole)
+        key = json.dumps(choice)
+        whole_runs.setdefault(key, 0)
+        if finish == "length":
+            assert not all(_parses(c["arguments"]) for c in calls)
+            continue
+        whole_runs[key] += 1
+        assert pieces > 2 * len(calls)  # arguments arrive in pieces, not one blob at the end
+        for call in calls:
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+        assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+            (c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls or []]
+    assert all(whole_runs.values()), f"every sampled run ran out of tokens for some tool_choice: {whole_runs}"
 
 
 @pytest.mark.parametrize("body", [
