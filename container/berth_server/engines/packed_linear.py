@@ -42,13 +42,14 @@ def pack_linear_weights(model: Any) -> int:
     for module in model.modules():
         if type(module) is not torch.nn.Linear or not _packable(module.weight):
             continue
-        tied = module is output and _tied_to_input(model, module.weight)
-        if tied and module.weight.numel() * module.weight.element_size() > _TIED_COPY_MAX_BYTES:
+        weight = module.weight
+        tied = module is output and _tied_to_input(model, weight)
+        if tied and weight.numel() * weight.element_size() > _TIED_COPY_MAX_BYTES:
             continue
-        blocked = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), _ROWS_HINT)
+        blocked = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
         module.forward = functools.partial(_packed_linear, blocked, module.bias)  # type: ignore[method-assign]
         if not tied:  # a tied matrix is still the input embedding's: keep it
-            module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
+            module.weight = torch.nn.Parameter(weight.new_empty(0), requires_grad=False)
         packed += 1
     log.info("packed %d bfloat16 linear weights for oneDNN", packed)
     return packed
