@@ -53,3 +53,26 @@ def test_siblings_share_one_input_matmul_and_base_rows_are_untouched() -> None:
             expected.append(layer.base(x[row]) + 0.5 * (x[row] @ layer.a_cat) @ layer.b_cat)
         expected.append(base[row][..., 16:])
         torch.testing.assert_close(out[row], torch.cat(expected, dim=-1))
+
+
+def test_adapted_rows_leading_the_batch_are_a_view_and_match_the_gathered_path() -> None:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(Attention())
+    x = torch.randn(4, 3, 8)
+    base = model(x)
+    bank: Any = SimpleNamespace(row_scale=None, adapted_rows=None)
+    layers = adapt(model, "0.q_proj", bank, width=2)
+    for layer in layers.values():
+        layer.a_cat.normal_()
+        layer.b_cat.normal_()
+    bank.row_scale = torch.tensor([0.5, 2.0]).view(2, 1, 1).expand(2, 1, 2).contiguous()
+    bank.adapted_rows = slice(0, 2)  # rows 0 and 1 have an adapter, 2 and 3 are the base model
+    leading = model(x)
+    bank.adapted_rows = torch.tensor([0, 1])  # the same rows by index: gathered and scattered
+    gathered = model(x)
+    assert torch.equal(leading[2:], base[2:])  # base rows untouched
+    torch.testing.assert_close(leading, gathered)
+    for row, scale in ((0, 0.5), (1, 2.0)):
+        layer = layers["0.k_proj"]
+        expected = layer.base(x[row]) + scale * (x[row] @ layer.a_cat) @ layer.b_cat
+        torch.testing.assert_close(leading[row][..., 8:12], expected)

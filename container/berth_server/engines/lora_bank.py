@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from berth_server.adapter_specs import check_adapter_name
-from berth_server.engines.lora_layers import RowLoraLinear, adapt
+from berth_server.engines.lora_layers import AdaptedRows, RowLoraLinear, adapt
 from berth_server.engines.lora_weights import AdapterWeights, linear_shapes, read_adapter
 from berth_server.errors import Conflict, InvalidRequest, NotFound
 
@@ -46,7 +46,7 @@ class LoraBank:
         self.max_rank = max(1, max_rank)
         self.max_cpu_loras = max(self.slots, max_cpu_loras or 0)
         self.row_scale: torch.Tensor | None = None  # [adapted rows, 1, slots*max_rank] for the next forward
-        self.adapted_rows: torch.Tensor | None = None  # their indices in the batch; None: every row
+        self.adapted_rows: AdaptedRows = None  # which rows those are (lora_layers.AdaptedRows)
         self._generation = 0  # registrations so far: an adapter's salt for cached prefixes
         self._salt: dict[str, str] = {}
         self._shapes = linear_shapes(model)
@@ -153,7 +153,8 @@ class LoraBank:
 
     def set_rows(self, slots: list[int | None]) -> None:
         """The scale vectors of the rows of the next forward that have an adapter (None: base model),
-        shaped [adapted rows, 1, S*R], and those rows' indices (None when every row has one)."""
+        shaped [adapted rows, 1, S*R], and which rows those are: None when every row has one, a slice
+        when they lead the batch (as the scheduler orders them), else their indices."""
         adapted = [row for row, slot in enumerate(slots) if slot is not None]
         if not adapted:
             self.row_scale = self.adapted_rows = None
@@ -164,8 +165,12 @@ class LoraBank:
             assert slot is not None
             scale[i, 0, slot * self.max_rank:(slot + 1) * self.max_rank] = self._scaling[slot]
         self.row_scale = scale.to(self._device)
-        whole = len(adapted) == len(slots)
-        self.adapted_rows = None if whole else torch.tensor(adapted, dtype=torch.long, device=self._device)
+        if len(adapted) == len(slots):
+            self.adapted_rows = None
+        elif adapted[-1] == len(adapted) - 1:
+            self.adapted_rows = slice(0, len(adapted))
+        else:
+            self.adapted_rows = torch.tensor(adapted, dtype=torch.long, device=self._device)
 
     def _free_slot(self) -> int | None:
         used = set(self._slot_of.values())

@@ -5,7 +5,9 @@ the slots). Projections that read the same input (q/k/v of an attention, gate/up
 their A_cat side by side in one tensor: the first of them to run computes x @ [A_q | A_k | A_v]
 once and the others take their columns, so a layer pays one input matmul instead of three. Rows
 without an adapter skip the adapter path: the low-rank product is computed for the adapted rows
-only and added back at their indices (their base rows' delta was exactly zero anyway).
+only and added back to their outputs. The scheduler puts the adapted rows first in the batch, so
+they are a leading slice (a view: no gather, and the delta is added in place with one addmm);
+rows in any other order are gathered and scattered by index.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+# Which rows of a batch have an adapter: None (all of them), a leading slice, or their indices.
+AdaptedRows = slice | torch.Tensor | None
 
 # Sibling projections that read the same input tensor in transformers' attention and MLP modules.
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -28,7 +33,7 @@ class SharedInput:
         self._low: torch.Tensor | None = None
         self._left = 0  # members still to take their columns of _low
 
-    def low(self, x: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def low(self, x: torch.Tensor, scale: torch.Tensor, rows: AdaptedRows) -> torch.Tensor:
         """(x[rows] @ A_all) scaled per row, [rows, T, members*width]; computed once per input tensor."""
         if self._x is x and self._low is not None and self._left > 0:
             low = self._low
@@ -36,13 +41,20 @@ class SharedInput:
             if self._left == 0:
                 self._x = self._low = None
             return low
-        part = x if rows is None else x.index_select(0, rows)
+        part = _rows_of(x, rows)
         low = part @ self.a_cat
         shape = low.shape
         low = (low.view(*shape[:-1], self.members, self.width) * scale.unsqueeze(-2)).view(shape)
         if self.members > 1:
             self._x, self._low, self._left = x, low, self.members - 1
         return low
+
+
+def _rows_of(x: torch.Tensor, rows: AdaptedRows) -> torch.Tensor:
+    """The adapted rows of x: itself, a view of the leading ones, or a gathered copy."""
+    if rows is None:
+        return x
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
 
 
 class RowLoraLinear(torch.nn.Module):
@@ -68,11 +80,14 @@ class RowLoraLinear(torch.nn.Module):
         scale = self.bank.row_scale  # [adapted rows, 1, S*R], set once per forward
         if scale is None:
             return out
-        rows = self.bank.adapted_rows  # None when every row has an adapter
+        rows = self.bank.adapted_rows
         width = self.shared.width
         low = self.shared.low(x, scale, rows)[..., self.index * width:(self.index + 1) * width]
-        delta = low @ self.b_cat
-        return out.add_(delta) if rows is None else out.index_add_(0, rows, delta)
+        if isinstance(rows, torch.Tensor):
+            return out.index_add_(0, rows, low @ self.b_cat)
+        target = out if rows is None else out[rows]  # a view: the sum lands in out
+        target.view(-1, target.shape[-1]).addmm_(low.reshape(-1, width), self.b_cat)
+        return out
 
 
 def adapt(model: Any, module: str, bank: Any, width: int) -> dict[str, RowLoraLinear]:

@@ -245,6 +245,8 @@ class BatchScheduler:
                 left -= take
         if not plan:
             return
+        # Rows with an adapter first: the LoRA layers then work on a leading slice of the batch (lora_layers.py).
+        plan.sort(key=lambda p: p[0].lora_slot is None)
         feeds = [RowFeed(s.blocks, s.computed, s.tokens[s.computed:s.computed + n]) for s, n in plan]
         want_prompt = [self._whole(s) for s, _ in plan]
         self._use_adapters([s for s, _ in plan])
