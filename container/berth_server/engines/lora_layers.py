@@ -44,7 +44,7 @@ class SharedInput:
         part = _rows_of(x, rows)
         low = part @ self.a_cat
         shape = low.shape
-        low = (low.view(*shape[:-1], self.members, self.width) * scale.unsqueeze(-2)).view(shape)
+        low.view(*shape[:-1], self.members, self.width).mul_(scale.unsqueeze(-2))  # in place: low is our own
         if self.members > 1:
             self._x, self._low, self._left = x, low, self.members - 1
         return low
