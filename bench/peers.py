@@ -285,8 +285,10 @@ def start_xinference_llamacpp(gguf: Path, port: int, slots: int, context: int, t
 
 # --- vLLM's own OpenAI server -----------------------------------------------------------------
 
-def start_vllm_server(model_dir: Path, port: int, timeout_s: float = 300.0) -> Peer:
-    """vLLM's own OpenAI server via bench/vllm_peer.py (same CPU env as Berth's vLLM engine), eager mode.
+def start_vllm_server(model_dir: Path, port: int, timeout_s: float = 300.0, name: str = "bench",
+                      extra: tuple[str, ...] = ()) -> Peer:
+    """vLLM's own OpenAI server via bench/vllm_peer.py (same CPU env as Berth's vLLM engine), eager mode;
+    `extra` are more server arguments (LoRA modules, say).
 
     Falls back to running the api_server module directly when bench/vllm_peer.py is absent.
     """
@@ -295,10 +297,11 @@ def start_vllm_server(model_dir: Path, port: int, timeout_s: float = 300.0) -> P
         env.setdefault(key, value)
     peer_script = REPO / "bench" / "vllm_peer.py"
     if peer_script.exists():
-        argv = [str(MAIN_PY), str(peer_script), "--model", str(model_dir), "--port", str(port), "--name", "bench"]
+        argv = [str(MAIN_PY), str(peer_script), "--model", str(model_dir), "--port", str(port), "--name", name,
+                "--", *extra]
     else:
         argv = [str(MAIN_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
+                "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", *extra]
     proc, log_path = _spawn(f"vllm-server-{port}", argv, env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -306,4 +309,4 @@ def start_vllm_server(model_dir: Path, port: int, timeout_s: float = 300.0) -> P
     except BaseException:
         _stop_group(proc, 30)
         raise
-    return Peer("vllm-server", base, "bench", proc, log_path, ready_s=ready)
+    return Peer("vllm-server", base, name, proc, log_path, ready_s=ready)
