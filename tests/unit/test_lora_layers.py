@@ -19,13 +19,19 @@ class Attention(torch.nn.Module):
         return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x), self.o_proj(x)], dim=-1)
 
 
-def test_siblings_share_one_input_matmul_and_base_rows_are_untouched() -> None:
-    torch.manual_seed(0)
+def _adapted(seed: int, rows: int, tokens: int, module: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
+                                                                       Any, dict[str, RowLoraLinear]]:
+    """An attention block, an input, its output before adapting, a stand-in bank, and `module`'s adapted group."""
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(Attention())
-    x = torch.randn(3, 2, 8)
+    x = torch.randn(rows, tokens, 8)
     base = model(x)
     bank: Any = SimpleNamespace(row_scale=None, adapted_rows=None)
-    layers = adapt(model, "0.v_proj", bank, width=2)
+    return model, x, base, bank, adapt(model, module, bank, width=2)
+
+
+def test_siblings_share_one_input_matmul_and_base_rows_are_untouched() -> None:
+    model, x, base, bank, layers = _adapted(0, 3, 2, "0.v_proj")
     assert sorted(layers) == ["0.k_proj", "0.q_proj", "0.v_proj"]  # o_proj reads another input: not grouped
     assert all(isinstance(getattr(model[0], n), RowLoraLinear) for n in ("q_proj", "k_proj", "v_proj"))
     shared = layers["0.q_proj"].shared
@@ -56,12 +62,7 @@ def test_siblings_share_one_input_matmul_and_base_rows_are_untouched() -> None:
 
 
 def test_adapted_rows_leading_the_batch_are_a_view_and_match_the_gathered_path() -> None:
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(Attention())
-    x = torch.randn(4, 3, 8)
-    base = model(x)
-    bank: Any = SimpleNamespace(row_scale=None, adapted_rows=None)
-    layers = adapt(model, "0.q_proj", bank, width=2)
+    model, x, base, bank, layers = _adapted(1, 4, 3, "0.q_proj")
     for layer in layers.values():
         layer.a_cat.normal_()
         layer.b_cat.normal_()
