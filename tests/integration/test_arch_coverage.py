@@ -116,8 +116,19 @@ def _catalog_stops(family: ArchFamily, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+_REFERENCES: dict[tuple[str, str, tuple[tuple[int, ...], ...]], list[list[int]]] = {}
+
+
 def _reference(model_dir: Path, family: ArchFamily, prompts: list[list[int]]) -> list[list[int]]:
-    """transformers' greedy generate, one prompt at a time, float32, eager attention."""
+    """transformers' greedy generate, one prompt at a time, float32, eager attention (computed once per family
+    and prompts: every engine is held to the same reference)."""
+    key = (str(model_dir), family.name, tuple(tuple(ids) for ids in prompts))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _generate_reference(model_dir, family, prompts)
+    return _REFERENCES[key]
+
+
+def _generate_reference(model_dir: Path, family: ArchFamily, prompts: list[list[int]]) -> list[list[int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
