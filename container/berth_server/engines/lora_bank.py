@@ -23,7 +23,7 @@ import torch
 from berth_server.adapter_specs import check_adapter_name
 from berth_server.engines.lora_layers import AdaptedRows, RowLoraLinear, adapt
 from berth_server.engines.lora_weights import AdapterWeights, linear_shapes, read_adapter
-from berth_server.errors import Conflict, InvalidRequest, NotFound
+from berth_server.errors import Conflict, InvalidRequest, NotFound, Overloaded
 
 
 @dataclass
@@ -146,10 +146,14 @@ class LoraBank:
             if name is not None and name not in self._registered and self._users[slot] == 0:
                 self._free(name)
 
-    def busy(self) -> bool:
-        """Whether any admitted row holds a slot (so one will free up)."""
+    def place(self, name: str) -> int | None:
+        """A new request's slot for the adapter (claimed): None while every slot is busy with running rows
+        (one will free up); Overloaded when none ever will (every slot holds a pinned adapter)."""
         with self._lock:
-            return any(self._users)
+            slot = self.acquire(name)
+            if slot is None and not any(self._users):
+                raise Overloaded(f"adapter '{name}' cannot be loaded: every LoRA slot holds a pinned adapter")
+            return slot
 
     def set_rows(self, slots: list[int | None]) -> None:
         """The scale vectors of the rows of the next forward that have an adapter (None: base model),

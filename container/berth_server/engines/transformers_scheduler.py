@@ -24,7 +24,7 @@ from berth_server.engines.kv_tables import BlockTables
 from berth_server.engines.lora_bank import LoraBank
 from berth_server.engines.sampling import sample
 from berth_server.engines.transformers_rows import Slot, make_sampler, next_step, prompt_logprobs
-from berth_server.errors import BerthError, GenerationFailed, InvalidRequest, Overloaded
+from berth_server.errors import BerthError, GenerationFailed, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +193,11 @@ class BatchScheduler:
         try:
             if self.lora is None:
                 raise GenerationFailed(f"adapter '{name}' not found: LoRA is not enabled")
-            slot.lora_slot = self.lora.acquire(name)
-            slot.salt = self.lora.salt(name)
-            if slot.lora_slot is None and not self.lora.busy():  # no row will ever free a slot: all pinned
-                raise Overloaded(f"adapter '{name}' cannot be loaded: every LoRA slot holds a pinned adapter")
+            slot.lora_slot, slot.salt = self.lora.place(name), self.lora.salt(name)
         except Exception as exc:  # noqa: BLE001 - removed meanwhile, or unreadable: this request only
             self._fail(slot, exc)
             return False
         return None if slot.lora_slot is None else True
-
-    def _use_adapters(self, rows: list[Slot]) -> None:
-        """Tell the LoRA bank which adapter each row of the next forward uses."""
-        if self.lora is not None:
-            self.lora.set_rows([s.lora_slot for s in rows])
 
     def _drop(self, keep: list[bool]) -> None:
         """Remove rows whose keep is False (aborting cancelled ones) and free their blocks."""
@@ -245,11 +237,11 @@ class BatchScheduler:
                 left -= take
         if not plan:
             return
-        # Rows with an adapter first: the LoRA layers then work on a leading slice of the batch (lora_layers.py).
-        plan.sort(key=lambda p: p[0].lora_slot is None)
+        if self.lora is not None:  # rows with an adapter first: LoRA then works on a leading slice (lora_layers.py)
+            plan.sort(key=lambda p: p[0].lora_slot is None)
+            self.lora.set_rows([s.lora_slot for s, _ in plan])
         feeds = [RowFeed(s.blocks, s.computed, s.tokens[s.computed:s.computed + n]) for s, n in plan]
         want_prompt = [self._whole(s) for s, _ in plan]
-        self._use_adapters([s for s, _ in plan])
         logits = forward(self.model, self.tables.pool, feeds, any(want_prompt))
         done: list[int] = []
         for i, (slot, take) in enumerate(plan):
